@@ -1,0 +1,3 @@
+"""Brain CLI."""
+def main():
+    print("ok")
