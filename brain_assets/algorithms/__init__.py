@@ -1,0 +1,1 @@
+"""Pure algorithms (numpy / scikit-learn): no Dagster imports here."""

@@ -1,0 +1,225 @@
+"""The brain config: defaults < JSON file < ``BRAIN_*`` environment variables < runtime edits.
+
+The JSON file defaults to ``~/.dagster_brain/brain_config.json`` and moves with
+``BRAIN_CONFIG_PATH``. Environment variables:
+
+- ``BRAIN_DATA_DIR``, ``BRAIN_BRAIN_KEYS_PATH``, ``BRAIN_DEFAULT_MODEL``,
+  ``BRAIN_DEFAULT_SIMILARITY_BACKEND``: the top-level fields of the same names;
+- ``BRAIN_SIMILARITY_BACKENDS=a,b``: the backends exposed (hides the others; a name that is
+  not built in declares a custom backend whose parameters come from the other settings);
+- ``BRAIN_SIMILARITY_<BACKEND>_<PARAM>=value``: one backend parameter; values are parsed as
+  JSON where they parse (numbers, booleans, ``null``), else kept as strings.
+
+Secrets (parameters named like ``api_key``, ``password``, ``token``, ``secret``) are masked
+whenever the config is printed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("~/.dagster_brain/brain_config.json")
+
+BUILTIN_BACKENDS: dict[str, dict[str, Any]] = {
+    "sklearn": {"metric": "cosine", "mean_center": False},
+    "qdrant": {"url": None, "api_key": None, "path": None, "collection_name": None,
+               "metric": "cosine"},
+    "pinecone": {"api_key": None, "host": None, "index_name": None, "namespace": None,
+                 "metric": "cosine", "cloud": "aws", "region": "us-east-1"},
+    "milvus": {"uri": None, "user": None, "password": None, "token": None,
+               "db_name": "default", "collection_name": None, "metric": "cosine",
+               "consistency_level": "Strong"},
+    "lancedb": {"uri": None, "table_name": None, "metric": "cosine"},
+}
+
+DEFAULTS: dict[str, Any] = {
+    "data_dir": "data",
+    "brain_keys_path": None,
+    "default_model": "efficientnet-lite0",
+    "default_similarity_backend": "sklearn",
+    "similarity_backends": BUILTIN_BACKENDS,
+}
+
+TOP_LEVEL_ENV = ("data_dir", "brain_keys_path", "default_model", "default_similarity_backend")
+SECRET_WORDS = ("api_key", "apikey", "password", "token", "secret")
+
+
+class BrainConfigError(ValueError):
+    """A brain config that cannot be used (bad JSON file, unknown backend...)."""
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def is_secret(name: str) -> bool:
+    """Whether a parameter name holds a secret."""
+    return any(word in name.lower() for word in SECRET_WORDS)
+
+
+def mask(value: Any) -> Any:
+    """``'sk-abcdef1234'`` -> ``'****1234'``; short secrets are masked whole."""
+    if value is None:
+        return None
+    text = str(value)
+    return "****" + text[-4:] if len(text) >= 12 else "****"
+
+
+def masked(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a config dict with every secret masked."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out[key] = masked(value)
+        else:
+            out[key] = mask(value) if is_secret(key) and value is not None else value
+    return out
+
+
+def read_json_layer(path: Path) -> dict[str, Any]:
+    """The JSON file's settings ({} when the file does not exist)."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise BrainConfigError(f"brain config file {path}: invalid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise BrainConfigError(f"brain config file {path}: expected a JSON object")
+    unknown = set(data) - set(DEFAULTS)
+    if unknown:
+        raise BrainConfigError(
+            f"brain config file {path}: unknown fields {sorted(unknown)} "
+            f"(known: {sorted(DEFAULTS)})"
+        )
+    return data
+
+
+def read_env_layer(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str] | None]:
+    """Settings from ``BRAIN_*`` variables, and the exposed-backends list if set."""
+    layer: dict[str, Any] = {}
+    for name in TOP_LEVEL_ENV:
+        var = f"BRAIN_{name.upper()}"
+        if env.get(var):
+            layer[name] = env[var]
+    exposed = None
+    if env.get("BRAIN_SIMILARITY_BACKENDS"):
+        exposed = [b.strip().lower() for b in env["BRAIN_SIMILARITY_BACKENDS"].split(",")
+                   if b.strip()]
+    known = set(BUILTIN_BACKENDS) | set(exposed or [])
+    backends: dict[str, dict[str, Any]] = {}
+    for var, raw in env.items():
+        if not var.startswith("BRAIN_SIMILARITY_") or var == "BRAIN_SIMILARITY_BACKENDS":
+            continue
+        rest = var[len("BRAIN_SIMILARITY_"):].lower()
+        backend = next((b for b in sorted(known, key=len, reverse=True)
+                        if rest.startswith(b + "_")), None)
+        if backend is None:
+            raise BrainConfigError(
+                f"environment variable {var}: no similarity backend named in it "
+                f"(known: {sorted(known)}); declare custom ones in BRAIN_SIMILARITY_BACKENDS"
+            )
+        backends.setdefault(backend, {})[rest[len(backend) + 1:]] = _parse_value(raw)
+    if backends:
+        layer["similarity_backends"] = backends
+    return layer, exposed
+
+
+class BrainConfig:
+    """The merged brain config; attribute edits are the runtime layer (highest precedence)."""
+
+    _FIELDS = tuple(DEFAULTS)
+
+    def __init__(self, path: str | os.PathLike | None = None,
+                 env: Mapping[str, str] | None = None):
+        object.__setattr__(self, "_runtime", {})
+        object.__setattr__(self, "_path", path)
+        object.__setattr__(self, "_env", env)
+        self.reload()
+
+    def reload(self) -> None:
+        """Re-read the JSON file and the environment (runtime edits are kept)."""
+        env = os.environ if self._env is None else self._env
+        path = Path(self._path or env.get("BRAIN_CONFIG_PATH") or DEFAULT_CONFIG_PATH)
+        path = path.expanduser()
+        env_layer, exposed = read_env_layer(env)
+        object.__setattr__(self, "config_path", path)
+        object.__setattr__(self, "_file", read_json_layer(path))
+        object.__setattr__(self, "_env_layer", env_layer)
+        object.__setattr__(self, "_exposed", exposed)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The merged settings (secrets in clear: do not print this; print ``masked``)."""
+        merged = _merge(_merge(_merge(DEFAULTS, self._file), self._env_layer), self._runtime)
+        if self._exposed is not None:
+            merged["similarity_backends"] = {
+                b: merged["similarity_backends"].get(b, {}) for b in self._exposed
+            }
+        backend = merged["default_similarity_backend"]
+        if backend not in merged["similarity_backends"]:
+            raise BrainConfigError(
+                f"default similarity backend {backend!r} is not among the exposed backends "
+                f"{sorted(merged['similarity_backends'])}"
+            )
+        return merged
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._FIELDS:
+            return self.as_dict()[name]
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self._FIELDS:
+            raise BrainConfigError(f"brain config has no field {name!r} (fields: {self._FIELDS})")
+        self._runtime[name] = value
+
+    def set_backend_param(self, backend: str, param: str, value: Any) -> None:
+        """Runtime edit of one backend parameter."""
+        self._runtime.setdefault("similarity_backends", {}).setdefault(backend, {})[param] = value
+
+    def backend_params(self, backend: str | None = None) -> dict[str, Any]:
+        """Parameters of one similarity backend (the default when ``backend`` is None)."""
+        merged = self.as_dict()
+        name = backend or merged["default_similarity_backend"]
+        if name not in merged["similarity_backends"]:
+            raise BrainConfigError(
+                f"unknown similarity backend {name!r}; available: "
+                f"{sorted(merged['similarity_backends'])}"
+            )
+        return dict(merged["similarity_backends"][name])
+
+    def to_json(self) -> str:
+        """The merged config as JSON, secrets masked."""
+        return json.dumps(masked(self.as_dict()), indent=4, sort_keys=True)
+
+    def __repr__(self) -> str:
+        return self.to_json()
+
+
+_brain_config: BrainConfig | None = None
+
+
+def get_brain_config() -> BrainConfig:
+    """The process-wide brain config, created on first use."""
+    global _brain_config
+    if _brain_config is None:
+        _brain_config = BrainConfig()
+    return _brain_config

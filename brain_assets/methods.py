@@ -1,0 +1,135 @@
+"""Brain methods as plain functions of (spec, store): the code both the assets and the API run.
+
+Each method reads its inputs from the store, computes, and commits its run record and results
+in one transaction (:meth:`Store.commit_run`), so a failure leaves the previous results.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dagster_brain.algorithms.uniqueness import uniqueness_scores
+from dagster_brain.specs import BrainRunSpec, UniquenessSpec
+from dagster_brain.store import BrainRunRecord, Store, hash_strings
+
+# Bumped when a method's algorithm changes its output; part of each asset's code version.
+METHOD_VERSIONS: dict[str, str] = {"uniqueness": "2", "embeddings": "1", "ingest": "1"}
+
+_LOG = logging.getLogger("dagster_brain")
+
+
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the packages that shape a result."""
+    out = {}
+    for name in ("dagster-brain", "numpy", *names):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def code_version(kind: str, spec_hash: str) -> str:
+    """Asset code version: method version plus a hash of the spec's parameters."""
+    return f"{kind}-v{METHOD_VERSIONS[kind]}-{spec_hash}"
+
+
+def frame_version(df: pd.DataFrame) -> str:
+    """Content hash of a results frame (same rows, same version)."""
+    if df.empty:
+        return "empty"
+    hashed = pd.util.hash_pandas_object(df.astype(str), index=False)
+    return hash_strings([str(int(hashed.sum()) & ((1 << 63) - 1)), str(len(df))])
+
+
+@dataclass
+class RunOutcome:
+    """What a brain method produced: the committed record, its results, and a summary."""
+
+    record: BrainRunRecord
+    results: pd.DataFrame
+    results_version: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def run_uniqueness(
+    spec: UniquenessSpec,
+    store: Store,
+    *,
+    run_id: str | None = None,
+    log: Any = _LOG,
+    ids: list[str] | None = None,
+) -> RunOutcome:
+    """``compute_uniqueness`` on an embeddings key; writes ``uniqueness`` per sample/patch."""
+    emb = store.read_embeddings(spec.dataset, spec.embeddings, ids=ids)
+    item_ids = emb.ids
+    if len(item_ids) < 2:
+        raise ValueError(
+            f"brain key {spec.brain_key!r}: uniqueness needs at least 2 embedded items in "
+            f"embeddings key {spec.embeddings!r}, found {len(item_ids)}"
+        )
+    log.info(
+        "%s: uniqueness of %d %s from embeddings %r (k=%d, %s)",
+        spec.brain_key, len(item_ids), "patches" if emb.label_ids else "samples",
+        spec.embeddings, spec.k, spec.metric,
+    )
+    try:
+        scores, nearest, nearest_dist = uniqueness_scores(
+            emb.vectors, item_ids, k=spec.k, weights=spec.weights, metric=spec.metric
+        )
+    except ValueError as err:
+        raise ValueError(f"brain key {spec.brain_key!r}: {err}") from err
+    results = pd.DataFrame({"sample_id": emb.sample_ids})
+    if emb.label_ids is not None:
+        results["label_id"] = emb.label_ids
+    results["uniqueness"] = scores
+    results["nearest_id"] = [item_ids[i] for i in nearest]
+    results["nearest_distance"] = nearest_dist
+    record = BrainRunRecord(
+        dataset=spec.dataset,
+        brain_key=spec.brain_key,
+        kind="uniqueness",
+        method="knn",
+        config=spec.model_dump(mode="json"),
+        sample_ids=sorted(set(emb.sample_ids)),
+        label_ids=emb.label_ids,
+        run_id=run_id or f"api-{uuid.uuid4().hex[:12]}",
+        code_version=code_version("uniqueness", spec.spec_hash()),
+        data_version=store.data_version(spec.dataset, sorted(set(emb.sample_ids))),
+        versions=package_versions("scikit-learn"),
+        upstream={
+            "embeddings": {
+                "key": emb.key,
+                "model": emb.model,
+                "model_hash": emb.model_hash,
+                "data_version": emb.data_version,
+                "patches_field": emb.patches_field,
+            }
+        },
+    )
+    store.commit_run(record, results)
+    summary = {
+        "items": len(results),
+        "mean": float(np.mean(scores)),
+        "min": float(np.min(scores)),
+    }
+    return RunOutcome(record, results, frame_version(results), summary)
+
+
+RUNNERS: dict[str, Callable[..., RunOutcome]] = {"uniqueness": run_uniqueness}
+
+
+def run_brain(spec: BrainRunSpec, store: Store, **kwargs: Any) -> RunOutcome:
+    """Run the method of a brain-run spec."""
+    kind = spec.kind  # type: ignore[attr-defined]
+    if kind not in RUNNERS:
+        raise ValueError(f"brain key {spec.brain_key!r}: no method for kind {kind!r}")
+    return RUNNERS[kind](spec, store, **kwargs)

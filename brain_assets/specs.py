@@ -1,0 +1,254 @@
+"""The brain-keys YAML: datasets, embeddings keys and brain runs, as typed, frozen specs.
+
+An invalid entry fails at load time with the entry's key and the bad field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+NAME = r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$"  # lower-case identifier, single underscores
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def spec_hash(self) -> str:
+        """Short hash of every field (part of the asset's code version)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+
+# -- datasets ------------------------------------------------------------------------------
+
+
+class DemoSource(_Spec):
+    """The offline demo data (made on first use under ``<data_dir>/demo``)."""
+
+    type: Literal["demo"]
+    name: Literal["digits", "shapes"]
+    seed: int = 51
+
+
+class ImageFolderSource(_Spec):
+    """A folder of images; class sub-folders become classification labels."""
+
+    type: Literal["image_folder"]
+    path: str
+    label_field: str | None = Field(default="ground_truth", pattern=NAME)
+    skip_bad: bool = False
+
+
+class ManifestSource(_Spec):
+    """A CSV / Parquet / JSONL manifest of images, labels, predictions and embeddings."""
+
+    type: Literal["manifest"]
+    path: str
+    id_column: str = "id"
+    filepath_column: str = "filepath"
+    label_column: str | None = None
+    prediction_column: str | None = None
+    confidence_column: str | None = None
+    logits_column: str | None = None
+    embedding_columns: dict[str, str] = Field(default_factory=dict)
+    classes: list[str] | None = None
+    label_field: str = Field(default="ground_truth", pattern=NAME)
+    prediction_field: str = Field(default="predictions", pattern=NAME)
+    skip_bad: bool = False
+
+
+class CocoSource(_Spec):
+    """A COCO detection JSON (and optionally a COCO results JSON of predictions)."""
+
+    type: Literal["coco"]
+    annotations: str
+    images_dir: str | None = None
+    predictions: str | None = None
+    label_field: str = Field(default="ground_truth", pattern=NAME)
+    prediction_field: str = Field(default="predictions", pattern=NAME)
+    skip_bad: bool = False
+
+
+Source = Annotated[DemoSource | ImageFolderSource | ManifestSource | CocoSource,
+                   Field(discriminator="type")]
+
+
+class DatasetSpec(_Spec):
+    """A named dataset and where its samples come from."""
+
+    name: str = Field(pattern=NAME, max_length=63)
+    source: Source
+
+
+# -- embeddings ----------------------------------------------------------------------------
+
+
+class EmbeddingsSpec(_Spec):
+    """An embeddings key of a dataset: from a model, a precomputed array/column, or a key."""
+
+    key: str = Field(pattern=NAME, max_length=63)
+    dataset: str = Field(pattern=NAME)
+    source: Literal["model", "array", "column", "key"] = "model"
+    model: str | None = None  # None: the brain config's default_model
+    patches_field: str | None = Field(default=None, pattern=NAME)
+    path: str | None = None  # array: .npy/.npz/.parquet; column: a table file
+    id_column: str = "id"
+    column: str | None = None  # column: the vector column
+    from_key: str | None = Field(default=None, pattern=NAME)  # key: an existing key
+    batch_size: int = Field(default=32, ge=1)
+    num_workers: int = Field(default=2, ge=0)
+    alpha: float = Field(default=0.0, ge=0.0)  # patches: grow boxes by this fraction
+    force_square: bool = False
+    skip_failures: bool = False
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> EmbeddingsSpec:
+        need = {"array": ("path",), "column": ("path", "column"), "key": ("from_key",)}
+        for fld in need.get(self.source, ()):
+            if getattr(self, fld) is None:
+                raise ValueError(f"source {self.source!r} needs {fld!r}")
+        return self
+
+
+# -- brain runs ----------------------------------------------------------------------------
+
+
+class BrainRunSpec(_Spec):
+    """Fields every brain run has."""
+
+    brain_key: str = Field(pattern=NAME, max_length=60)
+    dataset: str = Field(pattern=NAME)
+
+
+class UniquenessSpec(BrainRunSpec):
+    """``compute_uniqueness``: a [0, 1] score per sample (or patch) from its neighbours."""
+
+    kind: Literal["uniqueness"]
+    embeddings: str = Field(pattern=NAME)
+    k: int = Field(default=3, ge=1, le=100)
+    weights: list[float] | None = None
+    metric: Literal["cosine", "euclidean"] = "cosine"
+
+    @model_validator(mode="after")
+    def _weights(self) -> UniquenessSpec:
+        if self.weights is not None and len(self.weights) != self.k:
+            raise ValueError(f"weights has {len(self.weights)} values for k={self.k}")
+        return self
+
+
+# kind -> spec class; each brain method registers its spec here.
+RUN_SPECS: dict[str, type[BrainRunSpec]] = {"uniqueness": UniquenessSpec}
+
+
+class BrainKeysFile(_Spec):
+    """The whole brain-keys YAML file."""
+
+    datasets: list[DatasetSpec] = Field(default_factory=list)
+    embeddings: list[EmbeddingsSpec] = Field(default_factory=list)
+    brain_runs: list[BrainRunSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> BrainKeysFile:
+        datasets = {d.name for d in self.datasets}
+        if len(datasets) != len(self.datasets):
+            raise ValueError("datasets: a dataset name is declared twice")
+        emb: dict[tuple[str, str], EmbeddingsSpec] = {}
+        for e in self.embeddings:
+            if e.dataset not in datasets:
+                raise ValueError(f"embeddings {e.key!r}: unknown dataset {e.dataset!r}")
+            if (e.dataset, e.key) in emb:
+                raise ValueError(f"embeddings {e.key!r}: declared twice for {e.dataset!r}")
+            emb[(e.dataset, e.key)] = e
+        for e in self.embeddings:
+            if e.source == "key" and (e.dataset, e.from_key) not in emb:
+                raise ValueError(f"embeddings {e.key!r}: from_key {e.from_key!r} is not declared")
+        seen = set()
+        for r in self.brain_runs:
+            if r.dataset not in datasets:
+                raise ValueError(f"brain run {r.brain_key!r}: unknown dataset {r.dataset!r}")
+            if (r.dataset, r.brain_key) in seen:
+                raise ValueError(f"brain run {r.brain_key!r}: declared twice on {r.dataset!r}")
+            seen.add((r.dataset, r.brain_key))
+            key = getattr(r, "embeddings", None)
+            if key is not None and (r.dataset, key) not in emb:
+                raise ValueError(
+                    f"brain run {r.brain_key!r}: embeddings {key!r} is not declared for "
+                    f"dataset {r.dataset!r}"
+                )
+        return self
+
+
+class SpecError(ValueError):
+    """A brain-keys YAML that cannot be loaded; names the entry and the field."""
+
+
+def _entry_name(section: str, entry: Any) -> str:
+    if isinstance(entry, dict):
+        for fld in ("brain_key", "key", "name"):
+            if fld in entry:
+                return f"{section} entry {entry[fld]!r}"
+    return f"{section} entry"
+
+
+def parse_specs(data: Any, origin: str = "brain keys") -> BrainKeysFile:
+    """Validate parsed YAML; errors name the section, the entry's key and the bad field."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: expected a mapping with datasets / embeddings / brain_runs")
+    unknown = set(data) - {"datasets", "embeddings", "brain_runs"}
+    if unknown:
+        raise SpecError(f"{origin}: unknown sections {sorted(unknown)}")
+    parsed: dict[str, list[Any]] = {}
+    for section, model in (("datasets", DatasetSpec), ("embeddings", EmbeddingsSpec)):
+        parsed[section] = [
+            _validate_entry(model, entry, f"{origin}: {_entry_name(section, entry)} (#{i + 1})")
+            for i, entry in enumerate(data.get(section) or [])
+        ]
+    runs = []
+    for i, entry in enumerate(data.get("brain_runs") or []):
+        where = f"{origin}: {_entry_name('brain_runs', entry)} (#{i + 1})"
+        kind = entry.get("kind") if isinstance(entry, dict) else None
+        if kind not in RUN_SPECS:
+            raise SpecError(f"{where}: field 'kind': {kind!r} is not one of {sorted(RUN_SPECS)}")
+        runs.append(_validate_entry(RUN_SPECS[kind], entry, where))
+    try:
+        return BrainKeysFile(**parsed, brain_runs=runs)
+    except ValidationError as err:
+        raise SpecError(f"{origin}: {_describe(err)}") from err
+
+
+def _validate_entry(model: type[BaseModel], entry: Any, where: str) -> Any:
+    try:
+        return model.model_validate(entry)
+    except ValidationError as err:
+        raise SpecError(f"{where}: {_describe(err)}") from err
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        parts.append(f"field {loc!r}: {e['msg']}" if loc else e["msg"])
+    return "; ".join(parts)
+
+
+def load_specs(path: str | Path) -> BrainKeysFile:
+    """Read and validate a brain-keys YAML file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as err:
+        raise SpecError(f"brain keys file {path} does not exist") from err
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path.name}: invalid YAML ({err})") from err
+    return parse_specs(data, origin=path.name)
+
+
+DEFAULT_SPECS_PATH = Path(__file__).with_name("brain_keys.yaml")

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up, then run the test suite (and the definitions check).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source scripts/env.sh
+dagster definitions validate -w workspace.yaml
+python -m pytest "$@"

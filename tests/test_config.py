@@ -1,0 +1,78 @@
+"""Brain config precedence: runtime > env > JSON file > defaults; secrets masked."""
+
+import json
+
+import pytest
+
+from dagster_brain.config import BrainConfig, BrainConfigError
+
+
+def test_precedence(tmp_path):
+    path = tmp_path / "brain_config.json"
+    path.write_text(json.dumps({
+        "default_similarity_backend": "qdrant",
+        "similarity_backends": {"qdrant": {"url": "http://file:6333"},
+                                "milvus": {"uri": "file.db"}},
+    }))
+    env = {"BRAIN_SIMILARITY_QDRANT_URL": "http://env:6333",
+           "BRAIN_SIMILARITY_MILVUS_CONSISTENCY_LEVEL": "Bounded"}
+    config = BrainConfig(env={**env, "BRAIN_CONFIG_PATH": str(path)})
+    assert config.default_similarity_backend == "qdrant"  # file over default
+    assert config.backend_params("qdrant")["url"] == "http://env:6333"  # env over file
+    assert config.backend_params("milvus")["uri"] == "file.db"
+    assert config.backend_params("milvus")["consistency_level"] == "Bounded"
+    assert config.backend_params("sklearn")["metric"] == "cosine"  # default
+    config.set_backend_param("qdrant", "url", "http://runtime:6333")
+    config.default_similarity_backend = "lancedb"
+    assert config.backend_params("qdrant")["url"] == "http://runtime:6333"  # runtime over env
+    assert config.default_similarity_backend == "lancedb"
+
+
+def test_env_default_backend_and_value_parsing(tmp_path):
+    env = {"BRAIN_CONFIG_PATH": str(tmp_path / "none.json"),
+           "BRAIN_DEFAULT_SIMILARITY_BACKEND": "milvus",
+           "BRAIN_SIMILARITY_SKLEARN_MEAN_CENTER": "true"}
+    config = BrainConfig(env=env)
+    assert config.default_similarity_backend == "milvus"
+    assert config.backend_params()["consistency_level"] == "Strong"
+    assert config.backend_params("sklearn")["mean_center"] is True
+
+
+def test_exposed_backends_and_custom_backend(tmp_path):
+    env = {"BRAIN_CONFIG_PATH": str(tmp_path / "none.json"),
+           "BRAIN_SIMILARITY_BACKENDS": "sklearn,my_db",
+           "BRAIN_SIMILARITY_MY_DB_URL": "http://127.0.0.1:1"}
+    config = BrainConfig(env=env)
+    assert sorted(config.similarity_backends) == ["my_db", "sklearn"]
+    assert config.backend_params("my_db") == {"url": "http://127.0.0.1:1"}
+    with pytest.raises(BrainConfigError, match="unknown similarity backend 'qdrant'"):
+        config.backend_params("qdrant")
+    bad = BrainConfig(env={**env, "BRAIN_DEFAULT_SIMILARITY_BACKEND": "qdrant"})
+    with pytest.raises(BrainConfigError, match="not among the exposed"):
+        bad.as_dict()
+
+
+def test_secrets_are_masked_when_printed(tmp_path):
+    env = {"BRAIN_CONFIG_PATH": str(tmp_path / "none.json"),
+           "BRAIN_SIMILARITY_PINECONE_API_KEY": "pcsk_supersecretvalue1234"}
+    config = BrainConfig(env=env)
+    assert config.backend_params("pinecone")["api_key"] == "pcsk_supersecretvalue1234"
+    text = config.to_json()
+    assert "supersecret" not in text and "****1234" in text
+    assert "supersecret" not in repr(config)
+
+
+def test_bad_file_and_unknown_fields(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text("{not json")
+    with pytest.raises(BrainConfigError, match="invalid JSON"):
+        BrainConfig(env={"BRAIN_CONFIG_PATH": str(path)})
+    path.write_text(json.dumps({"default_backend": "x"}))
+    with pytest.raises(BrainConfigError, match="unknown fields"):
+        BrainConfig(env={"BRAIN_CONFIG_PATH": str(path)})
+    config = BrainConfig(env={"BRAIN_CONFIG_PATH": str(tmp_path / "none.json")})
+    with pytest.raises(BrainConfigError, match="no field"):
+        config.not_a_field = 1
+    with pytest.raises(BrainConfigError, match="no similarity backend"):
+        BrainConfig(env={"BRAIN_CONFIG_PATH": str(tmp_path / "n.json"),
+                         "BRAIN_SIMILARITY_NOPE_URL": "x"})

@@ -1,0 +1,126 @@
+"""The DuckDB + Parquet store: transactions, runs, rename/delete, validation."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import sample_frame
+from dagster_brain.names import BrainNameError
+from dagster_brain.store import BrainRunRecord, Store, StoreError
+
+
+def _dataset(store: Store, n: int = 4) -> list[str]:
+    df = sample_frame([f"/img/{i}.png" for i in range(n)])
+    store.write_samples("d", df)
+    return df["sample_id"].tolist()
+
+
+def _run(store: Store, key: str, ids: list[str], scores) -> BrainRunRecord:
+    record = BrainRunRecord("d", key, "uniqueness", "knn", {"k": 3}, ids, run_id="r1")
+    return store.commit_run(record, pd.DataFrame({"sample_id": ids, "uniqueness": scores}))
+
+
+def test_samples_labels_and_embeddings_roundtrip(store):
+    ids = _dataset(store)
+    labels = pd.DataFrame(
+        {"sample_id": ids[:2], "label_id": ["gt:a", "gt:b"], "label": ["cat", "dog"],
+         "confidence": [0.9, np.nan], "logits": [[1.0, 2.0], None],
+         "box": [[0.1, 0.2, 0.3, 0.4], [0.0, 0.0, 1.0, 1.0]]}
+    )
+    store.write_labels("d", "gt", "detections", ["cat", "dog"], labels)
+    out = store.labels("d", "gt")
+    assert out["label"].tolist() == ["cat", "dog"]
+    assert list(out["box"].iloc[0]) == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert store.label_field("d", "gt") == ("detections", ["cat", "dog"])
+    vecs = np.arange(12, dtype=np.float32).reshape(4, 3)
+    store.write_embeddings("d", "emb", ids, vecs, model="m")
+    emb = store.read_embeddings("d", "emb", ids=[ids[2], ids[0]])
+    assert emb.sample_ids == [ids[0], ids[2]]
+    assert np.array_equal(emb.vectors, vecs[[0, 2]])
+    assert store.parquet_path("d", "embeddings/emb").exists()
+    assert store.parquet_path("d", "samples").exists()
+
+
+def test_bad_names_are_refused_not_pasted_into_sql(store):
+    with pytest.raises(BrainNameError, match="dataset"):
+        store.write_samples("d; DROP TABLE samples", sample_frame(["/x.png"]))
+    ids = _dataset(store)
+    with pytest.raises(BrainNameError, match="brain key"):
+        _run(store, 'u"; drop', ids, [0.0] * 4)
+    assert store.list_datasets() == ["d"]
+
+
+def test_embedding_errors_name_the_sample(store):
+    ids = _dataset(store)
+    vecs = np.ones((4, 2), dtype=np.float32)
+    vecs[2, 1] = np.nan
+    with pytest.raises(StoreError, match=ids[2]):
+        store.write_embeddings("d", "emb", ids, vecs)
+    with pytest.raises(StoreError, match="unknown samples"):
+        store.write_embeddings("d", "emb", ["nope"], np.ones((1, 2)))
+    with pytest.raises(StoreError, match="no embeddings key 'missing'.*"):
+        store.read_embeddings("d", "missing")
+
+
+def test_failed_run_leaves_previous_results(store, monkeypatch):
+    ids = _dataset(store)
+    _run(store, "u", ids, [0.1, 0.2, 0.3, 1.0])
+    before = store.load_results("d", "u")
+    parquet = store.parquet_path("d", "results/u")
+    before_bytes = parquet.read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full while recording history")
+
+    monkeypatch.setattr(Store, "_history", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        _run(store, "u", ids, [9.0, 9.0, 9.0, 9.0])
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(store.load_results("d", "u"), before)
+    assert parquet.read_bytes() == before_bytes
+    assert not list(parquet.parent.glob("*.tmp"))  # no temporary files left behind
+
+
+def test_rename_and_delete_remove_everything(store):
+    ids = _dataset(store)
+    _run(store, "u", ids, [0.1, 0.2, 0.3, 1.0])
+    store.rename_run("d", "u", "v")
+    assert store.list_runs("d")["brain_key"].tolist() == ["v"]
+    assert store.load_results("d", "v")["uniqueness"].tolist() == [0.1, 0.2, 0.3, 1.0]
+    assert store.parquet_path("d", "results/v").exists()
+    assert not store.parquet_path("d", "results/u").exists()
+    store.delete_run("d", "v")
+    tables = store.query("SELECT table_name FROM information_schema.tables "
+                         "WHERE table_schema = 'results'")
+    assert tables.empty
+    assert not store.parquet_path("d", "results/v").exists()
+    with pytest.raises(StoreError, match="no brain run 'v'"):
+        store.get_run("d", "v")
+    events = store.query("SELECT event FROM brain_run_history ORDER BY event_at")["event"]
+    assert events.tolist() == ["materialized", "renamed", "deleted"]
+
+
+def test_a_key_cannot_change_kind(store):
+    ids = _dataset(store)
+    _run(store, "u", ids, [0.0] * 4)
+    rec = BrainRunRecord("d", "u", "hardness", "entropy", {}, ids)
+    with pytest.raises(StoreError, match="already holds a uniqueness run"):
+        store.commit_run(rec, pd.DataFrame({"sample_id": ids}))
+
+
+def test_export_writes_ids_and_scores(store, tmp_path):
+    ids = _dataset(store)
+    _run(store, "u", ids, [0.1, 0.2, 0.3, 1.0])
+    out = store.export_results("d", "u", tmp_path / "out" / "u.parquet")
+    df = pd.read_parquet(out)
+    assert df.columns.tolist() == ["sample_id", "uniqueness"]
+    assert df["sample_id"].tolist() == ids
+
+
+def test_list_runs_filters_by_type_and_method(store):
+    ids = _dataset(store)
+    _run(store, "u", ids, [0.0] * 4)
+    store.commit_run(BrainRunRecord("d", "h", "hardness", "entropy", {}, ids), None)
+    assert store.list_runs("d", kind="hardness")["brain_key"].tolist() == ["h"]
+    assert store.list_runs("d", method="knn")["brain_key"].tolist() == ["u"]
+    assert store.load_results("d", "h").empty
