@@ -1,0 +1,37 @@
+"""dagster-brain: FiftyOne Brain capabilities as Dagster software-defined assets.
+
+The notebook API lives here (``import dagster_brain as fob``); names load lazily so that
+importing a submodule stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {
+    "Dataset": "dagster_brain.api",
+    "DatasetView": "dagster_brain.api",
+    "load_dataset": "dagster_brain.api",
+    "list_datasets": "dagster_brain.api",
+    "open_store": "dagster_brain.api",
+    "compute_uniqueness": "dagster_brain.api",
+    "get_embeddings": "dagster_brain.api",
+    "BrainConfig": "dagster_brain.config",
+    "Store": "dagster_brain.store",
+}
+
+__all__ = [*_API, "brain_config"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "brain_config":
+        from dagster_brain.config import get_brain_config
+
+        return get_brain_config()
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'dagster_brain' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Dagster resources: the store, embedding models and (later) similarity backends."""

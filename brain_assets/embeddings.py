@@ -1,0 +1,140 @@
+"""Compute an embeddings key from its spec: a model, a precomputed array or column, or a key."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dagster_brain.embedding.pipeline import validate_precomputed
+from dagster_brain.specs import EmbeddingsSpec
+from dagster_brain.store import EmbeddingSet, Store
+
+_LOG = logging.getLogger("dagster_brain")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV, Parquet or JSONL file as a frame (by extension)."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    if suffix in (".jsonl", ".ndjson"):
+        return pd.read_json(path, lines=True)
+    if suffix == ".csv":
+        return pd.read_csv(path)
+    raise ValueError(f"{path.name}: unsupported table format {suffix!r} (csv, parquet, jsonl)")
+
+
+def _decode(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def load_precomputed(spec: EmbeddingsSpec, store: Store) -> tuple[list[str], np.ndarray]:
+    """(sample ids, vectors) from ``spec.path``: .npz (ids + embeddings), .npy, or a table."""
+    path = Path(spec.path).expanduser()
+    if not path.is_absolute():
+        path = store.data_dir / path
+    if not path.exists():
+        raise FileNotFoundError(f"embeddings {spec.key!r}: file {path} does not exist")
+    where = f"embeddings {spec.key!r} ({path.name})"
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            if "ids" not in z or "embeddings" not in z:
+                raise ValueError(f"{where}: expected arrays 'ids' and 'embeddings'")
+            ids, vectors = [str(i) for i in z["ids"]], z["embeddings"]
+    elif path.suffix == ".npy":
+        vectors = np.load(path, allow_pickle=False)
+        ids = store.sample_ids(spec.dataset)  # rows follow the dataset's sorted sample ids
+    else:
+        table = read_table(path)
+        column = spec.column or "embedding"
+        for col in (spec.id_column, column):
+            if col not in table:
+                raise ValueError(f"{where}: no column {col!r} (columns: {list(table.columns)})")
+        ids = table[spec.id_column].astype(str).tolist()
+        vectors = table[column].map(_decode)
+    try:
+        return ids, validate_precomputed(vectors, ids)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
+
+
+def compute_embeddings(
+    spec: EmbeddingsSpec,
+    store: Store,
+    *,
+    embedder: Any,
+    run_id: str | None = None,
+    log: Any = _LOG,
+    ids: list[str] | None = None,
+) -> EmbeddingSet:
+    """Fill an embeddings key (replacing it atomically) and return it.
+
+    ``embedder`` is an :class:`~dagster_brain.resources.embedder.EmbedderResource`; the spec's
+    model, batch size and workers override its settings.
+    """
+    store.require_dataset(spec.dataset)
+    if spec.source == "key":
+        src = store.read_embeddings(spec.dataset, spec.from_key, ids=ids)
+        return store.write_embeddings(
+            spec.dataset, spec.key, src.sample_ids, src.vectors, label_ids=src.label_ids,
+            model=src.model, model_hash=src.model_hash, source=f"key:{spec.from_key}",
+            patches_field=src.patches_field, run_id=run_id,
+        )
+    if spec.source in ("array", "column"):
+        sample_ids, vectors = load_precomputed(spec, store)
+        if ids is not None:
+            keep = np.isin(sample_ids, ids)
+            sample_ids, vectors = [s for s, k in zip(sample_ids, keep) if k], vectors[keep]
+        log.info("embeddings %r: %d precomputed vectors of dim %d from %s",
+                 spec.key, len(sample_ids), vectors.shape[1], spec.path)
+        return store.write_embeddings(
+            spec.dataset, spec.key, sample_ids, vectors, model=spec.model,
+            source=f"{spec.source}:{Path(spec.path).name}", run_id=run_id,
+        )
+    settings = {"batch_size": spec.batch_size, "num_workers": spec.num_workers}
+    if spec.model:
+        settings["model"] = spec.model
+    embedder = embedder.model_copy(update=settings)
+    model = embedder.load()
+    samples = store.samples(spec.dataset, ids)
+    if samples.empty:
+        raise ValueError(f"embeddings {spec.key!r}: dataset {spec.dataset!r} has no samples")
+    if spec.patches_field:
+        kind, _ = store.label_field(spec.dataset, spec.patches_field)
+        if kind != "detections":
+            raise ValueError(
+                f"embeddings {spec.key!r}: patches_field {spec.patches_field!r} holds {kind}, "
+                "not detections"
+            )
+        labels = store.labels(spec.dataset, spec.patches_field)
+        labels = labels[labels["sample_id"].isin(set(samples["sample_id"]))]
+        log.info("embeddings %r: %d patches of %r with %s", spec.key, len(labels),
+                 spec.patches_field, model.name)
+        out = embedder.embed_patches(
+            dict(zip(samples["sample_id"], samples["filepath"], strict=True)),
+            labels[["sample_id", "label_id", "box"]].reset_index(drop=True),
+            alpha=spec.alpha, force_square=spec.force_square, log=log,
+            skip_failures=spec.skip_failures,
+        )
+        sample_ids, label_ids = out.sample_ids, out.ids
+    else:
+        log.info("embeddings %r: %d images with %s on %s", spec.key, len(samples), model.name,
+                 model.device)
+        out = embedder.embed_files(
+            samples["filepath"].tolist(), samples["sample_id"].tolist(), log=log,
+            skip_failures=spec.skip_failures,
+        )
+        sample_ids, label_ids = out.ids, None
+    if out.failures:
+        log.warning("embeddings %r: skipped %d unreadable items: %s", spec.key,
+                    len(out.failures), dict(list(out.failures.items())[:10]))
+    return store.write_embeddings(
+        spec.dataset, spec.key, sample_ids, out.vectors, label_ids=label_ids,
+        model=model.name, model_hash=model.weights_hash, source="model",
+        patches_field=spec.patches_field, run_id=run_id,
+    )

@@ -1,0 +1,195 @@
+"""Asset factories: one asset per dataset, embeddings key and brain key of the YAML.
+
+Graph: ``<dataset>/samples`` -> ``<dataset>/embeddings/<key>`` -> ``<dataset>/brain/<brain_key>``.
+Assets pass data through the store (``deps`` + store reads), never through IO managers.
+"""
+
+from enum import Enum
+
+import dagster as dg
+from pydantic import Field
+
+from dagster_brain.embeddings import compute_embeddings
+from dagster_brain.ingest.sources import ingest_dataset
+from dagster_brain.metadata import lineage_metadata, score_metadata
+from dagster_brain.methods import METHOD_VERSIONS, code_version, run_brain
+from dagster_brain.resources.embedder import EmbedderResource
+from dagster_brain.resources.store import BrainStoreResource
+from dagster_brain.specs import BrainRunSpec, DatasetSpec, EmbeddingsSpec, UniquenessSpec
+
+
+def samples_key(dataset: str) -> dg.AssetKey:
+    """Asset key of a dataset's samples."""
+    return dg.AssetKey([dataset, "samples"])
+
+
+def embeddings_key(dataset: str, key: str) -> dg.AssetKey:
+    """Asset key of an embeddings key."""
+    return dg.AssetKey([dataset, "embeddings", key])
+
+
+def brain_key_asset(dataset: str, brain_key: str) -> dg.AssetKey:
+    """Asset key of a brain run."""
+    return dg.AssetKey([dataset, "brain", brain_key])
+
+
+class EmbeddingsRunConfig(dg.Config):
+    """Launch-time overrides for computing embeddings (unset: the YAML's values)."""
+
+    batch_size: int | None = Field(default=None, ge=1, description="images per batch")
+    num_workers: int | None = Field(default=None, ge=0, description="decode worker processes")
+    device: str | None = Field(default=None, description="'cpu', 'cuda' or 'auto'")
+
+
+class DistanceMetric(str, Enum):
+    """Distance between embeddings."""
+
+    cosine = "cosine"
+    euclidean = "euclidean"
+
+
+class UniquenessRunConfig(dg.Config):
+    """Launch-time overrides for a uniqueness run (unset: the YAML's values)."""
+
+    k: int | None = Field(default=None, ge=1, le=100, description="neighbours per item")
+    metric: DistanceMetric | None = Field(default=None, description="cosine or euclidean")
+
+
+RUN_CONFIGS: dict[str, type[dg.Config]] = {"uniqueness": UniquenessRunConfig}
+
+
+def with_overrides(spec, config: dg.Config):
+    """The spec with the run config's set fields applied (re-validated)."""
+    overrides = {
+        k: v.value if isinstance(v, Enum) else v
+        for k, v in config.model_dump().items()
+        if v is not None
+    }
+    if not overrides:
+        return spec
+    return type(spec).model_validate({**spec.model_dump(), **overrides})
+
+
+def build_samples_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
+    """``<dataset>/samples``: ingest the dataset's source into the store."""
+
+    @dg.asset(
+        key=samples_key(spec.name),
+        group_name=spec.name,
+        code_version=code_version("ingest", spec.spec_hash()),
+        description=f"Samples and labels of dataset {spec.name!r} ({spec.source.type} source)",
+        kinds={"duckdb", "parquet"},
+    )
+    def _samples(context: dg.AssetExecutionContext, store: BrainStoreResource):
+        db = store.get()
+        report = ingest_dataset(db, spec, log=context.log)
+        version = db.data_version(spec.name)
+        meta = {
+            "dagster/row_count": len(db.sample_ids(spec.name)),
+            "added": report.added,
+            "updated": report.updated,
+            "skipped": len(report.skipped),
+            "label_fields": ", ".join(db.label_fields(spec.name)["field"]),
+            "data_version": version,
+            "parquet_path": dg.MetadataValue.path(str(db.parquet_path(spec.name, "samples"))),
+            "duckdb_table": "samples",
+        }
+        if report.skipped:
+            meta["skipped_rows"] = dg.MetadataValue.json(
+                [list(map(str, s)) for s in report.skipped[:50]]
+            )
+        return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(version))
+
+    return _samples
+
+
+def build_embeddings_asset(spec: EmbeddingsSpec) -> dg.AssetsDefinition:
+    """``<dataset>/embeddings/<key>``: vectors from a model, an array, a column or a key."""
+    deps = [samples_key(spec.dataset)]
+    if spec.source == "key":
+        deps.append(embeddings_key(spec.dataset, spec.from_key))
+
+    @dg.asset(
+        key=embeddings_key(spec.dataset, spec.key),
+        deps=deps,
+        group_name=spec.dataset,
+        code_version=code_version("embeddings", spec.spec_hash()),
+        description=f"Embeddings {spec.key!r} of {spec.dataset!r} ({spec.source} source"
+        + (f", patches of {spec.patches_field!r}" if spec.patches_field else "")
+        + ")",
+        kinds={"pytorch", "duckdb"} if spec.source == "model" else {"duckdb"},
+        tags={"brain/compute": "embeddings"},
+    )
+    def _embeddings(
+        context: dg.AssetExecutionContext,
+        config: EmbeddingsRunConfig,
+        store: BrainStoreResource,
+        embedder: EmbedderResource,
+    ):
+        db = store.get()
+        run_spec = with_overrides(spec, config.model_copy(update={"device": None}))
+        emb = compute_embeddings(
+            run_spec,
+            db,
+            embedder=embedder if config.device is None else embedder.model_copy(
+                update={"device": config.device}),
+            run_id=context.run_id,
+            log=context.log,
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": len(emb.sample_ids),
+                "model": emb.model or "",
+                "model_hash": emb.model_hash or "",
+                "dim": emb.dim,
+                "patches_field": emb.patches_field or "",
+                "parquet_path": dg.MetadataValue.path(
+                    str(db.parquet_path(spec.dataset, f"embeddings/{spec.key}"))
+                ),
+                "duckdb_table": "embeddings",
+                "run_id": context.run_id,
+            },
+            data_version=dg.DataVersion(emb.data_version or ""),
+        )
+
+    return _embeddings
+
+
+def build_brain_asset(spec: BrainRunSpec) -> dg.AssetsDefinition:
+    """``<dataset>/brain/<brain_key>``: one brain run, with typed launch-time config."""
+    kind = spec.kind  # type: ignore[attr-defined]
+    if kind not in RUN_CONFIGS:
+        raise ValueError(f"brain key {spec.brain_key!r}: no asset for kind {kind!r}")
+    config_cls = RUN_CONFIGS[kind]
+    deps = []
+    if isinstance(spec, UniquenessSpec):
+        deps.append(embeddings_key(spec.dataset, spec.embeddings))
+    score = {"uniqueness": "uniqueness"}[kind]
+
+    def _compute(context: dg.AssetExecutionContext, config, store: BrainStoreResource):
+        db = store.get()
+        outcome = run_brain(with_overrides(spec, config), db, run_id=context.run_id,
+                            log=context.log)
+        ids = ["sample_id"] + (["label_id"] if "label_id" in outcome.results else [])
+        meta = {
+            **score_metadata(outcome.results, score, ids),
+            **lineage_metadata(
+                outcome.record, str(db.parquet_path(spec.dataset, f"results/{spec.brain_key}"))
+            ),
+        }
+        return dg.MaterializeResult(
+            metadata=meta, data_version=dg.DataVersion(outcome.results_version)
+        )
+
+    # Dagster reads the config type from the annotation, so set it per kind.
+    _compute.__annotations__["config"] = config_cls
+    return dg.asset(
+        key=brain_key_asset(spec.dataset, spec.brain_key),
+        deps=deps,
+        group_name=spec.dataset,
+        code_version=code_version(kind, spec.spec_hash()),
+        description=f"{kind} brain run {spec.brain_key!r} on {spec.dataset!r}",
+        kinds={"numpy", "duckdb"},
+        tags={"brain/kind": kind},
+        metadata={"brain_key": spec.brain_key, "method_version": METHOD_VERSIONS[kind]},
+    )(_compute)
