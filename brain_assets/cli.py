@@ -1,3 +1,253 @@
-"""Brain CLI."""
-def main():
-    print("ok")
+"""The ``brain`` command line: config, ingestion, materialisation, brain runs, export."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from dagster_brain.config import BrainConfigError, get_brain_config
+from dagster_brain.names import BrainNameError
+from dagster_brain.specs import SpecError
+from dagster_brain.store import StoreError
+
+USER_ERRORS: tuple[type[Exception], ...] = (
+    StoreError, SpecError, BrainNameError, BrainConfigError, ValueError, KeyError,
+    FileNotFoundError,
+)
+
+
+def user_errors(fn):
+    """Print a user error as one line and exit 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as err:
+            msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+            click.echo(f"error: {msg}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def data_dir_option(fn):
+    """``--data-dir``, defaulting to the brain config's data directory."""
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Store directory (default: brain config data_dir, env BRAIN_DATA_DIR).",
+    )(fn)
+
+
+def _store(data_dir: Path | None):
+    from dagster_brain.store import Store
+
+    return Store(data_dir or get_brain_config().data_dir)
+
+
+@click.group()
+@click.version_option(package_name="dagster-brain")
+def main() -> None:
+    """Dataset intelligence for computer-vision data, as Dagster assets."""
+
+
+@main.command("config")
+@click.argument("field", required=False)
+@user_errors
+def config_cmd(field: str | None) -> None:
+    """Print the merged brain config (secrets masked), or one FIELD of it."""
+    from dagster_brain.config import masked
+
+    config = get_brain_config()
+    if field is None:
+        click.echo(config.to_json())
+        click.echo(f"# JSON file: {config.config_path}"
+                   + ("" if config.config_path.exists() else " (not present)"), err=True)
+        return
+    merged = masked(config.as_dict())
+    if field not in merged:
+        raise BrainConfigError(f"brain config has no field {field!r} (fields: {sorted(merged)})")
+    value = merged[field]
+    click.echo(json.dumps(value, indent=4) if isinstance(value, dict) else value)
+
+
+@main.command("datasets")
+@data_dir_option
+@user_errors
+def datasets_cmd(data_dir: Path | None) -> None:
+    """List the datasets in the store with their sample counts."""
+    store = _store(data_dir)
+    for name in store.list_datasets():
+        click.echo(f"{name}\t{len(store.sample_ids(name))} samples")
+
+
+@main.command("materialize")
+@click.option("--select", "selection", default="*", show_default=True,
+              help="Dagster asset selection, e.g. 'digits/*' or 'key:digits/brain/uniqueness'.")
+@click.option("--brain-keys", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Brain-keys YAML (default: brain config brain_keys_path, else the demo).")
+@data_dir_option
+@user_errors
+def materialize_cmd(selection: str, brain_keys: Path | None, data_dir: Path | None) -> None:
+    """Materialise brain assets in this process, recorded in the Dagster instance."""
+    import dagster as dg
+
+    from dagster_brain.definitions import build_defs
+
+    defs = build_defs(brain_keys, data_dir)
+    assets = list(defs.assets or [])
+    instance = dg.DagsterInstance.get() if _has_dagster_home() else dg.DagsterInstance.ephemeral()
+    graph = defs.resolve_asset_graph()
+    keys = dg.AssetSelection.from_coercible(selection.split(",")).resolve(graph)
+    if not keys:
+        raise ValueError(f"asset selection {selection!r} matches no asset")
+    result = dg.materialize(
+        assets, selection=list(keys), instance=instance, resources=defs.resources,
+        raise_on_error=False,
+    )
+    store = _store(data_dir)
+    click.echo("")
+    click.echo(f"{'asset':<40} status")
+    for step in result.all_node_events:
+        if step.is_step_failure:
+            click.echo(f"{step.step_key:<40} FAILED: {step.event_specific_data.error.message}")
+    for key in sorted(keys, key=lambda k: k.to_user_string()):
+        mats = result.asset_materializations_for_node(key.to_python_identifier())
+        click.echo(f"{key.to_user_string():<40} {'materialized' if mats else 'not materialized'}")
+    click.echo("")
+    click.echo(f"store:    {store.db_path}  (DuckDB: tables samples, labels, embeddings, "
+               "brain_runs; schema results)")
+    click.echo(f"parquet:  {store.parquet_dir}/<dataset>/{{samples,embeddings/*,results/*}}"
+               ".parquet")
+    if _has_dagster_home():
+        click.echo("UI:       dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000")
+    if not result.success:
+        sys.exit(1)
+
+
+def _has_dagster_home() -> bool:
+    import os
+
+    return bool(os.environ.get("DAGSTER_HOME"))
+
+
+@main.group("runs")
+def runs_group() -> None:
+    """Brain runs: list, info, view, rename, delete."""
+
+
+@runs_group.command("list")
+@click.argument("dataset")
+@click.option("--type", "kind", default=None, help="Only runs of this type (e.g. uniqueness).")
+@click.option("--method", default=None, help="Only runs of this method.")
+@data_dir_option
+@user_errors
+def runs_list(dataset: str, kind: str | None, method: str | None, data_dir: Path | None) -> None:
+    """List DATASET's brain runs."""
+    store = _store(data_dir)
+    store.require_dataset(dataset)
+    df = store.list_runs(dataset, kind=kind, method=method)
+    if df.empty:
+        click.echo(f"no brain runs on {dataset!r}", err=True)
+        return
+    click.echo(df.to_string(index=False))
+
+
+@runs_group.command("info")
+@click.argument("dataset")
+@click.argument("brain_key")
+@data_dir_option
+@user_errors
+def runs_info(dataset: str, brain_key: str, data_dir: Path | None) -> None:
+    """Config, timestamp, versions and lineage of one run (JSON)."""
+    click.echo(json.dumps(_store(data_dir).get_run(dataset, brain_key).info(), indent=2,
+                          default=str))
+
+
+@runs_group.command("view")
+@click.argument("dataset")
+@click.argument("brain_key")
+@click.option("-n", "limit", default=20, show_default=True, help="Rows to print (0: all).")
+@data_dir_option
+@user_errors
+def runs_view(dataset: str, brain_key: str, limit: int, data_dir: Path | None) -> None:
+    """The ids the run ran on, with its results."""
+    from dagster_brain.api import Dataset
+
+    df = Dataset(dataset, _store(data_dir)).load_brain_view(brain_key).to_pandas()
+    click.echo(df.to_string(index=False, max_rows=limit or None))
+
+
+@runs_group.command("rename")
+@click.argument("dataset")
+@click.argument("brain_key")
+@click.argument("new_brain_key")
+@data_dir_option
+@user_errors
+def runs_rename(dataset: str, brain_key: str, new_brain_key: str, data_dir: Path | None) -> None:
+    """Rename a run (its results move with it)."""
+    _store(data_dir).rename_run(dataset, brain_key, new_brain_key)
+    click.echo(f"renamed {dataset}/{brain_key} -> {new_brain_key}")
+
+
+@runs_group.command("delete")
+@click.argument("dataset")
+@click.argument("brain_key")
+@data_dir_option
+@user_errors
+def runs_delete(dataset: str, brain_key: str, data_dir: Path | None) -> None:
+    """Delete a run and everything it wrote (results table, Parquet copy, files)."""
+    _store(data_dir).delete_run(dataset, brain_key)
+    click.echo(f"deleted {dataset}/{brain_key}")
+
+
+@main.command("export")
+@click.argument("dataset")
+@click.argument("brain_key")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@data_dir_option
+@user_errors
+def export_cmd(dataset: str, brain_key: str, out: Path, data_dir: Path | None) -> None:
+    """Write a run's results (ids plus every score column) to OUT.parquet."""
+    path = _store(data_dir).export_results(dataset, brain_key, out)
+    click.echo(f"wrote {path}")
+
+
+@main.command("uniqueness")
+@click.argument("dataset")
+@click.option("--embeddings", required=True, help="Embeddings key to score.")
+@click.option("--brain-key", default="uniqueness", show_default=True)
+@click.option("-k", "k", default=3, show_default=True, help="Neighbours per sample.")
+@click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default="cosine")
+@data_dir_option
+@user_errors
+def uniqueness_cmd(dataset: str, embeddings: str, brain_key: str, k: int, metric: str,
+                   data_dir: Path | None) -> None:
+    """compute_uniqueness on DATASET from an embeddings key."""
+    from dagster_brain.api import Dataset, compute_uniqueness
+
+    out = compute_uniqueness(Dataset(dataset, _store(data_dir)), embeddings=embeddings,
+                             brain_key=brain_key, k=k, metric=metric)
+    top = out.results.nlargest(5, "uniqueness")
+    click.echo(f"{brain_key}: {len(out.results)} scored; most unique:")
+    click.echo(top.to_string(index=False))
+
+
+def _attach_optional_groups() -> None:
+    """Subcommands that live beside their code (ingestion, demo)."""
+    from dagster_brain.ingest.cli import demo, ingest
+
+    main.add_command(ingest)
+    main.add_command(demo)
+
+
+_attach_optional_groups()
+
+if __name__ == "__main__":
+    main()
