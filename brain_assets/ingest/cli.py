@@ -1,0 +1,333 @@
+"""``brain ingest ...`` and ``brain demo make``: click groups for the main ``brain`` CLI."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from dagster_brain.ingest.coco import ingest_coco
+from dagster_brain.ingest.demo import ingest_demo
+from dagster_brain.ingest.errors import IngestError, IngestReport
+from dagster_brain.ingest.image_folder import ingest_image_folder
+from dagster_brain.ingest.manifest import ingest_manifest
+from dagster_brain.ingest.predictions import ingest_predictions
+from dagster_brain.names import BrainNameError
+from dagster_brain.store import Store, StoreError
+
+data_dir_option = click.option(
+    "--data-dir",
+    envvar="BRAIN_DATA_DIR",
+    default="data",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Store folder (env BRAIN_DATA_DIR).",
+)
+dataset_option = click.option("--dataset", "-d", required=True, help="Dataset name.")
+skip_bad_option = click.option(
+    "--skip-bad", is_flag=True, help="Skip bad rows (and report them) instead of failing."
+)
+tags_option = click.option("--tag", "tags", multiple=True, help="Tag for every sample (repeat).")
+
+
+def _classes(value: str | None) -> list[str] | None:
+    return [c.strip() for c in value.split(",") if c.strip()] if value else None
+
+
+def _embedding_columns(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        column, sep, key = value.partition("=")
+        if not sep or not column or not key:
+            raise click.BadParameter(f"{value!r} is not COLUMN=KEY", param_hint="--embedding")
+        out[column] = key
+    return out
+
+
+def reporting(fn: Callable[..., IngestReport | dict[str, IngestReport]]) -> Callable:
+    """Print the report(s); bad input exits with code 2 and its message, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            result = fn(*args, **kwargs)
+        except (IngestError, BrainNameError) as err:
+            click.echo(f"error: {err}", err=True)
+            click.get_current_context().exit(2)
+        except StoreError as err:
+            click.echo(f"error: {err}", err=True)
+            click.get_current_context().exit(1)
+        for report in result.values() if isinstance(result, dict) else [result]:
+            click.echo(report.summary())
+
+    return wrapper
+
+
+@click.group("ingest")
+def ingest() -> None:
+    """Load images, labels, predictions and embeddings into the store."""
+
+
+@ingest.command("folder")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@dataset_option
+@click.option(
+    "--label-field",
+    default="ground_truth",
+    show_default=True,
+    help="Field for class-folder labels.",
+)
+@click.option("--no-labels", is_flag=True, help="Do not read class folders as labels.")
+@click.option("--split", default=None, help="Split name for every sample.")
+@tags_option
+@click.option("--batch", default=None, help="Batch name for every sample.")
+@click.option(
+    "--recursive/--no-recursive",
+    default=True,
+    show_default=True,
+    help="Descend below the immediate sub-folders.",
+)
+@data_dir_option
+@skip_bad_option
+@reporting
+def folder(
+    root, dataset, label_field, no_labels, split, tags, batch, recursive, data_dir, skip_bad
+):
+    """Ingest a folder of images (sub-folders as classes)."""
+    return ingest_image_folder(
+        Store(data_dir),
+        dataset,
+        root,
+        label_field=None if no_labels else label_field,
+        split=split,
+        tags=tags,
+        batch=batch,
+        recursive=recursive,
+        skip_bad=skip_bad,
+    )
+
+
+@ingest.command("manifest")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@dataset_option
+@click.option("--id-column", default="id", show_default=True)
+@click.option("--filepath-column", default="filepath", show_default=True)
+@click.option("--label-column", default=None, help="Ground-truth class column.")
+@click.option("--prediction-column", default=None, help="Predicted class column.")
+@click.option("--confidence-column", default=None)
+@click.option("--logits-column", default=None, help="Logits (lists, or JSON lists in CSV).")
+@click.option(
+    "--embedding",
+    "embeddings",
+    multiple=True,
+    metavar="COLUMN=KEY",
+    help="Embedding column and the embeddings key it fills (repeat).",
+)
+@click.option("--classes", default=None, help="Comma-separated classes, in logits order.")
+@click.option("--label-field", default="ground_truth", show_default=True)
+@click.option("--prediction-field", default="predictions", show_default=True)
+@click.option(
+    "--base-dir",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for relative file paths (default: the manifest's).",
+)
+@click.option("--split-column", default=None)
+@click.option("--split", default=None, help="Split for rows without one.")
+@tags_option
+@click.option("--batch", default=None)
+@data_dir_option
+@skip_bad_option
+@reporting
+def manifest(
+    path,
+    dataset,
+    id_column,
+    filepath_column,
+    label_column,
+    prediction_column,
+    confidence_column,
+    logits_column,
+    embeddings,
+    classes,
+    label_field,
+    prediction_field,
+    base_dir,
+    split_column,
+    split,
+    tags,
+    batch,
+    data_dir,
+    skip_bad,
+):
+    """Ingest a CSV, Parquet or JSON Lines manifest."""
+    return ingest_manifest(
+        Store(data_dir),
+        dataset,
+        path,
+        id_column=id_column,
+        filepath_column=filepath_column,
+        label_column=label_column,
+        prediction_column=prediction_column,
+        confidence_column=confidence_column,
+        logits_column=logits_column,
+        embedding_columns=_embedding_columns(embeddings),
+        classes=_classes(classes),
+        label_field=label_field,
+        prediction_field=prediction_field,
+        base_dir=base_dir,
+        split_column=split_column,
+        split=split,
+        tags=tags,
+        batch=batch,
+        skip_bad=skip_bad,
+    )
+
+
+@ingest.command("coco")
+@click.argument("annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@dataset_option
+@click.option(
+    "--images-dir",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Image folder (default: the JSON file's).",
+)
+@click.option("--label-field", default="ground_truth", show_default=True)
+@click.option(
+    "--predictions",
+    "predictions_json",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="COCO results file with predictions.",
+)
+@click.option("--prediction-field", default="predictions", show_default=True)
+@click.option("--split", default=None)
+@tags_option
+@click.option("--batch", default=None)
+@click.option(
+    "--box-tolerance",
+    default=1e-6,
+    show_default=True,
+    type=float,
+    help="How far (relative) a box may overhang the image before it is an error.",
+)
+@data_dir_option
+@skip_bad_option
+@reporting
+def coco(
+    annotations,
+    dataset,
+    images_dir,
+    label_field,
+    predictions_json,
+    prediction_field,
+    split,
+    tags,
+    batch,
+    box_tolerance,
+    data_dir,
+    skip_bad,
+):
+    """Ingest COCO detection ground truth (and COCO results as predictions)."""
+    return ingest_coco(
+        Store(data_dir),
+        dataset,
+        annotations,
+        images_dir=images_dir,
+        label_field=label_field,
+        predictions_json=predictions_json,
+        prediction_field=prediction_field,
+        split=split,
+        tags=tags,
+        batch=batch,
+        box_tolerance=box_tolerance,
+        skip_bad=skip_bad,
+    )
+
+
+@ingest.command("predictions")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@dataset_option
+@click.option("--field", default="predictions", show_default=True)
+@click.option("--join-on", type=click.Choice(["id", "filepath"]), default="id", show_default=True)
+@click.option("--id-column", default="id", show_default=True)
+@click.option("--filepath-column", default="filepath", show_default=True)
+@click.option(
+    "--label-column",
+    default="label",
+    show_default=True,
+    help="Predicted class column ('' for none: argmax of the logits).",
+)
+@click.option("--confidence-column", default=None)
+@click.option("--logits-column", default=None)
+@click.option("--classes", default=None, help="Comma-separated classes, in logits order.")
+@click.option("--base-dir", default=None, type=click.Path(file_okay=False, path_type=Path))
+@data_dir_option
+@skip_bad_option
+@reporting
+def predictions(
+    path,
+    dataset,
+    field,
+    join_on,
+    id_column,
+    filepath_column,
+    label_column,
+    confidence_column,
+    logits_column,
+    classes,
+    base_dir,
+    data_dir,
+    skip_bad,
+):
+    """Ingest classification predictions for existing samples."""
+    return ingest_predictions(
+        Store(data_dir),
+        dataset,
+        path,
+        field=field,
+        join_on=join_on,
+        id_column=id_column,
+        filepath_column=filepath_column,
+        label_column=label_column or None,
+        confidence_column=confidence_column,
+        logits_column=logits_column,
+        classes=_classes(classes),
+        base_dir=base_dir,
+        skip_bad=skip_bad,
+    )
+
+
+@click.group("demo")
+def demo() -> None:
+    """Offline demo datasets with planted mistakes."""
+
+
+@demo.command("make")
+@data_dir_option
+@click.option(
+    "--demo-dir",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the demo files go (default: DATA_DIR/demo).",
+)
+@click.option("--seed", default=51, show_default=True, type=int)
+@click.option(
+    "--digits-samples", default=None, type=click.IntRange(50, 1797), help="First N digits only."
+)
+@click.option("--digits-duplicates", default=40, show_default=True, type=click.IntRange(min=0))
+@click.option("--shapes-images", default=200, show_default=True, type=click.IntRange(min=10))
+@reporting
+def make(data_dir, demo_dir, seed, digits_samples, digits_duplicates, shapes_images):
+    """Build (or reuse) the digits and shapes demos and ingest them."""
+    return ingest_demo(
+        Store(data_dir),
+        demo_dir or Path(data_dir) / "demo",
+        seed=seed,
+        digits_samples=digits_samples,
+        digits_duplicates=digits_duplicates,
+        shapes_images=shapes_images,
+    )
