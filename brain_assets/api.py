@@ -165,15 +165,16 @@ def resolve_embeddings(
     ids: list[str] | None,
     default_key: str,
     patches_field: str | None = None,
-) -> str:
-    """The embeddings key to use: an existing key, a stored array, or a model's output."""
+) -> tuple[str, bool]:
+    """The embeddings key to use (an existing key, a stored array, or a model's output),
+    and whether this call wrote it."""
     from dagster_brain.embeddings import compute_embeddings
     from dagster_brain.resources.embedder import EmbedderResource
 
     store = dataset.store
     if isinstance(embeddings, str):
         store.read_embeddings(dataset.name, embeddings, ids=[])  # clear error if unknown
-        return embeddings
+        return embeddings, False
     if embeddings is not None:
         vectors = np.asarray(embeddings, dtype=np.float32)
         sample_ids = ids if ids is not None else dataset.sample_ids
@@ -182,14 +183,16 @@ def resolve_embeddings(
                 f"embeddings array has {vectors.shape[0]} rows for {len(sample_ids)} samples of "
                 f"{dataset.name!r}"
             )
-        store.write_embeddings(dataset.name, default_key, sample_ids, vectors,
-                               model=model, source="array")
-        return default_key
+        store.write_embeddings(
+            dataset.name, default_key, sample_ids, vectors, model=model, source="array"
+        )
+        return default_key, True
     model_name = model or get_brain_config().default_model
-    spec = EmbeddingsSpec(key=default_key, dataset=dataset.name, model=model_name,
-                          patches_field=patches_field)
+    spec = EmbeddingsSpec(
+        key=default_key, dataset=dataset.name, model=model_name, patches_field=patches_field
+    )
     compute_embeddings(spec, store, embedder=EmbedderResource(model=model_name), ids=ids)
-    return default_key
+    return default_key, True
 
 
 def compute_uniqueness(
@@ -211,12 +214,20 @@ def compute_uniqueness(
     """
     dataset, ids = _as_view(samples)
     key = brain_key or uniqueness_field
-    emb_key = resolve_embeddings(dataset, embeddings, model, ids, f"{key}_embeddings",
-                                 patches_field)
-    spec = UniquenessSpec(brain_key=key, kind="uniqueness", dataset=dataset.name,
-                          embeddings=emb_key, k=k,
-                          weights=list(weights) if weights is not None else None, metric=metric)
-    return run_uniqueness(spec, dataset.store, ids=ids)
+    emb_key, created = resolve_embeddings(
+        dataset, embeddings, model, ids, f"{key}_embeddings", patches_field
+    )
+    spec = UniquenessSpec(
+        brain_key=key,
+        kind="uniqueness",
+        dataset=dataset.name,
+        embeddings=emb_key,
+        k=k,
+        weights=list(weights) if weights is not None else None,
+        metric=metric,
+    )
+    artifacts = [{"type": "embeddings", "key": emb_key}] if created else []
+    return run_uniqueness(spec, dataset.store, ids=ids, artifacts=artifacts)
 
 
 def get_embeddings(dataset: Dataset, key: str) -> EmbeddingSet:

@@ -15,7 +15,12 @@ from dagster_brain.specs import SpecError
 from dagster_brain.store import StoreError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
-    StoreError, SpecError, BrainNameError, BrainConfigError, ValueError, KeyError,
+    StoreError,
+    SpecError,
+    BrainNameError,
+    BrainConfigError,
+    ValueError,
+    KeyError,
     FileNotFoundError,
 )
 
@@ -67,8 +72,11 @@ def config_cmd(field: str | None) -> None:
     config = get_brain_config()
     if field is None:
         click.echo(config.to_json())
-        click.echo(f"# JSON file: {config.config_path}"
-                   + ("" if config.config_path.exists() else " (not present)"), err=True)
+        click.echo(
+            f"# JSON file: {config.config_path}"
+            + ("" if config.config_path.exists() else " (not present)"),
+            err=True,
+        )
         return
     merged = masked(config.as_dict())
     if field not in merged:
@@ -88,28 +96,35 @@ def datasets_cmd(data_dir: Path | None) -> None:
 
 
 @main.command("materialize")
-@click.option("--select", "selection", default="*", show_default=True,
-              help="Dagster asset selection, e.g. 'digits/*' or 'key:digits/brain/uniqueness'.")
-@click.option("--brain-keys", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Brain-keys YAML (default: brain config brain_keys_path, else the demo).")
+@click.option(
+    "--select",
+    "selection",
+    default="*",
+    show_default=True,
+    help="Dagster asset selection, e.g. 'digits/*' or 'key:digits/brain/uniqueness'.",
+)
+@click.option(
+    "--brain-keys",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Brain-keys YAML (default: brain config brain_keys_path, else the demo).",
+)
 @data_dir_option
 @user_errors
 def materialize_cmd(selection: str, brain_keys: Path | None, data_dir: Path | None) -> None:
     """Materialise brain assets in this process, recorded in the Dagster instance."""
     import dagster as dg
 
-    from dagster_brain.definitions import build_defs
+    from dagster_brain.definitions import ALL_JOB, build_defs
 
     defs = build_defs(brain_keys, data_dir)
-    assets = list(defs.assets or [])
     instance = dg.DagsterInstance.get() if _has_dagster_home() else dg.DagsterInstance.ephemeral()
     graph = defs.resolve_asset_graph()
     keys = dg.AssetSelection.from_coercible(selection.split(",")).resolve(graph)
     if not keys:
         raise ValueError(f"asset selection {selection!r} matches no asset")
-    result = dg.materialize(
-        assets, selection=list(keys), instance=instance, resources=defs.resources,
-        raise_on_error=False,
+    result = defs.resolve_job_def(ALL_JOB).execute_in_process(
+        instance=instance, asset_selection=list(keys), raise_on_error=False
     )
     store = _store(data_dir)
     click.echo("")
@@ -121,12 +136,19 @@ def materialize_cmd(selection: str, brain_keys: Path | None, data_dir: Path | No
         mats = result.asset_materializations_for_node(key.to_python_identifier())
         click.echo(f"{key.to_user_string():<40} {'materialized' if mats else 'not materialized'}")
     click.echo("")
-    click.echo(f"store:    {store.db_path}  (DuckDB: tables samples, labels, embeddings, "
-               "brain_runs; schema results)")
-    click.echo(f"parquet:  {store.parquet_dir}/<dataset>/{{samples,embeddings/*,results/*}}"
-               ".parquet")
+    click.echo(
+        f"store:    {store.db_path}  (DuckDB: tables samples, labels, embeddings, "
+        "brain_runs; schema results)"
+    )
+    click.echo(
+        f"parquet:  {store.parquet_dir}/<dataset>/{{samples,embeddings/*,results/*}}.parquet"
+    )
     if _has_dagster_home():
-        click.echo("UI:       dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000")
+        click.echo("UI:       dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000  (make ui)")
+    from dagster_brain.demo_report import demo_report
+
+    for line in demo_report(store):
+        click.echo(f"found:    {line}")
     if not result.success:
         sys.exit(1)
 
@@ -166,8 +188,9 @@ def runs_list(dataset: str, kind: str | None, method: str | None, data_dir: Path
 @user_errors
 def runs_info(dataset: str, brain_key: str, data_dir: Path | None) -> None:
     """Config, timestamp, versions and lineage of one run (JSON)."""
-    click.echo(json.dumps(_store(data_dir).get_run(dataset, brain_key).info(), indent=2,
-                          default=str))
+    click.echo(
+        json.dumps(_store(data_dir).get_run(dataset, brain_key).info(), indent=2, default=str)
+    )
 
 
 @runs_group.command("view")
@@ -227,13 +250,19 @@ def export_cmd(dataset: str, brain_key: str, out: Path, data_dir: Path | None) -
 @click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default="cosine")
 @data_dir_option
 @user_errors
-def uniqueness_cmd(dataset: str, embeddings: str, brain_key: str, k: int, metric: str,
-                   data_dir: Path | None) -> None:
+def uniqueness_cmd(
+    dataset: str, embeddings: str, brain_key: str, k: int, metric: str, data_dir: Path | None
+) -> None:
     """compute_uniqueness on DATASET from an embeddings key."""
     from dagster_brain.api import Dataset, compute_uniqueness
 
-    out = compute_uniqueness(Dataset(dataset, _store(data_dir)), embeddings=embeddings,
-                             brain_key=brain_key, k=k, metric=metric)
+    out = compute_uniqueness(
+        Dataset(dataset, _store(data_dir)),
+        embeddings=embeddings,
+        brain_key=brain_key,
+        k=k,
+        metric=metric,
+    )
     top = out.results.nlargest(5, "uniqueness")
     click.echo(f"{brain_key}: {len(out.results)} scored; most unique:")
     click.echo(top.to_string(index=False))

@@ -27,13 +27,32 @@ DEFAULT_CONFIG_PATH = Path("~/.dagster_brain/brain_config.json")
 
 BUILTIN_BACKENDS: dict[str, dict[str, Any]] = {
     "sklearn": {"metric": "cosine", "mean_center": False},
-    "qdrant": {"url": None, "api_key": None, "path": None, "collection_name": None,
-               "metric": "cosine"},
-    "pinecone": {"api_key": None, "host": None, "index_name": None, "namespace": None,
-                 "metric": "cosine", "cloud": "aws", "region": "us-east-1"},
-    "milvus": {"uri": None, "user": None, "password": None, "token": None,
-               "db_name": "default", "collection_name": None, "metric": "cosine",
-               "consistency_level": "Strong"},
+    "qdrant": {
+        "url": None,
+        "api_key": None,
+        "path": None,
+        "collection_name": None,
+        "metric": "cosine",
+    },
+    "pinecone": {
+        "api_key": None,
+        "host": None,
+        "index_name": None,
+        "namespace": None,
+        "metric": "cosine",
+        "cloud": "aws",
+        "region": "us-east-1",
+    },
+    "milvus": {
+        "uri": None,
+        "user": None,
+        "password": None,
+        "token": None,
+        "db_name": "default",
+        "collection_name": None,
+        "metric": "cosine",
+        "consistency_level": "Strong",
+    },
     "lancedb": {"uri": None, "table_name": None, "metric": "cosine"},
 }
 
@@ -122,22 +141,24 @@ def read_env_layer(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str] | 
             layer[name] = env[var]
     exposed = None
     if env.get("BRAIN_SIMILARITY_BACKENDS"):
-        exposed = [b.strip().lower() for b in env["BRAIN_SIMILARITY_BACKENDS"].split(",")
-                   if b.strip()]
+        exposed = [
+            b.strip().lower() for b in env["BRAIN_SIMILARITY_BACKENDS"].split(",") if b.strip()
+        ]
     known = set(BUILTIN_BACKENDS) | set(exposed or [])
     backends: dict[str, dict[str, Any]] = {}
     for var, raw in env.items():
         if not var.startswith("BRAIN_SIMILARITY_") or var == "BRAIN_SIMILARITY_BACKENDS":
             continue
-        rest = var[len("BRAIN_SIMILARITY_"):].lower()
-        backend = next((b for b in sorted(known, key=len, reverse=True)
-                        if rest.startswith(b + "_")), None)
+        rest = var[len("BRAIN_SIMILARITY_") :].lower()
+        backend = next(
+            (b for b in sorted(known, key=len, reverse=True) if rest.startswith(b + "_")), None
+        )
         if backend is None:
             raise BrainConfigError(
                 f"environment variable {var}: no similarity backend named in it "
                 f"(known: {sorted(known)}); declare custom ones in BRAIN_SIMILARITY_BACKENDS"
             )
-        backends.setdefault(backend, {})[rest[len(backend) + 1:]] = _parse_value(raw)
+        backends.setdefault(backend, {})[rest[len(backend) + 1 :]] = _parse_value(raw)
     if backends:
         layer["similarity_backends"] = backends
     return layer, exposed
@@ -148,8 +169,7 @@ class BrainConfig:
 
     _FIELDS = tuple(DEFAULTS)
 
-    def __init__(self, path: str | os.PathLike | None = None,
-                 env: Mapping[str, str] | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None):
         object.__setattr__(self, "_runtime", {})
         object.__setattr__(self, "_path", path)
         object.__setattr__(self, "_env", env)

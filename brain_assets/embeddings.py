@@ -81,20 +81,40 @@ def compute_embeddings(
     if spec.source == "key":
         src = store.read_embeddings(spec.dataset, spec.from_key, ids=ids)
         return store.write_embeddings(
-            spec.dataset, spec.key, src.sample_ids, src.vectors, label_ids=src.label_ids,
-            model=src.model, model_hash=src.model_hash, source=f"key:{spec.from_key}",
-            patches_field=src.patches_field, run_id=run_id,
+            spec.dataset,
+            spec.key,
+            src.sample_ids,
+            src.vectors,
+            label_ids=src.label_ids,
+            model=src.model,
+            model_hash=src.model_hash,
+            source=f"key:{spec.from_key}",
+            patches_field=src.patches_field,
+            run_id=run_id,
         )
     if spec.source in ("array", "column"):
         sample_ids, vectors = load_precomputed(spec, store)
         if ids is not None:
             keep = np.isin(sample_ids, ids)
-            sample_ids, vectors = [s for s, k in zip(sample_ids, keep) if k], vectors[keep]
-        log.info("embeddings %r: %d precomputed vectors of dim %d from %s",
-                 spec.key, len(sample_ids), vectors.shape[1], spec.path)
+            sample_ids, vectors = (
+                [s for s, k in zip(sample_ids, keep, strict=True) if k],
+                vectors[keep],
+            )
+        log.info(
+            "embeddings %r: %d precomputed vectors of dim %d from %s",
+            spec.key,
+            len(sample_ids),
+            vectors.shape[1],
+            spec.path,
+        )
         return store.write_embeddings(
-            spec.dataset, spec.key, sample_ids, vectors, model=spec.model,
-            source=f"{spec.source}:{Path(spec.path).name}", run_id=run_id,
+            spec.dataset,
+            spec.key,
+            sample_ids,
+            vectors,
+            model=spec.model,
+            source=f"{spec.source}:{Path(spec.path).name}",
+            run_id=run_id,
         )
     settings = {"batch_size": spec.batch_size, "num_workers": spec.num_workers}
     if spec.model:
@@ -113,28 +133,53 @@ def compute_embeddings(
             )
         labels = store.labels(spec.dataset, spec.patches_field)
         labels = labels[labels["sample_id"].isin(set(samples["sample_id"]))]
-        log.info("embeddings %r: %d patches of %r with %s", spec.key, len(labels),
-                 spec.patches_field, model.name)
+        log.info(
+            "embeddings %r: %d patches of %r with %s",
+            spec.key,
+            len(labels),
+            spec.patches_field,
+            model.name,
+        )
         out = embedder.embed_patches(
             dict(zip(samples["sample_id"], samples["filepath"], strict=True)),
             labels[["sample_id", "label_id", "box"]].reset_index(drop=True),
-            alpha=spec.alpha, force_square=spec.force_square, log=log,
+            alpha=spec.alpha,
+            force_square=spec.force_square,
+            log=log,
             skip_failures=spec.skip_failures,
         )
         sample_ids, label_ids = out.sample_ids, out.ids
     else:
-        log.info("embeddings %r: %d images with %s on %s", spec.key, len(samples), model.name,
-                 model.device)
+        log.info(
+            "embeddings %r: %d images with %s on %s",
+            spec.key,
+            len(samples),
+            model.name,
+            model.device,
+        )
         out = embedder.embed_files(
-            samples["filepath"].tolist(), samples["sample_id"].tolist(), log=log,
+            samples["filepath"].tolist(),
+            samples["sample_id"].tolist(),
+            log=log,
             skip_failures=spec.skip_failures,
         )
         sample_ids, label_ids = out.ids, None
     if out.failures:
-        log.warning("embeddings %r: skipped %d unreadable items: %s", spec.key,
-                    len(out.failures), dict(list(out.failures.items())[:10]))
+        log.warning(
+            "embeddings %r: skipped %d unreadable items: %s",
+            spec.key,
+            len(out.failures),
+            dict(list(out.failures.items())[:10]),
+        )
     return store.write_embeddings(
-        spec.dataset, spec.key, sample_ids, out.vectors, label_ids=label_ids,
-        model=model.name, model_hash=model.weights_hash, source="model",
-        patches_field=spec.patches_field, run_id=run_id,
+        spec.dataset,
+        spec.key,
+        sample_ids,
+        out.vectors,
+        label_ids=label_ids,
+        model=model.name,
+        model_hash=model.weights_hash,
+        source="model",
+        patches_field=spec.patches_field,
+        run_id=run_id,
     )

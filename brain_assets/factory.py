@@ -4,7 +4,7 @@ Graph: ``<dataset>/samples`` -> ``<dataset>/embeddings/<key>`` -> ``<dataset>/br
 Assets pass data through the store (``deps`` + store reads), never through IO managers.
 """
 
-from enum import Enum
+from enum import Enum, StrEnum
 
 import dagster as dg
 from pydantic import Field
@@ -41,7 +41,7 @@ class EmbeddingsRunConfig(dg.Config):
     device: str | None = Field(default=None, description="'cpu', 'cuda' or 'auto'")
 
 
-class DistanceMetric(str, Enum):
+class DistanceMetric(StrEnum):
     """Distance between embeddings."""
 
     cosine = "cosine"
@@ -131,8 +131,9 @@ def build_embeddings_asset(spec: EmbeddingsSpec) -> dg.AssetsDefinition:
         emb = compute_embeddings(
             run_spec,
             db,
-            embedder=embedder if config.device is None else embedder.model_copy(
-                update={"device": config.device}),
+            embedder=embedder
+            if config.device is None
+            else embedder.model_copy(update={"device": config.device}),
             run_id=context.run_id,
             log=context.log,
         )
@@ -168,8 +169,9 @@ def build_brain_asset(spec: BrainRunSpec) -> dg.AssetsDefinition:
 
     def _compute(context: dg.AssetExecutionContext, config, store: BrainStoreResource):
         db = store.get()
-        outcome = run_brain(with_overrides(spec, config), db, run_id=context.run_id,
-                            log=context.log)
+        outcome = run_brain(
+            with_overrides(spec, config), db, run_id=context.run_id, log=context.log
+        )
         ids = ["sample_id"] + (["label_id"] if "label_id" in outcome.results else [])
         meta = {
             **score_metadata(outcome.results, score, ids),

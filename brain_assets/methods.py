@@ -67,8 +67,12 @@ def run_uniqueness(
     run_id: str | None = None,
     log: Any = _LOG,
     ids: list[str] | None = None,
+    artifacts: list[dict[str, Any]] | None = None,
 ) -> RunOutcome:
-    """``compute_uniqueness`` on an embeddings key; writes ``uniqueness`` per sample/patch."""
+    """``compute_uniqueness`` on an embeddings key; writes ``uniqueness`` per sample/patch.
+
+    ``artifacts`` lists what else the run wrote (e.g. embeddings it computed), deleted with it.
+    """
     emb = store.read_embeddings(spec.dataset, spec.embeddings, ids=ids)
     item_ids = emb.ids
     if len(item_ids) < 2:
@@ -78,8 +82,12 @@ def run_uniqueness(
         )
     log.info(
         "%s: uniqueness of %d %s from embeddings %r (k=%d, %s)",
-        spec.brain_key, len(item_ids), "patches" if emb.label_ids else "samples",
-        spec.embeddings, spec.k, spec.metric,
+        spec.brain_key,
+        len(item_ids),
+        "patches" if emb.label_ids else "samples",
+        spec.embeddings,
+        spec.k,
+        spec.metric,
     )
     try:
         scores, nearest, nearest_dist = uniqueness_scores(
@@ -114,6 +122,7 @@ def run_uniqueness(
                 "patches_field": emb.patches_field,
             }
         },
+        artifacts=list(artifacts or []),
     )
     store.commit_run(record, results)
     summary = {

@@ -75,8 +75,9 @@ class CocoSource(_Spec):
     skip_bad: bool = False
 
 
-Source = Annotated[DemoSource | ImageFolderSource | ManifestSource | CocoSource,
-                   Field(discriminator="type")]
+Source = Annotated[
+    DemoSource | ImageFolderSource | ManifestSource | CocoSource, Field(discriminator="type")
+]
 
 
 class DatasetSpec(_Spec):

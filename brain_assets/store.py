@@ -305,7 +305,9 @@ class Store:
     def list_datasets(self) -> list[str]:
         """Names of all datasets."""
         with self.connect() as conn:
-            return [r[0] for r in conn.execute("SELECT dataset FROM datasets ORDER BY 1").fetchall()]
+            return [
+                r[0] for r in conn.execute("SELECT dataset FROM datasets ORDER BY 1").fetchall()
+            ]
 
     def require_dataset(self, dataset: str) -> None:
         """Raise a clear error for an unknown dataset."""
@@ -469,7 +471,9 @@ class Store:
     def data_version(self, dataset: str, ids: Sequence[str] | None = None) -> str:
         """Hash of the sample ids and their content hashes (the dataset's data version)."""
         df = self.samples(dataset, ids)
-        return hash_strings([f"{a}:{b}" for a, b in zip(df["sample_id"], df["content_hash"])])
+        return hash_strings(
+            [f"{a}:{b}" for a, b in zip(df["sample_id"], df["content_hash"], strict=True)]
+        )
 
     # -- embeddings -----------------------------------------------------------------------
 
@@ -517,8 +521,10 @@ class Store:
                 "dataset": pa.array([dataset] * len(sample_ids), pa.string()),
                 "embeddings_key": pa.array([key] * len(sample_ids), pa.string()),
                 "sample_id": pa.array(list(sample_ids), pa.string()),
-                "label_id": pa.array(list(label_ids) if label_ids is not None else
-                                     [None] * len(sample_ids), pa.string()),
+                "label_id": pa.array(
+                    list(label_ids) if label_ids is not None else [None] * len(sample_ids),
+                    pa.string(),
+                ),
                 "vector": vectors_to_arrow(vectors),
             }
         )
@@ -531,8 +537,19 @@ class Store:
             conn.execute("INSERT INTO embeddings SELECT * FROM new_vectors")
             conn.execute(
                 "INSERT OR REPLACE INTO embedding_sets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [dataset, key, model, model_hash, int(vectors.shape[1]) if vectors.size else 0,
-                 patches_field, source, len(sample_ids), version, run_id, utcnow()],
+                [
+                    dataset,
+                    key,
+                    model,
+                    model_hash,
+                    int(vectors.shape[1]) if vectors.size else 0,
+                    patches_field,
+                    source,
+                    len(sample_ids),
+                    version,
+                    run_id,
+                    utcnow(),
+                ],
             )
             self._mirror(
                 conn,
@@ -632,27 +649,49 @@ class Store:
                 "INSERT OR REPLACE INTO brain_runs VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    record.dataset, record.brain_key, record.kind, record.method,
-                    json.dumps(record.config, sort_keys=True, default=str), record.created_at,
-                    record.run_id, record.code_version, record.data_version,
+                    record.dataset,
+                    record.brain_key,
+                    record.kind,
+                    record.method,
+                    json.dumps(record.config, sort_keys=True, default=str),
+                    record.created_at,
+                    record.run_id,
+                    record.code_version,
+                    record.data_version,
                     json.dumps(record.versions, sort_keys=True),
                     json.dumps(record.upstream, sort_keys=True, default=str),
-                    list(record.sample_ids), record.label_ids, record.results_table,
+                    list(record.sample_ids),
+                    record.label_ids,
+                    record.results_table,
                     json.dumps(record.artifacts, sort_keys=True),
                 ],
             )
             self._history(conn, record, "materialized")
             if results is not None:
-                self._mirror(conn, record.dataset, f"results/{record.brain_key}", f"FROM {table}",
-                             params=False)
+                self._mirror(
+                    conn,
+                    record.dataset,
+                    f"results/{record.brain_key}",
+                    f"FROM {table}",
+                    params=False,
+                )
         return record
 
     def _history(self, conn, record: BrainRunRecord, event: str, detail: str = "") -> None:
         conn.execute(
             "INSERT INTO brain_run_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [record.dataset, record.brain_key, record.kind, event, utcnow(), record.run_id,
-             record.code_version, record.data_version,
-             json.dumps(record.upstream, sort_keys=True, default=str), detail],
+            [
+                record.dataset,
+                record.brain_key,
+                record.kind,
+                event,
+                utcnow(),
+                record.run_id,
+                record.code_version,
+                record.data_version,
+                json.dumps(record.upstream, sort_keys=True, default=str),
+                detail,
+            ],
         )
 
     def get_run(self, dataset: str, brain_key: str, missing_ok: bool = False):
@@ -702,8 +741,7 @@ class Store:
             if record.results_table:
                 new_table = results_table_name(dataset, new_key)
                 conn.execute(
-                    f"ALTER TABLE {record.results_table} RENAME TO "
-                    f"{quote(f'{dataset}__{new_key}')}"
+                    f"ALTER TABLE {record.results_table} RENAME TO {quote(f'{dataset}__{new_key}')}"
                 )
             conn.execute(
                 "UPDATE brain_runs SET brain_key = ?, results_table = ? "
@@ -728,6 +766,8 @@ class Store:
         for art in record.artifacts:
             if art.get("type") == "path":
                 _remove_tree(Path(art["path"]))
+            elif art.get("type") == "embeddings":
+                self.delete_embeddings(dataset, art["key"])
         return record
 
     def export_results(self, dataset: str, brain_key: str, out: str | os.PathLike) -> Path:

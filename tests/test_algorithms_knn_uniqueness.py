@@ -47,8 +47,9 @@ def test_knn_rejects_bad_input():
 def test_uniqueness_hand_computed():
     # three points on a line (euclidean): distances 0-1: 1, 1-2: 2, 0-2: 3
     X = np.array([[0.0], [1.0], [3.0]], dtype=np.float32)
-    scores, nearest, nd = uniqueness_scores(X, ["a", "b", "c"], k=2, weights=[0.5, 0.5],
-                                            metric="euclidean")
+    scores, nearest, nd = uniqueness_scores(
+        X, ["a", "b", "c"], k=2, weights=[0.5, 0.5], metric="euclidean"
+    )
     raw = np.array([(1 + 3) / 2, (1 + 2) / 2, (2 + 3) / 2])
     assert np.allclose(scores, raw / raw.max())
     assert list(nearest) == [1, 0, 1]

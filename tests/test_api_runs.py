@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from conftest import sample_frame
 
 import dagster_brain as fob
-from conftest import sample_frame
 from dagster_brain.store import StoreError
 
 
@@ -39,8 +39,11 @@ def test_compute_uniqueness_from_array_and_manage_runs(dataset, tmp_path):
     dataset.rename_brain_run("uniqueness", "uniq_v2")
     assert dataset.has_brain_run("uniq_v2") and not dataset.has_brain_run("uniqueness")
     assert len(dataset.load_brain_results("uniq_v2")) == 6
+    assert "uniqueness_embeddings" in dataset.store.embedding_sets("toy")["embeddings_key"].values
     dataset.delete_brain_run("uniq_v2")
     assert dataset.list_brain_runs() == []
+    # the embeddings the run computed from the array went with it
+    assert dataset.store.embedding_sets("toy").empty
     with pytest.raises(StoreError, match="no brain run 'uniq_v2'"):
         dataset.load_brain_results("uniq_v2")
 

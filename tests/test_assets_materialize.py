@@ -28,13 +28,28 @@ def make_folder(root, n_per_class=4, seed=0):
 
 
 def write_keys(path, folder, extra_runs=()):
-    path.write_text(yaml.safe_dump({
-        "datasets": [{"name": "pets", "source": {"type": "image_folder", "path": str(folder)}}],
-        "embeddings": [{"key": "default", "dataset": "pets", "num_workers": 0,
-                        "batch_size": 4}],
-        "brain_runs": [{"brain_key": "uniqueness", "kind": "uniqueness", "dataset": "pets",
-                        "embeddings": "default", "k": 2}, *extra_runs],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "datasets": [
+                    {"name": "pets", "source": {"type": "image_folder", "path": str(folder)}}
+                ],
+                "embeddings": [
+                    {"key": "default", "dataset": "pets", "num_workers": 0, "batch_size": 4}
+                ],
+                "brain_runs": [
+                    {
+                        "brain_key": "uniqueness",
+                        "kind": "uniqueness",
+                        "dataset": "pets",
+                        "embeddings": "default",
+                        "k": 2,
+                    },
+                    *extra_runs,
+                ],
+            }
+        )
+    )
     return path
 
 
@@ -56,8 +71,11 @@ def test_graph_materializes_and_uniqueness_matches_brute_force(project):
     result = materialize_all(keys, data_dir)
     assert result.success
     done = {e.asset_key for e in result.get_asset_materialization_events()}
-    assert done == {samples_key("pets"), embeddings_key("pets", "default"),
-                    brain_key_asset("pets", "uniqueness")}
+    assert done == {
+        samples_key("pets"),
+        embeddings_key("pets", "default"),
+        brain_key_asset("pets", "uniqueness"),
+    }
     store = Store(data_dir)
     emb = store.read_embeddings("pets", "default")
     assert emb.vectors.shape == (9, 1280) and emb.model == "efficientnet-lite0"
@@ -91,8 +109,9 @@ def test_failed_run_keeps_previous_results(project, monkeypatch):
         raise RuntimeError("simulated crash in the middle of the run")
 
     monkeypatch.setattr(methods, "uniqueness_scores", broken)
-    result = materialize_all(keys, data_dir, raise_on_error=False,
-                             selection=[brain_key_asset("pets", "uniqueness")])
+    result = materialize_all(
+        keys, data_dir, raise_on_error=False, selection=[brain_key_asset("pets", "uniqueness")]
+    )
     assert not result.success
     pd.testing.assert_frame_equal(store.load_results("pets", "uniqueness"), before)
     assert store.get_run("pets", "uniqueness").created_at == created
@@ -102,7 +121,9 @@ def test_run_config_overrides_the_yaml(project):
     keys, data_dir = project
     assert materialize_all(keys, data_dir).success
     result = materialize_all(
-        keys, data_dir, selection=[brain_key_asset("pets", "uniqueness")],
+        keys,
+        data_dir,
+        selection=[brain_key_asset("pets", "uniqueness")],
         run_config={"ops": {"pets__brain__uniqueness": {"config": {"k": 1}}}},
     )
     assert result.success

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import sample_frame
 
 import dagster_brain as fob
-from conftest import sample_frame
 from dagster_brain.cli import main
 
 
@@ -16,8 +16,9 @@ from dagster_brain.cli import main
 def data_dir(store):
     store.write_samples("toy", sample_frame([f"/img/{i}.png" for i in range(5)]))
     rng = np.random.default_rng(1)
-    fob.compute_uniqueness(fob.Dataset("toy", store),
-                           embeddings=rng.normal(size=(5, 4)).astype(np.float32))
+    fob.compute_uniqueness(
+        fob.Dataset("toy", store), embeddings=rng.normal(size=(5, 4)).astype(np.float32)
+    )
     return str(store.data_dir)
 
 
@@ -26,9 +27,11 @@ def run(*args, env=None):
 
 
 def test_config_prints_merged_json_with_masked_secrets(tmp_path):
-    env = {"BRAIN_CONFIG_PATH": str(tmp_path / "none.json"),
-           "BRAIN_SIMILARITY_QDRANT_API_KEY": "qd-secret-key-9876",
-           "BRAIN_DEFAULT_SIMILARITY_BACKEND": "qdrant"}
+    env = {
+        "BRAIN_CONFIG_PATH": str(tmp_path / "none.json"),
+        "BRAIN_SIMILARITY_QDRANT_API_KEY": "qd-secret-key-9876",
+        "BRAIN_DEFAULT_SIMILARITY_BACKEND": "qdrant",
+    }
     import dagster_brain.config as config
 
     config._brain_config = None  # re-read the environment

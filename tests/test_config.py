@@ -9,13 +9,21 @@ from dagster_brain.config import BrainConfig, BrainConfigError
 
 def test_precedence(tmp_path):
     path = tmp_path / "brain_config.json"
-    path.write_text(json.dumps({
-        "default_similarity_backend": "qdrant",
-        "similarity_backends": {"qdrant": {"url": "http://file:6333"},
-                                "milvus": {"uri": "file.db"}},
-    }))
-    env = {"BRAIN_SIMILARITY_QDRANT_URL": "http://env:6333",
-           "BRAIN_SIMILARITY_MILVUS_CONSISTENCY_LEVEL": "Bounded"}
+    path.write_text(
+        json.dumps(
+            {
+                "default_similarity_backend": "qdrant",
+                "similarity_backends": {
+                    "qdrant": {"url": "http://file:6333"},
+                    "milvus": {"uri": "file.db"},
+                },
+            }
+        )
+    )
+    env = {
+        "BRAIN_SIMILARITY_QDRANT_URL": "http://env:6333",
+        "BRAIN_SIMILARITY_MILVUS_CONSISTENCY_LEVEL": "Bounded",
+    }
     config = BrainConfig(env={**env, "BRAIN_CONFIG_PATH": str(path)})
     assert config.default_similarity_backend == "qdrant"  # file over default
     assert config.backend_params("qdrant")["url"] == "http://env:6333"  # env over file
@@ -29,9 +37,11 @@ def test_precedence(tmp_path):
 
 
 def test_env_default_backend_and_value_parsing(tmp_path):
-    env = {"BRAIN_CONFIG_PATH": str(tmp_path / "none.json"),
-           "BRAIN_DEFAULT_SIMILARITY_BACKEND": "milvus",
-           "BRAIN_SIMILARITY_SKLEARN_MEAN_CENTER": "true"}
+    env = {
+        "BRAIN_CONFIG_PATH": str(tmp_path / "none.json"),
+        "BRAIN_DEFAULT_SIMILARITY_BACKEND": "milvus",
+        "BRAIN_SIMILARITY_SKLEARN_MEAN_CENTER": "true",
+    }
     config = BrainConfig(env=env)
     assert config.default_similarity_backend == "milvus"
     assert config.backend_params()["consistency_level"] == "Strong"
@@ -39,9 +49,11 @@ def test_env_default_backend_and_value_parsing(tmp_path):
 
 
 def test_exposed_backends_and_custom_backend(tmp_path):
-    env = {"BRAIN_CONFIG_PATH": str(tmp_path / "none.json"),
-           "BRAIN_SIMILARITY_BACKENDS": "sklearn,my_db",
-           "BRAIN_SIMILARITY_MY_DB_URL": "http://127.0.0.1:1"}
+    env = {
+        "BRAIN_CONFIG_PATH": str(tmp_path / "none.json"),
+        "BRAIN_SIMILARITY_BACKENDS": "sklearn,my_db",
+        "BRAIN_SIMILARITY_MY_DB_URL": "http://127.0.0.1:1",
+    }
     config = BrainConfig(env=env)
     assert sorted(config.similarity_backends) == ["my_db", "sklearn"]
     assert config.backend_params("my_db") == {"url": "http://127.0.0.1:1"}
@@ -53,8 +65,10 @@ def test_exposed_backends_and_custom_backend(tmp_path):
 
 
 def test_secrets_are_masked_when_printed(tmp_path):
-    env = {"BRAIN_CONFIG_PATH": str(tmp_path / "none.json"),
-           "BRAIN_SIMILARITY_PINECONE_API_KEY": "pcsk_supersecretvalue1234"}
+    env = {
+        "BRAIN_CONFIG_PATH": str(tmp_path / "none.json"),
+        "BRAIN_SIMILARITY_PINECONE_API_KEY": "pcsk_supersecretvalue1234",
+    }
     config = BrainConfig(env=env)
     assert config.backend_params("pinecone")["api_key"] == "pcsk_supersecretvalue1234"
     text = config.to_json()
@@ -74,5 +88,6 @@ def test_bad_file_and_unknown_fields(tmp_path):
     with pytest.raises(BrainConfigError, match="no field"):
         config.not_a_field = 1
     with pytest.raises(BrainConfigError, match="no similarity backend"):
-        BrainConfig(env={"BRAIN_CONFIG_PATH": str(tmp_path / "n.json"),
-                         "BRAIN_SIMILARITY_NOPE_URL": "x"})
+        BrainConfig(
+            env={"BRAIN_CONFIG_PATH": str(tmp_path / "n.json"), "BRAIN_SIMILARITY_NOPE_URL": "x"}
+        )

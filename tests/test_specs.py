@@ -21,16 +21,43 @@ def test_bundled_demo_file_loads():
     ("runs", "message"),
     [
         ([{"brain_key": "u", "kind": "nope", "dataset": "d"}], r"entry 'u'.*field 'kind'"),
-        ([{"brain_key": "u", "kind": "uniqueness", "dataset": "d", "embeddings": "e", "k": 0}],
-         r"entry 'u'.*field 'k'"),
-        ([{"brain_key": "Bad-Key", "kind": "uniqueness", "dataset": "d", "embeddings": "e"}],
-         r"entry 'Bad-Key'.*field 'brain_key'"),
-        ([{"brain_key": "u", "kind": "uniqueness", "dataset": "d", "embeddings": "zzz"}],
-         r"brain run 'u': embeddings 'zzz' is not declared"),
-        ([{"brain_key": "u", "kind": "uniqueness", "dataset": "d", "embeddings": "e",
-           "typo": 1}], r"entry 'u'.*field 'typo'"),
-        ([{"brain_key": "u", "kind": "uniqueness", "dataset": "d", "embeddings": "e",
-           "k": 2, "weights": [1]}], r"entry 'u'.*weights has 1 values"),
+        (
+            [{"brain_key": "u", "kind": "uniqueness", "dataset": "d", "embeddings": "e", "k": 0}],
+            r"entry 'u'.*field 'k'",
+        ),
+        (
+            [{"brain_key": "Bad-Key", "kind": "uniqueness", "dataset": "d", "embeddings": "e"}],
+            r"entry 'Bad-Key'.*field 'brain_key'",
+        ),
+        (
+            [{"brain_key": "u", "kind": "uniqueness", "dataset": "d", "embeddings": "zzz"}],
+            r"brain run 'u': embeddings 'zzz' is not declared",
+        ),
+        (
+            [
+                {
+                    "brain_key": "u",
+                    "kind": "uniqueness",
+                    "dataset": "d",
+                    "embeddings": "e",
+                    "typo": 1,
+                }
+            ],
+            r"entry 'u'.*field 'typo'",
+        ),
+        (
+            [
+                {
+                    "brain_key": "u",
+                    "kind": "uniqueness",
+                    "dataset": "d",
+                    "embeddings": "e",
+                    "k": 2,
+                    "weights": [1],
+                }
+            ],
+            r"entry 'u'.*weights has 1 values",
+        ),
     ],
 )
 def test_invalid_run_entries(runs, message):

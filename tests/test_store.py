@@ -3,8 +3,8 @@
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import sample_frame
+
 from dagster_brain.names import BrainNameError
 from dagster_brain.store import BrainRunRecord, Store, StoreError
 
@@ -23,9 +23,14 @@ def _run(store: Store, key: str, ids: list[str], scores) -> BrainRunRecord:
 def test_samples_labels_and_embeddings_roundtrip(store):
     ids = _dataset(store)
     labels = pd.DataFrame(
-        {"sample_id": ids[:2], "label_id": ["gt:a", "gt:b"], "label": ["cat", "dog"],
-         "confidence": [0.9, np.nan], "logits": [[1.0, 2.0], None],
-         "box": [[0.1, 0.2, 0.3, 0.4], [0.0, 0.0, 1.0, 1.0]]}
+        {
+            "sample_id": ids[:2],
+            "label_id": ["gt:a", "gt:b"],
+            "label": ["cat", "dog"],
+            "confidence": [0.9, np.nan],
+            "logits": [[1.0, 2.0], None],
+            "box": [[0.1, 0.2, 0.3, 0.4], [0.0, 0.0, 1.0, 1.0]],
+        }
     )
     store.write_labels("d", "gt", "detections", ["cat", "dog"], labels)
     out = store.labels("d", "gt")
@@ -90,8 +95,9 @@ def test_rename_and_delete_remove_everything(store):
     assert store.parquet_path("d", "results/v").exists()
     assert not store.parquet_path("d", "results/u").exists()
     store.delete_run("d", "v")
-    tables = store.query("SELECT table_name FROM information_schema.tables "
-                         "WHERE table_schema = 'results'")
+    tables = store.query(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'results'"
+    )
     assert tables.empty
     assert not store.parquet_path("d", "results/v").exists()
     with pytest.raises(StoreError, match="no brain run 'v'"):

@@ -13,7 +13,9 @@ METRICS: tuple[str, ...] = ("cosine", "euclidean", "dotproduct")
 DEFAULT_BLOCK_BYTES = 128 * 1024 * 1024
 
 
-def check_vectors(X: np.ndarray, ids: list[str] | None = None, what: str = "embeddings") -> np.ndarray:
+def check_vectors(
+    X: np.ndarray, ids: list[str] | None = None, what: str = "embeddings"
+) -> np.ndarray:
     """Return ``X`` as a C-contiguous float32 (n, d) array; errors name the offending id."""
     X = np.ascontiguousarray(X, dtype=np.float32)
     if X.ndim != 2:

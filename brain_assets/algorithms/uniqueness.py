@@ -14,8 +14,10 @@ DEFAULT_WEIGHTS = (0.6, 0.3, 0.1)
 def neighbour_weights(k: int, weights: Sequence[float] | None = None) -> np.ndarray:
     """Weights for the 1st..k-th neighbour distances, summing to one."""
     if weights is None:
-        w = np.asarray(DEFAULT_WEIGHTS[:k] if k <= len(DEFAULT_WEIGHTS) else
-                       [1.0 / (i + 1) for i in range(k)], dtype=np.float64)
+        w = np.asarray(
+            DEFAULT_WEIGHTS[:k] if k <= len(DEFAULT_WEIGHTS) else [1.0 / (i + 1) for i in range(k)],
+            dtype=np.float64,
+        )
     else:
         w = np.asarray(list(weights), dtype=np.float64)
         if w.shape != (k,):
