@@ -101,7 +101,7 @@ def datasets_cmd(data_dir: Path | None) -> None:
     "selection",
     default="*",
     show_default=True,
-    help="Dagster asset selection, e.g. 'digits/*' or 'key:digits/brain/uniqueness'.",
+    help="Dagster asset selection (the UI's syntax), e.g. 'group:digits', 'key:digits/*'.",
 )
 @click.option(
     "--brain-keys",
@@ -120,7 +120,7 @@ def materialize_cmd(selection: str, brain_keys: Path | None, data_dir: Path | No
     defs = build_defs(brain_keys, data_dir)
     instance = dg.DagsterInstance.get() if _has_dagster_home() else dg.DagsterInstance.ephemeral()
     graph = defs.resolve_asset_graph()
-    keys = dg.AssetSelection.from_coercible(selection.split(",")).resolve(graph)
+    keys = dg.AssetSelection.from_string(selection).resolve(graph)
     if not keys:
         raise ValueError(f"asset selection {selection!r} matches no asset")
     result = defs.resolve_job_def(ALL_JOB).execute_in_process(

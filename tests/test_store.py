@@ -130,3 +130,26 @@ def test_list_runs_filters_by_type_and_method(store):
     assert store.list_runs("d", kind="hardness")["brain_key"].tolist() == ["h"]
     assert store.list_runs("d", method="knn")["brain_key"].tolist() == ["u"]
     assert store.load_results("d", "h").empty
+
+
+def _write_key(data_dir: str, key: str) -> None:
+    store = Store(data_dir)
+    ids = store.sample_ids("d")
+    for _ in range(5):
+        store.write_embeddings("d", key, ids, np.random.default_rng().normal(size=(len(ids), 8)))
+
+
+def test_two_processes_write_the_same_store(store):
+    """Parallel Dagster steps each open the DuckDB file; the lock is waited for, not fatal."""
+    import multiprocessing as mp
+
+    ids = _dataset(store)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_write_key, args=(str(store.data_dir), k)) for k in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted(store.embedding_sets("d")["embeddings_key"]) == ["a", "b"]
+    assert store.read_embeddings("d", "a").sample_ids == ids
