@@ -1,0 +1,1 @@
+"""Similarity indexes: one index API over five vector backends (no Dagster imports)."""

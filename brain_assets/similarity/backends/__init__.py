@@ -1,0 +1,1 @@
+"""Vector storage adapters: sklearn (exact numpy), qdrant, milvus, lancedb, pinecone."""

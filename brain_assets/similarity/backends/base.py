@@ -1,0 +1,113 @@
+"""The small protocol every vector backend implements; the index API is built on top of it.
+
+Conventions every adapter follows, so that the same question gets the same answer on every
+backend:
+
+- ids are strings (a sample id, or a label id for patch indexes); adapters map them to what the
+  backend needs (UUIDs, hashes) and keep the original string with the vector;
+- vectors are float32 rows of length ``dim``; ``upsert`` overwrites vectors with the same id;
+- distances are reported in one convention, smaller = nearer:
+  ``cosine`` -> ``1 - cos(q, x)`` in [0, 2]; ``euclidean`` -> ``||q - x||``;
+  ``dotproduct`` -> ``-<q, x>``;
+- ``query`` returns, per query row, up to ``k`` (id, distance) pairs, nearest first, optionally
+  restricted to ``allowed`` ids (a view): native filters where the backend has them, else an
+  exact scan of the allowed vectors;
+- errors that come from an unreachable backend are raised as :class:`BackendUnavailable`
+  naming the backend and its URL/path.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+METRICS: tuple[str, ...] = ("cosine", "euclidean", "dotproduct")
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot be reached or opened (message names the backend and where)."""
+
+
+class UnsupportedMetric(ValueError):
+    """A metric the backend does not offer."""
+
+
+class VectorBackend(ABC):
+    """One collection / table / index of string-keyed vectors on one backend."""
+
+    name: ClassVar[str]
+    metrics: ClassVar[tuple[str, ...]] = METRICS
+    exact: ClassVar[bool] = False  # True: query results are exact top-k
+
+    def __init__(self, collection: str, dim: int, metric: str, root: Path, **params: Any):
+        """Open (creating if needed) ``collection``; ``root`` is a folder for local files."""
+        if metric not in self.metrics:
+            raise UnsupportedMetric(
+                f"similarity backend {self.name!r} does not support metric {metric!r} "
+                f"(supported: {', '.join(self.metrics)})"
+            )
+        self.collection = collection
+        self.dim = int(dim)
+        self.metric = metric
+        self.root = Path(root)
+        self.params = params
+
+    @classmethod
+    def check_metric(cls, metric: str) -> None:
+        """Refuse an unsupported metric before anything is created."""
+        if metric not in cls.metrics:
+            raise UnsupportedMetric(
+                f"similarity backend {cls.name!r} does not support metric {metric!r} "
+                f"(supported: {', '.join(cls.metrics)})"
+            )
+
+    @abstractmethod
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Insert or overwrite vectors by id."""
+
+    @abstractmethod
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove vectors by id (ids that are absent are ignored)."""
+
+    @abstractmethod
+    def fetch(self, ids: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
+        """(found ids, vectors) for ``ids`` in the given order (absent ids left out);
+        ``None`` fetches everything (in id order)."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """Number of vectors stored."""
+
+    @abstractmethod
+    def query(
+        self, queries: np.ndarray, k: int, allowed: Sequence[str] | None = None
+    ) -> tuple[list[list[str]], list[np.ndarray]]:
+        """Per query row: up to ``k`` nearest ids and their distances, nearest first."""
+
+    @abstractmethod
+    def drop(self) -> None:
+        """Delete the collection / table / files (``cleanup``)."""
+
+    def close(self) -> None:
+        """Release clients and file locks (embedded stores lock their folder)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Where the vectors live (for lineage and ``get_brain_info``); no secrets."""
+        return {"backend": self.name, "collection": self.collection, "metric": self.metric}
+
+
+def to_distance(metric: str, similarity: np.ndarray) -> np.ndarray:
+    """Convert a backend's similarity score to the shared distance convention.
+
+    cosine: similarity is cos -> 1 - cos; dotproduct: similarity is <q, x> -> -<q, x>.
+    (Euclidean backends usually report (squared) distances directly; adapters convert.)
+    """
+    if metric == "cosine":
+        return 1.0 - similarity
+    if metric == "dotproduct":
+        return -similarity
+    raise ValueError(f"no similarity->distance conversion for metric {metric!r}")
