@@ -17,6 +17,8 @@ _API = {
     "list_datasets": "dagster_brain.api",
     "open_store": "dagster_brain.api",
     "compute_uniqueness": "dagster_brain.api",
+    "compute_similarity": "dagster_brain.api",
+    "sort_by_similarity": "dagster_brain.api",
     "get_embeddings": "dagster_brain.api",
     "BrainConfig": "dagster_brain.config",
     "Store": "dagster_brain.store",

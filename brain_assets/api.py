@@ -31,48 +31,83 @@ def open_store(data_dir: str | Path | None = None) -> Store:
 
 @dataclass(frozen=True)
 class DatasetView:
-    """An ordered selection of a dataset's samples (what a brain run ran on, a sort result...)."""
+    """An ordered selection of a dataset's samples or patches, with optional score columns.
+
+    ``ids`` are sample ids in view order; for patch views ``label_ids`` is aligned with them
+    (a sample appears once per patch).
+    """
 
     dataset: Dataset
     ids: tuple[str, ...]
-    scores: pd.DataFrame | None = None  # optional per-id columns (e.g. a run's results)
+    scores: pd.DataFrame | None = None  # per-id columns (a run's results, distances...)
+    label_ids: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __iter__(self):
-        return iter(self.ids)
+        return iter(self.label_ids if self.label_ids is not None else self.ids)
 
     @property
     def name(self) -> str:
         """The dataset's name."""
         return self.dataset.name
 
-    def to_pandas(self) -> pd.DataFrame:
-        """The samples of the view, in view order, with any score columns joined."""
-        df = self.dataset.store.samples(self.dataset.name, self.ids).set_index("sample_id")
-        df = df.loc[list(self.ids)].reset_index()
+    @property
+    def _key(self) -> str:
+        return "label_id" if self.label_ids is not None else "sample_id"
+
+    def _frame(self) -> pd.DataFrame:
+        """View ids (and label ids) in order, with the score columns joined."""
+        base = pd.DataFrame({"sample_id": list(self.ids)})
+        if self.label_ids is not None:
+            base["label_id"] = list(self.label_ids)
         if self.scores is not None:
-            df = df.merge(self.scores, on="sample_id", how="left")
-        return df
+            extra = self.scores.drop(
+                columns=[c for c in ("sample_id", "label_id") if c != self._key], errors="ignore"
+            ).drop_duplicates(self._key)
+            base = base.merge(extra, on=self._key, how="left")
+        return base
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The view's rows in order: ids, score columns, then the samples' fields."""
+        samples = self.dataset.store.samples(self.dataset.name, sorted(set(self.ids)))
+        return self._frame().join(samples.set_index("sample_id"), on="sample_id")
 
     def sort_by(self, column: str, reverse: bool = False) -> DatasetView:
         """The view ordered by a score column (ascending unless ``reverse``)."""
-        if self.scores is None or column not in self.scores:
+        frame = self._frame()
+        if column not in frame:
             raise KeyError(f"view of {self.name!r} has no column {column!r}")
-        order = self.scores.drop_duplicates("sample_id").sort_values(
-            column, ascending=not reverse, kind="stable"
-        )
-        ids = [i for i in order["sample_id"] if i in set(self.ids)]
-        return DatasetView(self.dataset, tuple(ids), self.scores)
+        frame = frame.sort_values(column, ascending=not reverse, kind="stable")
+        return self._with(frame)
+
+    def _with(self, frame: pd.DataFrame) -> DatasetView:
+        labels = tuple(frame["label_id"]) if self.label_ids is not None else None
+        return DatasetView(self.dataset, tuple(frame["sample_id"]), self.scores, labels)
 
     def select(self, ids: Sequence[str]) -> DatasetView:
-        """The view restricted to ``ids`` (in the given order)."""
-        known = set(self.ids)
-        missing = [i for i in ids if i not in known]
+        """The view restricted to ``ids`` (sample ids, or label ids for patch views), in order."""
+        frame = self._frame().drop_duplicates(self._key).set_index(self._key, drop=False)
+        missing = [i for i in ids if i not in frame.index]
         if missing:
-            raise KeyError(f"view of {self.name!r} has no samples {missing[:5]}")
-        return DatasetView(self.dataset, tuple(ids), self.scores)
+            raise KeyError(f"view of {self.name!r} has no items {missing[:5]}")
+        return self._with(frame.loc[list(ids)].reset_index(drop=True))
+
+    def match(self, column: str, predicate) -> DatasetView:
+        """The items whose ``column`` satisfies ``predicate`` (a function of the value)."""
+        frame = self._frame()
+        if column not in frame:
+            raise KeyError(f"view of {self.name!r} has no column {column!r}")
+        return self._with(frame[frame[column].map(predicate).astype(bool)])
+
+    def save(self, name: str) -> str:
+        """Write the view (ids and score columns, in order) to ``views."<dataset>__<name>"``."""
+        return self.dataset.store.save_view(self.dataset.name, name, self._frame())
+
+    def sort_by_similarity(self, query: Any, **kwargs: Any) -> DatasetView:
+        """See :func:`sort_by_similarity` (only this view's items are returned)."""
+        return sort_by_similarity(self, query, **kwargs)
 
 
 class Dataset:
@@ -116,9 +151,17 @@ class Dataset:
         """Config, timestamp, versions, lineage and size of a run, without its results."""
         return self.store.get_run(self.name, brain_key).info()
 
-    def load_brain_results(self, brain_key: str) -> pd.DataFrame:
-        """A run's results table."""
+    def load_brain_results(self, brain_key: str, **backend_params: Any):
+        """A run's results: a ``SimilarityIndex`` for similarity runs, else its results table."""
+        if self.store.get_run(self.name, brain_key).kind == "similarity":
+            from dagster_brain.similarity.compute import load_index
+
+            return load_index(self.store, self.name, brain_key, backend_params or None)
         return self.store.load_results(self.name, brain_key)
+
+    def sort_by_similarity(self, query: Any, **kwargs: Any) -> DatasetView:
+        """See :func:`sort_by_similarity`."""
+        return sort_by_similarity(self, query, **kwargs)
 
     def load_brain_view(self, brain_key: str) -> DatasetView:
         """The samples the run ran on, with its results as score columns."""
@@ -132,7 +175,9 @@ class Dataset:
 
     def delete_brain_run(self, brain_key: str) -> None:
         """Delete a run and everything it wrote."""
-        self.store.delete_run(self.name, brain_key)
+        from dagster_brain.methods import delete_brain_run
+
+        delete_brain_run(self.store, self.name, brain_key)
 
     def delete_brain_runs(self) -> None:
         """Delete every brain run of this dataset."""
@@ -233,3 +278,95 @@ def compute_uniqueness(
 def get_embeddings(dataset: Dataset, key: str) -> EmbeddingSet:
     """Vectors of an embeddings key."""
     return dataset.store.read_embeddings(dataset.name, key)
+
+
+def compute_similarity(
+    samples: Dataset | DatasetView,
+    patches_field: str | None = None,
+    embeddings: str | np.ndarray | None = None,
+    model: str | None = None,
+    brain_key: str | None = None,
+    backend: str | None = None,
+    metric: str = "cosine",
+    overwrite: bool = False,
+    **backend_params: Any,
+):
+    """Build a nearest-neighbour index and return it (a ``SimilarityIndex``).
+
+    ``backend``: sklearn (default), qdrant, milvus, lancedb or pinecone; their settings come
+    from the brain config, overridden by ``backend_params``. An existing brain key with a
+    different config is refused unless ``overwrite``.
+    """
+    from dagster_brain.similarity.compute import build_index
+    from dagster_brain.specs import SimilaritySpec
+
+    dataset, ids = _as_view(samples)
+    key = brain_key or "similarity"
+    emb_key, created = resolve_embeddings(
+        dataset, embeddings, model, ids, f"{key}_embeddings", patches_field
+    )
+    spec = SimilaritySpec(
+        brain_key=key,
+        kind="similarity",
+        dataset=dataset.name,
+        embeddings=emb_key,
+        backend=backend,
+        metric=metric,
+        model=model,
+    )
+    artifacts = [{"type": "embeddings", "key": emb_key}] if created else []
+    index, _, _ = build_index(
+        spec,
+        dataset.store,
+        ids=ids,
+        params=backend_params or None,
+        overwrite=overwrite,
+        artifacts=artifacts,
+    )
+    return index
+
+
+def _similarity_key(dataset: Dataset, brain_key: str | None) -> str:
+    if brain_key is not None:
+        return brain_key
+    keys = dataset.list_brain_runs(type="similarity")
+    if len(keys) == 1:
+        return keys[0]
+    if not keys:
+        raise ValueError(f"dataset {dataset.name!r} has no similarity index; compute one first")
+    raise ValueError(
+        f"dataset {dataset.name!r} has several similarity indexes {keys}: pass brain_key"
+    )
+
+
+def sort_by_similarity(
+    samples: Dataset | DatasetView,
+    query: Any,
+    k: int | None = None,
+    reverse: bool = False,
+    dist_field: str = "distance",
+    brain_key: str | None = None,
+    include_query: bool = True,
+) -> DatasetView:
+    """The samples (or patches) of a dataset or view ordered by similarity to a query.
+
+    ``query``: a sample id (label id on patch indexes) or list of them, a vector or 2-D array
+    of vectors, or a text prompt (CLIP-style models). ``k=None`` returns the whole view,
+    sorted; ``reverse`` gives the least similar first; distances go to ``dist_field``.
+    Querying by id returns the query item itself first unless ``include_query=False``.
+    """
+    from dagster_brain.similarity.compute import load_index
+
+    dataset, ids = _as_view(samples)
+    index = load_index(dataset.store, dataset.name, _similarity_key(dataset, brain_key))
+    try:
+        if ids is not None:
+            index.use_view(ids)
+        result = index.sort_by_similarity(
+            query, k=k, reverse=reverse, dist_field=dist_field, include_query=include_query
+        )
+    finally:
+        index.close()
+    frame = result.to_frame()
+    labels = tuple(result.label_ids) if result.label_ids is not None else None
+    return DatasetView(dataset, tuple(result.sample_ids), frame, labels)

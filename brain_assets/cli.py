@@ -225,8 +225,10 @@ def runs_rename(dataset: str, brain_key: str, new_brain_key: str, data_dir: Path
 @data_dir_option
 @user_errors
 def runs_delete(dataset: str, brain_key: str, data_dir: Path | None) -> None:
-    """Delete a run and everything it wrote (results table, Parquet copy, files)."""
-    _store(data_dir).delete_run(dataset, brain_key)
+    """Delete a run and everything it wrote (results, Parquet copy, backend collection)."""
+    from dagster_brain.methods import delete_brain_run
+
+    delete_brain_run(_store(data_dir), dataset, brain_key)
     click.echo(f"deleted {dataset}/{brain_key}")
 
 

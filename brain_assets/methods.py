@@ -17,11 +17,16 @@ import numpy as np
 import pandas as pd
 
 from dagster_brain.algorithms.uniqueness import uniqueness_scores
-from dagster_brain.specs import BrainRunSpec, UniquenessSpec
+from dagster_brain.specs import BrainRunSpec, SimilaritySpec, UniquenessSpec
 from dagster_brain.store import BrainRunRecord, Store, hash_strings
 
 # Bumped when a method's algorithm changes its output; part of each asset's code version.
-METHOD_VERSIONS: dict[str, str] = {"uniqueness": "2", "embeddings": "1", "ingest": "1"}
+METHOD_VERSIONS: dict[str, str] = {
+    "uniqueness": "2",
+    "similarity": "1",
+    "embeddings": "1",
+    "ingest": "1",
+}
 
 _LOG = logging.getLogger("dagster_brain")
 
@@ -133,7 +138,59 @@ def run_uniqueness(
     return RunOutcome(record, results, frame_version(results), summary)
 
 
-RUNNERS: dict[str, Callable[..., RunOutcome]] = {"uniqueness": run_uniqueness}
+def run_similarity(
+    spec: SimilaritySpec,
+    store: Store,
+    *,
+    run_id: str | None = None,
+    log: Any = _LOG,
+    ids: list[str] | None = None,
+    artifacts: list[dict[str, Any]] | None = None,
+    params: dict[str, Any] | None = None,
+    overwrite: bool = True,
+) -> RunOutcome:
+    """``compute_similarity``: index an embeddings key on a backend (see similarity.compute)."""
+    from dagster_brain.similarity.compute import build_index
+
+    index, record, members = build_index(
+        spec,
+        store,
+        run_id=run_id,
+        log=log,
+        ids=ids,
+        params=params,
+        overwrite=overwrite,
+        artifacts=artifacts,
+    )
+    index.close()
+    cfg = index.config
+    summary = {
+        "items": len(members),
+        "backend": cfg.backend,
+        "metric": cfg.metric,
+        "dim": cfg.dim,
+        "collection": cfg.collection,
+    }
+    return RunOutcome(record, members, frame_version(members), summary)
+
+
+RUNNERS: dict[str, Callable[..., RunOutcome]] = {
+    "uniqueness": run_uniqueness,
+    "similarity": run_similarity,
+}
+
+
+def delete_brain_run(store: Store, dataset: str, brain_key: str) -> BrainRunRecord:
+    """Delete a run and everything it wrote, backend collections included.
+
+    If the backend cannot be reached, nothing is deleted (the error names the backend).
+    """
+    record = store.get_run(dataset, brain_key)
+    if record.kind == "similarity":
+        from dagster_brain.similarity.compute import delete_index
+
+        delete_index(store, record)
+    return store.delete_run(dataset, brain_key)
 
 
 def run_brain(spec: BrainRunSpec, store: Store, **kwargs: Any) -> RunOutcome:

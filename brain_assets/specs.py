@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dagster_brain.config import is_secret
+
 NAME = r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$"  # lower-case identifier, single underscores
 
 
@@ -143,8 +145,45 @@ class UniquenessSpec(BrainRunSpec):
         return self
 
 
+class SimilaritySpec(BrainRunSpec):
+    """``compute_similarity``: a nearest-neighbour index of an embeddings key on a backend."""
+
+    kind: Literal["similarity"]
+    embeddings: str = Field(pattern=NAME)
+    backend: str | None = None  # None: the brain config's default_similarity_backend
+    metric: Literal["cosine", "euclidean", "dotproduct"] = "cosine"
+    model: str | None = None  # recorded for get_model()/prompts; default: the embeddings' model
+    backend_params: dict[str, Any] = Field(default_factory=dict)  # over the brain config's
+
+    @model_validator(mode="after")
+    def _backend_supports_metric(self) -> SimilaritySpec:
+        from dagster_brain.similarity.backends.registry import BACKEND_METRICS
+
+        if self.backend is not None:
+            if self.backend not in BACKEND_METRICS:
+                raise ValueError(
+                    f"unknown similarity backend {self.backend!r}; available: "
+                    f"{sorted(BACKEND_METRICS)}"
+                )
+            if self.metric not in BACKEND_METRICS[self.backend]:
+                raise ValueError(
+                    f"backend {self.backend!r} does not support metric {self.metric!r} "
+                    f"(supported: {', '.join(BACKEND_METRICS[self.backend])})"
+                )
+        secrets = [k for k in self.backend_params if is_secret(k)]
+        if secrets:
+            raise ValueError(
+                f"backend_params {secrets} are secrets: set them as environment variables "
+                "(BRAIN_SIMILARITY_<BACKEND>_<PARAM>), not in the YAML"
+            )
+        return self
+
+
 # kind -> spec class; each brain method registers its spec here.
-RUN_SPECS: dict[str, type[BrainRunSpec]] = {"uniqueness": UniquenessSpec}
+RUN_SPECS: dict[str, type[BrainRunSpec]] = {
+    "uniqueness": UniquenessSpec,
+    "similarity": SimilaritySpec,
+}
 
 
 class BrainKeysFile(_Spec):

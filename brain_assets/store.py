@@ -622,10 +622,13 @@ class Store:
 
     # -- brain runs -----------------------------------------------------------------------
 
-    def commit_run(self, record: BrainRunRecord, results: pd.DataFrame | None) -> BrainRunRecord:
+    def commit_run(
+        self, record: BrainRunRecord, results: pd.DataFrame | None, event: str = "materialized"
+    ) -> BrainRunRecord:
         """Record a brain run and replace its results table, in one transaction.
 
         If anything fails, the previous run record, results table and Parquet copy stay.
+        ``event`` is what the history table records (``materialized``, ``updated``...).
         """
         self.require_dataset(record.dataset)
         check_name(record.brain_key, "brain key")
@@ -666,7 +669,7 @@ class Store:
                     json.dumps(record.artifacts, sort_keys=True),
                 ],
             )
-            self._history(conn, record, "materialized")
+            self._history(conn, record, event)
             if results is not None:
                 self._mirror(
                     conn,
@@ -779,6 +782,33 @@ class Store:
         df.to_parquet(tmp, index=False)
         os.replace(tmp, out)
         return out
+
+    # -- saved views ----------------------------------------------------------------------
+
+    def save_view(self, dataset: str, name: str, frame: pd.DataFrame) -> str:
+        """Write an ordered view (ids plus columns such as distances) to a table, atomically.
+
+        The table is ``views."<dataset>__<name>"`` with a ``rank`` column keeping the order;
+        a Parquet copy goes to ``parquet/<dataset>/views/<name>.parquet``.
+        """
+        self.require_dataset(dataset)
+        check_name(name, "view name")
+        table = f"views.{quote(f'{dataset}__{name}')}"
+        out = frame.reset_index(drop=True).copy()
+        out.insert(0, "rank", range(len(out)))
+        with self.transaction() as conn:
+            conn.execute("CREATE SCHEMA IF NOT EXISTS views")
+            conn.register("new_view", out)
+            conn.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM new_view")
+            conn.unregister("new_view")
+            self._mirror(conn, dataset, f"views/{name}", f"FROM {table}", params=False)
+        return table
+
+    def load_view(self, dataset: str, name: str) -> pd.DataFrame:
+        """A saved view, in its order."""
+        check_name(name, "view name")
+        table = f"views.{quote(f'{dataset}__{name}')}"
+        return self.query(f"SELECT * FROM {table} ORDER BY rank")
 
     # -- Parquet copies -------------------------------------------------------------------
 

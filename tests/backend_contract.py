@@ -24,8 +24,15 @@ def recall_at_k(got: list[list[str]], want: list[list[str]]) -> float:
     return float(np.mean([len(set(g) & set(w)) / len(w) for g, w in zip(got, want, strict=True)]))
 
 
-def check_contract(make: MakeBackend, metric: str = "cosine", n: int = 300, dim: int = 16,
-                   k: int = 10, min_recall: float = 1.0, seed: int = 0) -> None:
+def check_contract(
+    make: MakeBackend,
+    metric: str = "cosine",
+    n: int = 300,
+    dim: int = 16,
+    k: int = 10,
+    min_recall: float = 1.0,
+    seed: int = 0,
+) -> None:
     """Adds, overwrites, removes, fetches, queries (with and without a view), and drops."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, dim)).astype(np.float32)

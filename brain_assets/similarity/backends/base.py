@@ -92,7 +92,7 @@ class VectorBackend(ABC):
     def drop(self) -> None:
         """Delete the collection / table / files (``cleanup``)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most adapters need nothing
         """Release clients and file locks (embedded stores lock their folder)."""
 
     def describe(self) -> dict[str, Any]:

@@ -14,6 +14,16 @@ BACKENDS: dict[str, str] = {
     "pinecone": "dagster_brain.similarity.backends.pinecone_backend:PineconeBackend",
 }
 
+# What each backend offers (checked against the adapters' ``metrics`` by the tests), so a spec
+# can be refused when the YAML is read, without importing any SDK.
+BACKEND_METRICS: dict[str, tuple[str, ...]] = {
+    "sklearn": ("cosine", "euclidean", "dotproduct"),
+    "qdrant": ("cosine", "euclidean", "dotproduct"),
+    "milvus": ("cosine", "euclidean", "dotproduct"),
+    "lancedb": ("cosine", "euclidean", "dotproduct"),
+    "pinecone": ("cosine", "euclidean", "dotproduct"),
+}
+
 
 def backend_class(name: str) -> type[VectorBackend]:
     """The adapter class of a backend name; a clear error for unknown names."""

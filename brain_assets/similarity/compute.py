@@ -1,0 +1,240 @@
+"""Build, load and delete similarity indexes as brain runs."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import pandas as pd
+
+from dagster_brain.config import get_brain_config, is_secret
+from dagster_brain.similarity.backends.registry import BACKEND_METRICS
+from dagster_brain.similarity.index import (
+    ADD_BATCH,
+    SimilarityConfig,
+    SimilarityError,
+    SimilarityIndex,
+    new_collection_name,
+    open_backend,
+)
+from dagster_brain.specs import SimilaritySpec
+from dagster_brain.store import BrainRunRecord, Store
+
+_LOG = logging.getLogger("dagster_brain")
+
+
+def backend_settings(backend: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A backend's parameters: brain config (defaults < file < env < runtime) < overrides."""
+    config = get_brain_config()
+    params = config.backend_params(backend)
+    params.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return params
+
+
+def public_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters safe to store and show (no secrets, no empty values)."""
+    return {k: v for k, v in params.items() if v is not None and not is_secret(k)}
+
+
+def model_supports_prompts(model: str | None, log: Any = _LOG) -> bool:
+    """Whether a model name embeds text (loads transformers models once to find out)."""
+    if not model:
+        return False
+    from dagster_brain.embedding.models import DEFAULT_MODEL, canonical_name, load_model
+
+    if canonical_name(model) == DEFAULT_MODEL:
+        return False
+    try:
+        return bool(load_model(model, device="cpu").supports_prompts)
+    except Exception as err:  # an unreachable hub must not fail the index build
+        log.warning("model %r could not be loaded to check for a text tower: %s", model, err)
+        return False
+
+
+def resolve_backend(spec: SimilaritySpec) -> str:
+    """The backend a spec uses; refuses unknown backends and unsupported metrics up front."""
+    name = spec.backend or get_brain_config().default_similarity_backend
+    if name not in BACKEND_METRICS:
+        raise SimilarityError(
+            f"brain key {spec.brain_key!r}: unknown similarity backend {name!r}; available: "
+            f"{sorted(BACKEND_METRICS)}"
+        )
+    if spec.metric not in BACKEND_METRICS[name]:
+        raise SimilarityError(
+            f"brain key {spec.brain_key!r}: backend {name!r} does not support metric "
+            f"{spec.metric!r} (supported: {', '.join(BACKEND_METRICS[name])})"
+        )
+    return name
+
+
+def build_index(
+    spec: SimilaritySpec,
+    store: Store,
+    *,
+    run_id: str | None = None,
+    log: Any = _LOG,
+    ids: list[str] | None = None,
+    params: dict[str, Any] | None = None,
+    overwrite: bool = True,
+    artifacts: list[dict[str, Any]] | None = None,
+) -> tuple[SimilarityIndex, BrainRunRecord, pd.DataFrame]:
+    """Index an embeddings key into a fresh backend collection, then switch the run to it.
+
+    The previous collection is dropped only after the new run record is committed, so a
+    failure (an unreachable backend, bad vectors) leaves the previous index and run intact.
+    """
+    from dagster_brain.methods import code_version, package_versions
+
+    backend_name = resolve_backend(spec)
+    settings = backend_settings(backend_name, {**spec.backend_params, **(params or {})})
+    emb = store.read_embeddings(spec.dataset, spec.embeddings, ids=ids)
+    if not len(emb.sample_ids):
+        raise SimilarityError(
+            f"brain key {spec.brain_key!r}: embeddings key {spec.embeddings!r} has no vectors"
+            + (" for the requested samples" if ids is not None else "")
+        )
+    model = spec.model or emb.model
+    index_cfg = SimilarityConfig(
+        backend=backend_name,
+        metric=spec.metric,
+        dim=emb.dim,
+        collection=new_collection_name(spec.dataset, spec.brain_key),
+        embeddings_key=spec.embeddings,
+        model=model,
+        patches_field=emb.patches_field,
+        supports_prompts=model_supports_prompts(model, log),
+        params=public_params(settings),
+    )
+    existing = store.get_run(spec.dataset, spec.brain_key, missing_ok=True)
+    if existing is not None and existing.kind == "similarity" and not overwrite:
+        old = existing.config.get("spec", {})
+        if old != spec.model_dump(mode="json"):
+            raise SimilarityError(
+                f"brain key {spec.brain_key!r} already exists on {spec.dataset!r} with a "
+                f"different config ({old}); pass overwrite=True or use another key"
+            )
+    log.info(
+        "%s: indexing %d %s vectors (dim %d) on %s (%s) as %s",
+        spec.brain_key,
+        len(emb.sample_ids),
+        "patch" if emb.label_ids else "sample",
+        emb.dim,
+        backend_name,
+        spec.metric,
+        index_cfg.collection,
+    )
+    backend = open_backend(store, spec.dataset, index_cfg, settings)
+    ids_ = emb.ids
+    try:
+        for start in range(0, len(ids_), ADD_BATCH):
+            backend.upsert(ids_[start : start + ADD_BATCH], emb.vectors[start : start + ADD_BATCH])
+            log.info(
+                "%s: indexed %d/%d", spec.brain_key, min(start + ADD_BATCH, len(ids_)), len(ids_)
+            )
+    except BaseException:
+        _drop_quietly(backend, log)
+        raise
+    members = pd.DataFrame(
+        {
+            "id": ids_,
+            "sample_id": emb.sample_ids,
+            "label_id": emb.label_ids if emb.label_ids is not None else [None] * len(ids_),
+        }
+    )
+    record = BrainRunRecord(
+        dataset=spec.dataset,
+        brain_key=spec.brain_key,
+        kind="similarity",
+        method=backend_name,
+        config={"spec": spec.model_dump(mode="json"), "index": index_cfg.to_dict()},
+        sample_ids=sorted(set(emb.sample_ids)),
+        label_ids=emb.label_ids,
+        run_id=run_id or f"api-{uuid.uuid4().hex[:12]}",
+        code_version=code_version("similarity", spec.spec_hash()),
+        data_version=store.data_version(spec.dataset, sorted(set(emb.sample_ids))),
+        versions=package_versions(_sdk(backend_name)),
+        upstream={
+            "embeddings": {
+                "key": emb.key,
+                "model": emb.model,
+                "model_hash": emb.model_hash,
+                "data_version": emb.data_version,
+                "patches_field": emb.patches_field,
+            },
+            "backend": backend.describe(),
+        },
+        artifacts=list(artifacts or []),
+    )
+    try:
+        store.commit_run(record, members)
+    except BaseException:
+        _drop_quietly(backend, log)
+        raise
+    if existing is not None and existing.kind == "similarity":
+        _drop_collection(store, existing, log)
+    index = SimilarityIndex(
+        store, spec.dataset, spec.brain_key, index_cfg, backend, members, record=record
+    )
+    return index, record, members
+
+
+_SDKS = {
+    "sklearn": "faiss-cpu",
+    "qdrant": "qdrant-client",
+    "milvus": "pymilvus",
+    "lancedb": "lancedb",
+    "pinecone": "pinecone",
+}
+
+
+def _sdk(backend: str) -> str:
+    """The package whose version shapes a backend's answers."""
+    return _SDKS.get(backend, backend)
+
+
+def _drop_quietly(backend, log: Any) -> None:
+    try:
+        backend.drop()
+        backend.close()
+    except Exception as err:  # the original error matters more
+        log.warning("could not drop the half-built collection %s: %s", backend.collection, err)
+
+
+def _drop_collection(store: Store, record: BrainRunRecord, log: Any) -> None:
+    """Drop the collection of a superseded similarity run (best effort)."""
+    try:
+        cfg = SimilarityConfig.from_dict(record.config["index"])
+        backend = open_backend(
+            store, record.dataset, cfg, backend_settings(cfg.backend, cfg.params)
+        )
+        backend.drop()
+        backend.close()
+    except Exception as err:
+        log.warning("could not drop the previous collection of %r: %s", record.brain_key, err)
+
+
+def load_index(
+    store: Store, dataset: str, brain_key: str, params: dict[str, Any] | None = None
+) -> SimilarityIndex:
+    """The similarity index of a brain run, reopened on its backend."""
+    record = store.get_run(dataset, brain_key)
+    if record.kind != "similarity":
+        raise SimilarityError(
+            f"brain key {brain_key!r} on {dataset!r} is a {record.kind} run, not a similarity index"
+        )
+    cfg = SimilarityConfig.from_dict(record.config["index"])
+    settings = backend_settings(cfg.backend, {**cfg.params, **(params or {})})
+    backend = open_backend(store, dataset, cfg, settings)
+    members = store.load_results(dataset, brain_key)
+    return SimilarityIndex(store, dataset, brain_key, cfg, backend, members, record=record)
+
+
+def delete_index(store: Store, record: BrainRunRecord) -> None:
+    """Drop a similarity run's backend collection (raises if the backend is unreachable)."""
+    cfg = SimilarityConfig.from_dict(record.config["index"])
+    backend = open_backend(store, record.dataset, cfg, backend_settings(cfg.backend, cfg.params))
+    try:
+        backend.drop()
+    finally:
+        backend.close()

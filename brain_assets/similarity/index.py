@@ -1,0 +1,467 @@
+"""``SimilarityIndex``: one index API over any vector backend, with bookkeeping in the store.
+
+The backend holds the vectors; the store holds which ids are indexed (the run's results
+table: ``id``, ``sample_id``, ``label_id``), so sizes and views never ask the backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dagster_brain.algorithms.knn import check_vectors, pairwise_distances
+from dagster_brain.similarity.backends.base import VectorBackend
+from dagster_brain.similarity.backends.registry import backend_class
+from dagster_brain.store import BrainRunRecord, Store
+
+_LOG = logging.getLogger("dagster_brain")
+ADD_BATCH = 10_000
+
+
+class SimilarityError(ValueError):
+    """A similarity request that cannot be answered (unknown ids, bad k, empty index...)."""
+
+
+@dataclass(frozen=True)
+class SimilarityConfig:
+    """What a similarity run is, as stored in its brain run's config."""
+
+    backend: str
+    metric: str
+    dim: int
+    collection: str
+    embeddings_key: str | None = None
+    model: str | None = None
+    patches_field: str | None = None
+    supports_prompts: bool = False
+    params: dict[str, Any] = field(default_factory=dict)  # non-secret backend settings
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SimilarityConfig:
+        """Inverse of :meth:`to_dict` (ignores unknown keys)."""
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def new_collection_name(dataset: str, brain_key: str) -> str:
+    """A fresh backend collection name for one materialisation of a similarity run."""
+    return f"brain_{dataset}_{brain_key}_{uuid.uuid4().hex[:8]}"
+
+
+def index_root(store: Store, dataset: str) -> Path:
+    """Folder for embedded backends' files (sklearn Parquet, qdrant, milvus-lite, lancedb)."""
+    return store.data_dir / "indexes" / dataset
+
+
+def open_backend(
+    store: Store, dataset: str, config: SimilarityConfig, params: dict[str, Any] | None = None
+) -> VectorBackend:
+    """Open (creating if needed) the backend collection a config names."""
+    settings = {**config.params, **(params or {})}
+    settings = {k: v for k, v in settings.items() if v is not None and k != "metric"}
+    root = index_root(store, dataset)
+    root.mkdir(parents=True, exist_ok=True)
+    return backend_class(config.backend)(
+        config.collection, config.dim, config.metric, root, **settings
+    )
+
+
+@dataclass(frozen=True)
+class SimilarityResult:
+    """An ordered answer: ids (and label ids for patches) with their distances."""
+
+    sample_ids: list[str]
+    label_ids: list[str] | None
+    distances: np.ndarray
+    dist_field: str = "distance"
+
+    def to_frame(self) -> pd.DataFrame:
+        """``sample_id`` (``label_id``) and the distance column, in order."""
+        df = pd.DataFrame({"sample_id": self.sample_ids})
+        if self.label_ids is not None:
+            df["label_id"] = self.label_ids
+        df[self.dist_field] = self.distances
+        return df
+
+
+class SimilarityIndex:
+    """A nearest-neighbour index of one dataset's samples or patches, on any backend."""
+
+    def __init__(
+        self,
+        store: Store,
+        dataset: str,
+        brain_key: str,
+        config: SimilarityConfig,
+        backend: VectorBackend,
+        members: pd.DataFrame | None = None,
+        record: BrainRunRecord | None = None,
+    ):
+        self.store = store
+        self.dataset = dataset
+        self.brain_key = brain_key
+        self.config = config
+        self.backend = backend
+        self._record = record
+        cols = ["id", "sample_id", "label_id"]
+        self._members = (
+            members[cols].reset_index(drop=True)
+            if members is not None and len(members)
+            else pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+        )
+        self._view: list[str] | None = None
+        self._last_unique: list[str] | None = None
+        self._last_duplicates: Any = None
+
+    def __repr__(self) -> str:
+        return (
+            f"SimilarityIndex({self.dataset}/{self.brain_key}: {self.config.backend}, "
+            f"{self.config.metric}, {self.total_index_size} vectors of dim {self.config.dim})"
+        )
+
+    # -- sizes and ids ----------------------------------------------------------------------
+
+    @property
+    def is_patches(self) -> bool:
+        """Whether items are object patches (ids are label ids)."""
+        return self.config.patches_field is not None
+
+    @property
+    def total_index_size(self) -> int:
+        """Vectors in the index, whatever the view."""
+        return len(self._members)
+
+    @property
+    def sample_ids(self) -> np.ndarray:
+        """Sample id of every indexed vector."""
+        return self._members["sample_id"].to_numpy()
+
+    @property
+    def label_ids(self) -> np.ndarray | None:
+        """Label id of every indexed vector (patch indexes only)."""
+        return self._members["label_id"].to_numpy() if self.is_patches else None
+
+    def use_view(self, sample_ids: Sequence[str]) -> None:
+        """Restrict queries, sizes and duplicates to these samples."""
+        self._view = list(sample_ids)
+
+    def clear_view(self) -> None:
+        """Back to the whole index."""
+        self._view = None
+
+    def _view_members(self) -> pd.DataFrame:
+        if self._view is None:
+            return self._members
+        return self._members[self._members["sample_id"].isin(set(self._view))]
+
+    @property
+    def index_size(self) -> int:
+        """Indexed vectors that belong to the current view."""
+        return len(self._view_members())
+
+    @property
+    def missing_size(self) -> int:
+        """Items of the current view (samples, or patches) that have no vector."""
+        view = self._view if self._view is not None else self.store.sample_ids(self.dataset)
+        if not self.is_patches:
+            return len(set(view) - set(self._members["sample_id"]))
+        labels = self.store.labels(self.dataset, self.config.patches_field)
+        wanted = set(labels.loc[labels["sample_id"].isin(set(view)), "label_id"])
+        return len(wanted - set(self._members["label_id"]))
+
+    # -- changing the index -----------------------------------------------------------------
+
+    def add_to_index(
+        self,
+        embeddings: np.ndarray,
+        sample_ids: Sequence[str],
+        label_ids: Sequence[str] | None = None,
+        overwrite: bool = True,
+        allow_existing: bool = True,
+        warn_existing: bool = False,
+    ) -> int:
+        """Add vectors (or overwrite those with the same id); returns how many were written."""
+        sample_ids = [str(s) for s in sample_ids]
+        if self.is_patches and label_ids is None:
+            raise SimilarityError(
+                f"index {self.brain_key!r} holds patches of {self.config.patches_field!r}: "
+                "add_to_index needs label_ids"
+            )
+        ids = [str(i) for i in label_ids] if self.is_patches else sample_ids
+        X = self._check_vectors(embeddings, ids)
+        if len(sample_ids) != len(ids):
+            raise SimilarityError(f"{len(sample_ids)} sample ids for {len(ids)} label ids")
+        if len(set(ids)) != len(ids):
+            raise SimilarityError(f"index {self.brain_key!r}: duplicate ids in add_to_index")
+        unknown = set(sample_ids) - set(self.store.sample_ids(self.dataset))
+        if unknown:
+            raise SimilarityError(
+                f"index {self.brain_key!r}: {len(unknown)} sample ids are not in dataset "
+                f"{self.dataset!r}, e.g. {sorted(unknown)[:3]}"
+            )
+        existing = set(self._members["id"]) & set(ids)
+        if existing and not allow_existing:
+            raise SimilarityError(
+                f"index {self.brain_key!r} already has {len(existing)} of these ids, e.g. "
+                f"{sorted(existing)[:3]} (pass allow_existing=True)"
+            )
+        if existing and warn_existing:
+            warnings.warn(f"{len(existing)} ids already indexed", stacklevel=2)
+        keep = np.ones(len(ids), bool) if overwrite else ~np.isin(ids, list(existing))
+        ids = [i for i, k in zip(ids, keep, strict=True) if k]
+        sample_ids = [s for s, k in zip(sample_ids, keep, strict=True) if k]
+        X = X[keep]
+        for start in range(0, len(ids), ADD_BATCH):
+            self.backend.upsert(ids[start : start + ADD_BATCH], X[start : start + ADD_BATCH])
+        new = pd.DataFrame(
+            {
+                "id": ids,
+                "sample_id": sample_ids,
+                "label_id": ids if self.is_patches else [None] * len(ids),
+            }
+        )
+        members = self._members[~self._members["id"].isin(set(ids))]
+        self._members = pd.concat([members, new], ignore_index=True)
+        self._persist()
+        return len(ids)
+
+    def remove_from_index(
+        self,
+        sample_ids: Sequence[str] | None = None,
+        label_ids: Sequence[str] | None = None,
+        allow_missing: bool = True,
+    ) -> int:
+        """Remove vectors by sample id (all of a sample's patches) or label id."""
+        m = self._members
+        if label_ids is not None:
+            wanted = {str(i) for i in label_ids}
+            col = "label_id" if self.is_patches else "id"
+        elif sample_ids is not None:
+            wanted, col = {str(s) for s in sample_ids}, "sample_id"
+        else:
+            raise SimilarityError("remove_from_index needs sample_ids or label_ids")
+        hit = m[m[col].isin(wanted)]
+        missing = wanted - set(hit[col])
+        if missing and not allow_missing:
+            raise SimilarityError(
+                f"index {self.brain_key!r} has no vectors for {len(missing)} ids, e.g. "
+                f"{sorted(missing)[:3]}"
+            )
+        ids = hit["id"].tolist()
+        if ids:
+            self.backend.delete(ids)
+            self._members = m[~m["id"].isin(set(ids))].reset_index(drop=True)
+            self._persist()
+        return len(ids)
+
+    def _persist(self) -> None:
+        """Write the membership to the run's results table (no-op before the run exists)."""
+        if self._record is None:
+            return
+        self._record.sample_ids = sorted(set(self._members["sample_id"]))
+        self._record.label_ids = self._members["label_id"].tolist() if self.is_patches else None
+        self.store.commit_run(self._record, self._members.copy(), event="updated")
+
+    # -- reading vectors --------------------------------------------------------------------
+
+    def _check_vectors(self, embeddings: np.ndarray, ids: Sequence[str]) -> np.ndarray:
+        X = np.asarray(embeddings, dtype=np.float32)
+        if X.ndim == 1:
+            X = X[None, :]
+        if X.ndim != 2 or X.shape[0] != len(ids):
+            raise SimilarityError(f"{X.shape[0] if X.ndim else 0} vectors for {len(ids)} ids")
+        if X.shape[1] != self.config.dim:
+            raise SimilarityError(
+                f"index {self.brain_key!r} holds vectors of dimension {self.config.dim}, got "
+                f"{X.shape[1]} (id {ids[0]!r})"
+            )
+        try:
+            return check_vectors(X, list(ids), what=f"index {self.brain_key!r}")
+        except ValueError as err:
+            raise SimilarityError(str(err)) from err
+
+    def get_embeddings(
+        self, sample_ids: Sequence[str] | None = None, label_ids: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(vectors, sample ids, label ids or None) for the given ids (default: the view)."""
+        m = self._view_members()
+        if label_ids is not None:
+            m = self._members[self._members["label_id"].isin({str(i) for i in label_ids})]
+        elif sample_ids is not None:
+            m = self._members[self._members["sample_id"].isin({str(i) for i in sample_ids})]
+        found, X = self.backend.fetch(m["id"].tolist()) if len(m) else ([], None)
+        if X is None or len(found) == 0:
+            X = np.zeros((0, self.config.dim), np.float32)
+        by_id = m.set_index("id")
+        sids = by_id.loc[found, "sample_id"].to_numpy() if found else np.array([], object)
+        lids = np.asarray(found, dtype=object) if self.is_patches else None
+        return X, sids, lids
+
+    def all_vectors(self) -> tuple[list[str], np.ndarray]:
+        """(ids, vectors) of the view's members, in membership order."""
+        m = self._view_members()
+        if m.empty:
+            raise SimilarityError(
+                f"index {self.brain_key!r} has no vectors"
+                + (" in the current view" if self._view is not None else "")
+            )
+        found, X = self.backend.fetch(m["id"].tolist())
+        return list(found), np.asarray(X, dtype=np.float32)
+
+    # -- models -----------------------------------------------------------------------------
+
+    def get_model(self):
+        """The embedding model the index was built with (needs a recorded model name)."""
+        from dagster_brain.embedding.models import load_model
+
+        if not self.config.model:
+            raise SimilarityError(
+                f"index {self.brain_key!r} records no model name (embeddings were precomputed "
+                "without one); pass model= when computing it"
+            )
+        return load_model(self.config.model)
+
+    @property
+    def supports_prompts(self) -> bool:
+        """Whether text prompts can query this index (its model embeds text)."""
+        return bool(self.config.supports_prompts)
+
+    def compute_embeddings(
+        self, sample_ids: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Embed samples (or their patches) with the index's model, ready for add_to_index."""
+        from dagster_brain.embedding.pipeline import embed_files, embed_patches
+
+        model = self.get_model()
+        samples = self.store.samples(self.dataset, sample_ids)
+        if self.is_patches:
+            labels = self.store.labels(self.dataset, self.config.patches_field)
+            labels = labels[labels["sample_id"].isin(set(samples["sample_id"]))]
+            out = embed_patches(
+                model,
+                dict(zip(samples["sample_id"], samples["filepath"], strict=True)),
+                labels[["sample_id", "label_id", "box"]].reset_index(drop=True),
+            )
+            return out.vectors, np.asarray(out.sample_ids, object), np.asarray(out.ids, object)
+        out = embed_files(model, samples["filepath"].tolist(), samples["sample_id"].tolist())
+        return out.vectors, np.asarray(out.ids, object), None
+
+    def cleanup(self) -> None:
+        """Delete the backend collection / table / files."""
+        self.backend.drop()
+
+    def close(self) -> None:
+        """Release the backend client (embedded stores lock their files)."""
+        self.backend.close()
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def _query_vectors(self, query: Any) -> tuple[np.ndarray, list[str]]:
+        """Query vectors and the query's own ids (ids are returned for include_query).
+
+        A string that is an indexed id is an id query; any other string is a text prompt.
+        """
+        known = set(self._members["id"])
+        if isinstance(query, str):
+            if query not in known:
+                return self._prompt_vectors([query]), []
+            query = [query]
+        if isinstance(query, (list, tuple)) and query and all(isinstance(q, str) for q in query):
+            missing = [q for q in query if q not in known]
+            if missing:
+                what = "label" if self.is_patches else "sample"
+                raise SimilarityError(
+                    f"index {self.brain_key!r} has no vectors for {what} ids {missing[:5]}"
+                )
+            found, X = self.backend.fetch(list(query))
+            return np.asarray(X, np.float32), list(found)
+        Q = np.asarray(query, dtype=np.float32)
+        Q = Q[None, :] if Q.ndim == 1 else Q
+        return self._check_vectors(Q, [f"query[{i}]" for i in range(len(Q))]), []
+
+    def _prompt_vectors(self, prompts: list[str]) -> np.ndarray:
+        if not self.supports_prompts:
+            raise SimilarityError(
+                f"{prompts[0]!r} is not an id in index {self.brain_key!r}, and the index cannot "
+                f"answer text prompts: its model {self.config.model!r} has no text tower "
+                "(use a CLIP-style model)"
+            )
+        return self.get_model().embed_prompts(prompts).astype(np.float32)
+
+    def sort_by_similarity(
+        self,
+        query: Any,
+        k: int | None = None,
+        reverse: bool = False,
+        dist_field: str = "distance",
+        include_query: bool = True,
+    ) -> SimilarityResult:
+        """The view's items ordered by distance to the query (nearest first, or farthest).
+
+        ``query``: an id or list of ids in the index, a vector or 2-D array of vectors, or a
+        text prompt (CLIP-style models). With several query items, each candidate's distance
+        is the mean over the query items. ``k=None`` sorts the whole view. ``include_query``
+        keeps the query ids themselves in the result (first, at distance 0).
+        """
+        if k is not None and k <= 0:
+            raise SimilarityError(f"k must be positive, got {k}")
+        Q, own_ids = self._query_vectors(query)
+        members = self._view_members()
+        if members.empty:
+            raise SimilarityError(
+                f"index {self.brain_key!r} has no vectors"
+                + (" in the current view" if self._view is not None else "")
+            )
+        allowed = members["id"].tolist() if self._view is not None else None
+        n = len(members)
+        want = n if k is None else min(k + (0 if include_query else len(own_ids)), n)
+        ids, dist = self._ranked(Q, want, reverse, allowed, n)
+        if not include_query and own_ids:
+            own = set(own_ids)
+            keep = [i for i, x in enumerate(ids) if x not in own]
+            ids, dist = [ids[i] for i in keep], dist[keep]
+        if k is not None:
+            ids, dist = ids[:k], dist[:k]
+        by_id = self._members.set_index("id")
+        sids = by_id.loc[ids, "sample_id"].tolist() if ids else []
+        return SimilarityResult(
+            sample_ids=sids,
+            label_ids=list(ids) if self.is_patches else None,
+            distances=np.asarray(dist, dtype=np.float64),
+            dist_field=dist_field,
+        )
+
+    def _ranked(
+        self, Q: np.ndarray, k: int, reverse: bool, allowed: list[str] | None, n: int
+    ) -> tuple[list[str], np.ndarray]:
+        """Top-k (or bottom-k) ids by mean distance over the query rows."""
+        metric = self.config.metric
+        exhaustive = reverse or len(Q) > 1 or k >= n
+        if not exhaustive:
+            got, d = self.backend.query(Q, k, allowed=allowed)
+            return list(got[0]), np.asarray(d[0], dtype=np.float64)
+        # Exact answer for least-similar, multi-vector and whole-view sorts: scan the view's
+        # vectors in blocks (every backend gets the same answer).
+        ids, X = self.all_vectors()
+        if allowed is not None:
+            keep = set(allowed)
+            sel = [i for i, x in enumerate(ids) if x in keep]
+            ids, X = [ids[i] for i in sel], X[sel]
+        total = np.zeros(len(ids), dtype=np.float64)
+        for start in range(0, len(ids), 65_536):
+            block = pairwise_distances(Q, X[start : start + 65_536], metric)
+            total[start : start + 65_536] = block.mean(axis=0)
+        order = np.argsort(-total if reverse else total, kind="stable")[:k]
+        return [ids[i] for i in order], total[order]

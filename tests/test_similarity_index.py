@@ -1,0 +1,174 @@
+"""The SimilarityIndex layer (bookkeeping, queries, lifecycle) on an in-memory backend."""
+
+import numpy as np
+import pytest
+from conftest import sample_frame
+from memory_backend import _COLLECTIONS
+
+import dagster_brain as fob
+import dagster_brain.config as config_module
+from dagster_brain.config import BrainConfig
+from dagster_brain.similarity import compute
+from dagster_brain.similarity.backends import registry
+from dagster_brain.similarity.index import SimilarityError
+from dagster_brain.store import StoreError
+
+N, D = 30, 6
+
+
+@pytest.fixture(autouse=True)
+def memory_backend(monkeypatch, tmp_path):
+    config = BrainConfig(env={"BRAIN_CONFIG_PATH": str(tmp_path / "none.json")})
+    config.set_backend_param("memory", "metric", "cosine")
+    monkeypatch.setattr(config_module, "_brain_config", config)
+    monkeypatch.setitem(registry.BACKENDS, "memory", "memory_backend:MemoryBackend")
+    monkeypatch.setitem(registry.BACKEND_METRICS, "memory", ("cosine", "euclidean", "dotproduct"))
+    yield
+    _COLLECTIONS.clear()
+
+
+@pytest.fixture
+def dataset(store):
+    store.write_samples("toy", sample_frame([f"/img/{i}.png" for i in range(N)]))
+    return fob.Dataset("toy", store)
+
+
+def vectors(seed=0):
+    X = np.random.default_rng(seed).normal(size=(N, D)).astype(np.float32)
+    X[7] = X[3] * 2.0  # same direction as s003
+    return X
+
+
+def brute(X, q, metric="cosine"):
+    from dagster_brain.algorithms.knn import pairwise_distances
+
+    d = pairwise_distances(q[None], X, metric)[0]
+    return np.argsort(d, kind="stable"), np.sort(d)
+
+
+def test_build_query_and_sizes(dataset):
+    X = vectors()
+    index = fob.compute_similarity(dataset, embeddings=X, backend="memory", brain_key="sim")
+    assert index.total_index_size == N and index.index_size == N and index.missing_size == 0
+    res = index.sort_by_similarity("s003", k=5)
+    order, dist = brute(X, X[3])
+    assert res.sample_ids[:2] == ["s003", "s007"] or res.sample_ids[:2] == ["s007", "s003"]
+    assert [f"s{i:03d}" for i in order[:5]] == res.sample_ids or set(res.sample_ids[:2]) == {
+        "s003",
+        "s007",
+    }
+    assert np.allclose(res.distances, dist[:5], atol=1e-5)
+    no_self = index.sort_by_similarity("s003", k=5, include_query=False)
+    assert "s003" not in no_self.sample_ids and no_self.sample_ids[0] == "s007"
+    far = index.sort_by_similarity(X[0], k=3, reverse=True)
+    assert len(far.sample_ids) == 3
+    o0, d0 = brute(X, X[0])
+    assert far.sample_ids == [f"s{i:03d}" for i in o0[::-1][:3]]
+    whole = index.sort_by_similarity(X[0])
+    assert len(whole.sample_ids) == N and np.all(np.diff(whole.distances) >= 0)
+
+
+def test_view_restricts_queries_and_sizes(dataset):
+    index = fob.compute_similarity(dataset, embeddings=vectors(), backend="memory")
+    view_ids = [f"s{i:03d}" for i in range(10)]
+    index.use_view(view_ids)
+    assert index.index_size == 10
+    res = index.sort_by_similarity("s003", k=20)
+    assert set(res.sample_ids) <= set(view_ids) and len(res.sample_ids) == 10
+    index.clear_view()
+    assert index.index_size == N
+
+
+def test_add_remove_and_persistence(dataset):
+    X = vectors()
+    view = dataset.view([f"s{i:03d}" for i in range(20)])
+    index = fob.compute_similarity(view, embeddings=X[:20], backend="memory", brain_key="sim")
+    assert index.total_index_size == 20
+    assert index.missing_size == 10  # the rest of the dataset has no vectors
+    index.add_to_index(X[20:], [f"s{i:03d}" for i in range(20, N)])
+    index.remove_from_index(sample_ids=["s000", "s001"])
+    reloaded = dataset.load_brain_results("sim")
+    assert reloaded.total_index_size == N - 2
+    vecs, sids, lids = reloaded.get_embeddings(sample_ids=["s025", "s000"])
+    assert list(sids) == ["s025"] and lids is None
+    assert np.allclose(vecs[0], X[25])
+    assert reloaded.config.backend == "memory" and reloaded.config.dim == D
+
+
+def test_bad_input_is_refused(dataset):
+    index = fob.compute_similarity(dataset, embeddings=vectors(), backend="memory")
+    with pytest.raises(SimilarityError, match="dimension 6, got 3"):
+        index.add_to_index(np.ones((1, 3)), ["s000"])
+    bad = np.ones((1, D), np.float32)
+    bad[0, 2] = np.nan
+    with pytest.raises(SimilarityError, match="s001"):
+        index.add_to_index(bad, ["s001"])
+    with pytest.raises(SimilarityError, match="no vectors for sample ids"):
+        index.sort_by_similarity(["s000", "nope"], k=2)
+    with pytest.raises(SimilarityError, match="k must be positive"):
+        index.sort_by_similarity("s000", k=0)
+    with pytest.raises(SimilarityError, match="no text tower"):
+        index.sort_by_similarity("a photo of a cat", k=2)
+    with pytest.raises(SimilarityError, match="not in dataset"):
+        index.add_to_index(np.ones((1, D)), ["ghost"])
+    index.use_view([])
+    with pytest.raises(SimilarityError, match="no vectors in the current view"):
+        index.sort_by_similarity(np.ones(D), k=2)
+
+
+def test_existing_key_with_other_config_needs_overwrite(dataset):
+    fob.compute_similarity(dataset, embeddings=vectors(), backend="memory", brain_key="sim")
+    with pytest.raises(SimilarityError, match="different config"):
+        fob.compute_similarity(
+            dataset,
+            embeddings="sim_embeddings",
+            backend="memory",
+            brain_key="sim",
+            metric="euclidean",
+        )
+    index = fob.compute_similarity(
+        dataset,
+        embeddings="sim_embeddings",
+        backend="memory",
+        brain_key="sim",
+        metric="euclidean",
+        overwrite=True,
+    )
+    assert index.config.metric == "euclidean"
+    assert len(_COLLECTIONS) == 1  # the superseded collection was dropped
+
+
+def test_failed_build_keeps_previous_index(dataset):
+    first = fob.compute_similarity(dataset, embeddings=vectors(), backend="memory", brain_key="sim")
+    with pytest.raises(ConnectionError, match="memory"):
+        compute.build_index(
+            compute.SimilaritySpec(
+                brain_key="sim",
+                kind="similarity",
+                dataset="toy",
+                embeddings="sim_embeddings",
+                backend="memory",
+            ),
+            dataset.store,
+            params={"fail_upsert_after": 0},
+        )
+    again = dataset.load_brain_results("sim")
+    assert again.config.collection == first.config.collection
+    assert again.total_index_size == N
+    assert again.sort_by_similarity("s003", k=1).sample_ids == ["s003"]
+    assert list(_COLLECTIONS) == [first.config.collection]  # half-built one dropped
+
+
+def test_delete_run_drops_collection_and_sort_api(dataset):
+    fob.compute_similarity(dataset, embeddings=vectors(), backend="memory", brain_key="sim")
+    view = fob.sort_by_similarity(dataset, "s003", k=3, dist_field="d")
+    assert view.ids[0] == "s003" and "d" in view.to_pandas()
+    table = view.save("near_s003")
+    assert dataset.store.load_view("toy", "near_s003")["sample_id"].tolist() == list(view.ids)
+    assert table.startswith("views.")
+    dataset.delete_brain_run("sim")
+    assert not _COLLECTIONS
+    with pytest.raises(StoreError):
+        dataset.load_brain_results("sim")
+    with pytest.raises(ValueError, match="no similarity index"):
+        fob.sort_by_similarity(dataset, "s003")
