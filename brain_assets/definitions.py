@@ -13,6 +13,7 @@ from dagster_brain.factory import (
     build_samples_asset,
 )
 from dagster_brain.resources.embedder import EmbedderResource
+from dagster_brain.resources.similarity import similarity_resources
 from dagster_brain.resources.store import BrainStoreResource
 from dagster_brain.sensors.schedules import build_schedules
 from dagster_brain.specs import DEFAULT_SPECS_PATH, BrainKeysFile, load_specs
@@ -54,6 +55,7 @@ def build_defs(
         resources={
             "store": BrainStoreResource(data_dir=str(Path(data_dir or config.data_dir).resolve())),
             "embedder": EmbedderResource(model=config.default_model),
+            **similarity_resources(config),
         },
     )
 

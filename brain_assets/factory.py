@@ -4,18 +4,23 @@ Graph: ``<dataset>/samples`` -> ``<dataset>/embeddings/<key>`` -> ``<dataset>/br
 Assets pass data through the store (``deps`` + store reads), never through IO managers.
 """
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum, StrEnum
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
+from dagster_brain.config import get_brain_config
 from dagster_brain.embeddings import compute_embeddings
 from dagster_brain.ingest.sources import ingest_dataset
 from dagster_brain.metadata import lineage_metadata, score_metadata
-from dagster_brain.methods import METHOD_VERSIONS, code_version, run_brain
+from dagster_brain.methods import METHOD_VERSIONS, RunOutcome, code_version, run_brain
 from dagster_brain.resources.embedder import EmbedderResource
+from dagster_brain.resources.similarity import resource_key
 from dagster_brain.resources.store import BrainStoreResource
-from dagster_brain.specs import BrainRunSpec, DatasetSpec, EmbeddingsSpec, UniquenessSpec
+from dagster_brain.specs import BrainRunSpec, DatasetSpec, EmbeddingsSpec
 
 
 def samples_key(dataset: str) -> dg.AssetKey:
@@ -55,7 +60,10 @@ class UniquenessRunConfig(dg.Config):
     metric: DistanceMetric | None = Field(default=None, description="cosine or euclidean")
 
 
-RUN_CONFIGS: dict[str, type[dg.Config]] = {"uniqueness": UniquenessRunConfig}
+class SimilarityRunConfig(dg.Config):
+    """Launch-time overrides for a similarity index (unset: the YAML's values)."""
+
+    metric: str | None = Field(default=None, description="cosine, euclidean or dotproduct")
 
 
 def with_overrides(spec, config: dg.Config):
@@ -156,25 +164,89 @@ def build_embeddings_asset(spec: EmbeddingsSpec) -> dg.AssetsDefinition:
     return _embeddings
 
 
+@dataclass(frozen=True)
+class KindAsset:
+    """How one brain-run kind becomes an asset: config, inputs, resources, metadata."""
+
+    config: type[dg.Config]
+    inputs: Callable[[BrainRunSpec], list[dg.AssetKey]]
+    resources: Callable[[BrainRunSpec], set[str]]
+    run_kwargs: Callable[[BrainRunSpec, Any], dict[str, Any]]
+    metadata: Callable[[RunOutcome], dict[str, Any]]
+    kinds: frozenset[str]
+
+
+def _embeddings_input(spec) -> list[dg.AssetKey]:
+    return [embeddings_key(spec.dataset, spec.embeddings)]
+
+
+def _uniqueness_metadata(outcome: RunOutcome) -> dict[str, Any]:
+    ids = ["sample_id"] + (["label_id"] if "label_id" in outcome.results else [])
+    return score_metadata(outcome.results, "uniqueness", ids)
+
+
+def _similarity_backend(spec) -> str:
+    return spec.backend or get_brain_config().default_similarity_backend
+
+
+def _similarity_metadata(outcome: RunOutcome) -> dict[str, Any]:
+    index = outcome.record.config["index"]
+    return {
+        "dagster/row_count": len(outcome.results),
+        "backend": index["backend"],
+        "collection": index["collection"],
+        "metric": index["metric"],
+        "dim": index["dim"],
+        "model": index["model"] or "",
+        "supports_prompts": bool(index["supports_prompts"]),
+        "backend_location": dg.MetadataValue.json(outcome.record.upstream.get("backend", {})),
+    }
+
+
+KIND_ASSETS: dict[str, KindAsset] = {
+    "uniqueness": KindAsset(
+        config=UniquenessRunConfig,
+        inputs=_embeddings_input,
+        resources=lambda spec: set(),
+        run_kwargs=lambda spec, resources: {},
+        metadata=_uniqueness_metadata,
+        kinds=frozenset({"numpy", "duckdb"}),
+    ),
+    "similarity": KindAsset(
+        config=SimilarityRunConfig,
+        inputs=_embeddings_input,
+        resources=lambda spec: {resource_key(_similarity_backend(spec))},
+        run_kwargs=lambda spec, resources: {
+            "params": getattr(resources, resource_key(_similarity_backend(spec))).params()
+        },
+        metadata=_similarity_metadata,
+        kinds=frozenset({"duckdb"}),
+    ),
+}
+
+
 def build_brain_asset(spec: BrainRunSpec) -> dg.AssetsDefinition:
     """``<dataset>/brain/<brain_key>``: one brain run, with typed launch-time config."""
     kind = spec.kind  # type: ignore[attr-defined]
-    if kind not in RUN_CONFIGS:
+    if kind not in KIND_ASSETS:
         raise ValueError(f"brain key {spec.brain_key!r}: no asset for kind {kind!r}")
-    config_cls = RUN_CONFIGS[kind]
-    deps = []
-    if isinstance(spec, UniquenessSpec):
-        deps.append(embeddings_key(spec.dataset, spec.embeddings))
-    score = {"uniqueness": "uniqueness"}[kind]
+    info = KIND_ASSETS[kind]
+    if kind == "similarity":
+        from dagster_brain.similarity.compute import resolve_backend
 
-    def _compute(context: dg.AssetExecutionContext, config, store: BrainStoreResource):
-        db = store.get()
+        resolve_backend(spec)  # unknown backend / unsupported metric: refused at load time
+
+    def _compute(context: dg.AssetExecutionContext, config):
+        db = context.resources.store.get()
         outcome = run_brain(
-            with_overrides(spec, config), db, run_id=context.run_id, log=context.log
+            with_overrides(spec, config),
+            db,
+            run_id=context.run_id,
+            log=context.log,
+            **info.run_kwargs(spec, context.resources),
         )
-        ids = ["sample_id"] + (["label_id"] if "label_id" in outcome.results else [])
         meta = {
-            **score_metadata(outcome.results, score, ids),
+            **info.metadata(outcome),
             **lineage_metadata(
                 outcome.record, str(db.parquet_path(spec.dataset, f"results/{spec.brain_key}"))
             ),
@@ -184,14 +256,15 @@ def build_brain_asset(spec: BrainRunSpec) -> dg.AssetsDefinition:
         )
 
     # Dagster reads the config type from the annotation, so set it per kind.
-    _compute.__annotations__["config"] = config_cls
+    _compute.__annotations__["config"] = info.config
     return dg.asset(
         key=brain_key_asset(spec.dataset, spec.brain_key),
-        deps=deps,
+        deps=info.inputs(spec),
         group_name=spec.dataset,
         code_version=code_version(kind, spec.spec_hash()),
         description=f"{kind} brain run {spec.brain_key!r} on {spec.dataset!r}",
-        kinds={"numpy", "duckdb"},
+        kinds=set(info.kinds | {_similarity_backend(spec)} if kind == "similarity" else info.kinds),
         tags={"brain/kind": kind},
         metadata={"brain_key": spec.brain_key, "method_version": METHOD_VERSIONS[kind]},
+        required_resource_keys={"store", *info.resources(spec)},
     )(_compute)
