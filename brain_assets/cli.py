@@ -270,6 +270,68 @@ def uniqueness_cmd(
     click.echo(top.to_string(index=False))
 
 
+def _dataset_of(store, brain_key: str, dataset: str | None) -> str:
+    """The dataset holding a brain key (given, or the only one that has it)."""
+    if dataset:
+        return dataset
+    holders = [d for d in store.list_datasets() if store.get_run(d, brain_key, missing_ok=True)]
+    if len(holders) == 1:
+        return holders[0]
+    if not holders:
+        raise ValueError(f"no dataset in {store.data_dir} has a brain run {brain_key!r}")
+    raise ValueError(f"brain key {brain_key!r} exists on {holders}: pass --dataset")
+
+
+def dataset_option(fn):
+    """``--dataset``: needed only when several datasets share the brain key."""
+    return click.option("--dataset", default=None, help="Dataset (when the key is ambiguous).")(fn)
+
+
+@main.group("similarity")
+def similarity_group() -> None:
+    """Query similarity indexes."""
+
+
+@similarity_group.command("query")
+@click.argument("brain_key")
+@click.option("--id", "ids", multiple=True, help="Query sample/label id (repeat for several).")
+@click.option(
+    "--vector-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A .npy file with one vector or a 2-D array of vectors.",
+)
+@click.option("--prompt", default=None, help="A text prompt (CLIP-style models).")
+@click.option("-k", "k", default=10, show_default=True, type=int)
+@click.option("--reverse", is_flag=True, help="Least similar first.")
+@click.option("--exclude-query", is_flag=True, help="Leave the query ids out of the result.")
+@click.option("--save", "save_as", default=None, help="Also write the result to this view.")
+@dataset_option
+@data_dir_option
+@user_errors
+def similarity_query(
+    brain_key, ids, vector_file, prompt, k, reverse, exclude_query, save_as, dataset, data_dir
+) -> None:
+    """Print the k items nearest to (or, with --reverse, farthest from) the query."""
+    import numpy as np
+
+    from dagster_brain.api import Dataset, sort_by_similarity
+
+    given = [bool(ids), vector_file is not None, prompt is not None]
+    if sum(given) != 1:
+        raise ValueError("give exactly one of --id, --vector-file, --prompt")
+    query = list(ids) if ids else (np.load(vector_file) if vector_file else prompt)
+    store = _store(data_dir)
+    ds = Dataset(_dataset_of(store, brain_key, dataset), store)
+    view = sort_by_similarity(
+        ds, query, k=k, reverse=reverse, brain_key=brain_key, include_query=not exclude_query
+    )
+    df = view.to_pandas()
+    cols = [c for c in ("sample_id", "label_id", "distance", "filepath") if c in df]
+    click.echo(df[cols].to_string(index=False))
+    if save_as:
+        click.echo(f"saved to {view.save(save_as)}")
+
+
 def _attach_optional_groups() -> None:
     """Subcommands that live beside their code (ingestion, demo)."""
     from dagster_brain.ingest.cli import demo, ingest
