@@ -172,3 +172,23 @@ def test_delete_run_drops_collection_and_sort_api(dataset):
         dataset.load_brain_results("sim")
     with pytest.raises(ValueError, match="no similarity index"):
         fob.sort_by_similarity(dataset, "s003")
+
+
+def test_duplicates_and_unique_on_the_index(dataset):
+    X = vectors()
+    X[20] = X[5]  # exact copy
+    index = fob.compute_similarity(dataset, embeddings=X, backend="memory", brain_key="sim")
+    res = index.find_duplicates(thresh=1e-4)
+    dup_pairs = {frozenset((k, d)) for k, v in index.neighbors_map.items() for d, _ in v}
+    assert frozenset(("s005", "s020")) in dup_pairs
+    assert frozenset(("s003", "s007")) in dup_pairs  # same direction: cosine distance 0
+    assert len(index.duplicate_ids) == 2 and index.thresh == pytest.approx(1e-4)
+    view = index.duplicates_view()
+    assert set(view["type"]) == {"nearest", "duplicate"} and "sample_id" in view
+    assert index.visualize_duplicates()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert res.duplicate_ids == index.duplicate_ids
+    unique = index.find_unique(5)
+    assert len(unique) == 5 and len(set(unique)) == 5 and index.unique_ids == unique
+    assert index.visualize_unique()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="exactly one of thresh"):
+        index.find_duplicates()

@@ -96,7 +96,94 @@ class SimilarityResult:
         return df
 
 
-class SimilarityIndex:
+class DuplicatesMixin:
+    """Unique and duplicate finding on the index's own vectors (every backend)."""
+
+    def find_unique(self, count: int, seed: int = 0) -> list[str]:
+        """``count`` items of the view that are maximally spread (k-center greedy)."""
+        from dagster_brain.algorithms.duplicates import find_unique
+
+        ids, X = self.all_vectors()
+        self._last_unique = find_unique(X, ids, count, metric=self.config.metric, seed=seed)
+        return self._last_unique
+
+    @property
+    def unique_ids(self) -> list[str] | None:
+        """Ids chosen by the last :meth:`find_unique`."""
+        return self._last_unique
+
+    def find_duplicates(self, thresh: float | None = None, fraction: float | None = None):
+        """Near-duplicates among the view's vectors; exactly one of ``thresh``/``fraction``."""
+        from dagster_brain.algorithms.duplicates import find_duplicates
+
+        ids, X = self.all_vectors()
+        self._last_duplicates = find_duplicates(
+            X, ids, thresh=thresh, fraction=fraction, metric=self.config.metric
+        )
+        return self._last_duplicates
+
+    def _duplicates(self):
+        if self._last_duplicates is None:
+            raise SimilarityError("call find_duplicates() first")
+        return self._last_duplicates
+
+    @property
+    def duplicate_ids(self) -> list[str]:
+        """Ids flagged by the last :meth:`find_duplicates`."""
+        return self._duplicates().duplicate_ids
+
+    @property
+    def neighbors_map(self) -> dict[str, list[tuple[str, float]]]:
+        """Kept id -> [(duplicate id, distance), ...] of the last :meth:`find_duplicates`."""
+        return self._duplicates().neighbors_map
+
+    @property
+    def thresh(self) -> float:
+        """The distance threshold the last :meth:`find_duplicates` used."""
+        return self._duplicates().thresh
+
+    def duplicates_view(self) -> pd.DataFrame:
+        """Each kept item followed by its duplicates: id, role, nearest kept id, distance."""
+        rows = []
+        for kept, dups in self.neighbors_map.items():
+            rows.append({"id": kept, "type": "nearest", "nearest_id": kept, "distance": 0.0})
+            rows += [
+                {"id": d, "type": "duplicate", "nearest_id": kept, "distance": dist}
+                for d, dist in dups
+            ]
+        return self._with_samples(
+            pd.DataFrame(rows, columns=["id", "type", "nearest_id", "distance"])
+        )
+
+    def unique_view(self) -> pd.DataFrame:
+        """The items chosen by the last :meth:`find_unique`."""
+        if self._last_unique is None:
+            raise SimilarityError("call find_unique() first")
+        return self._with_samples(pd.DataFrame({"id": self._last_unique}))
+
+    def _with_samples(self, frame: pd.DataFrame) -> pd.DataFrame:
+        by_id = self._members.set_index("id")["sample_id"]
+        frame.insert(1, "sample_id", frame["id"].map(by_id))
+        return frame
+
+    def visualize_duplicates(self, points: np.ndarray | None = None) -> bytes:
+        """PNG scatter (2-D points, default PCA of the vectors) with duplicates highlighted."""
+        from dagster_brain.algorithms.duplicates import visualize_duplicates
+
+        ids, X = self.all_vectors()
+        return visualize_duplicates(points, ids, self._duplicates(), vectors=X)
+
+    def visualize_unique(self, points: np.ndarray | None = None) -> bytes:
+        """PNG scatter with the last :meth:`find_unique` items highlighted."""
+        from dagster_brain.algorithms.duplicates import visualize_unique
+
+        if self._last_unique is None:
+            raise SimilarityError("call find_unique() first")
+        ids, X = self.all_vectors()
+        return visualize_unique(points, ids, self._last_unique, vectors=X)
+
+
+class SimilarityIndex(DuplicatesMixin):
     """A nearest-neighbour index of one dataset's samples or patches, on any backend."""
 
     def __init__(
