@@ -17,6 +17,7 @@ from dagster_brain.similarity.index import (
     SimilarityIndex,
     new_collection_name,
     open_backend,
+    release_backend,
 )
 from dagster_brain.specs import SimilaritySpec
 from dagster_brain.store import BrainRunRecord, Store
@@ -196,7 +197,7 @@ def _sdk(backend: str) -> str:
 def _drop_quietly(backend, log: Any) -> None:
     try:
         backend.drop()
-        backend.close()
+        release_backend(backend)
     except Exception as err:  # the original error matters more
         log.warning("could not drop the half-built collection %s: %s", backend.collection, err)
 
@@ -209,7 +210,7 @@ def _drop_collection(store: Store, record: BrainRunRecord, log: Any) -> None:
             store, record.dataset, cfg, backend_settings(cfg.backend, cfg.params)
         )
         backend.drop()
-        backend.close()
+        release_backend(backend)
     except Exception as err:
         log.warning("could not drop the previous collection of %r: %s", record.brain_key, err)
 
@@ -237,4 +238,4 @@ def delete_index(store: Store, record: BrainRunRecord) -> None:
     try:
         backend.drop()
     finally:
-        backend.close()
+        release_backend(backend)

@@ -6,6 +6,7 @@ table: ``id``, ``sample_id``, ``label_id``), so sizes and views never ask the ba
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
 import warnings
@@ -70,12 +71,46 @@ def open_backend(
 ) -> VectorBackend:
     """Open (creating if needed) the backend collection a config names."""
     settings = {**config.params, **(params or {})}
-    settings = {k: v for k, v in settings.items() if v is not None and k != "metric"}
+    cls = backend_class(config.backend)
+    accepted = _accepted_params(cls)
+    settings = {
+        k: v
+        for k, v in settings.items()
+        if v is not None and k != "metric" and (accepted is None or k in accepted)
+    }
     root = index_root(store, dataset)
     root.mkdir(parents=True, exist_ok=True)
-    return backend_class(config.backend)(
-        config.collection, config.dim, config.metric, root, **settings
-    )
+    key = (config.backend, str(root), config.collection)
+    if key in _OPEN:  # embedded stores lock their files to one client per process: share it
+        _OPEN[key][1] += 1
+        return _OPEN[key][0]
+    backend = cls(config.collection, config.dim, config.metric, root, **settings)
+    _OPEN[key] = [backend, 1]
+    return backend
+
+
+# (backend, root, collection) -> [open adapter, holders]
+_OPEN: dict[tuple[str, str, str], list[Any]] = {}
+
+
+def release_backend(backend: VectorBackend) -> None:
+    """Give back a handle from :func:`open_backend`; the last one closes the client."""
+    for key, entry in list(_OPEN.items()):
+        if entry[0] is backend:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del _OPEN[key]
+                backend.close()
+            return
+    backend.close()
+
+
+def _accepted_params(cls: type[VectorBackend]) -> set[str] | None:
+    """Keyword parameters an adapter takes (None: it takes any)."""
+    sig = inspect.signature(cls.__init__)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return set(sig.parameters) - {"self", "collection", "dim", "metric", "root"}
 
 
 @dataclass(frozen=True)
@@ -211,6 +246,7 @@ class SimilarityIndex(DuplicatesMixin):
         self._view: list[str] | None = None
         self._last_unique: list[str] | None = None
         self._last_duplicates: Any = None
+        self._closed = False
 
     def __repr__(self) -> str:
         return (
@@ -450,8 +486,10 @@ class SimilarityIndex(DuplicatesMixin):
         self.backend.drop()
 
     def close(self) -> None:
-        """Release the backend client (embedded stores lock their files)."""
-        self.backend.close()
+        """Release this index's handle on the backend client (shared within a process)."""
+        if not self._closed:
+            self._closed = True
+            release_backend(self.backend)
 
     # -- queries ----------------------------------------------------------------------------
 
