@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from dagster_brain.store import Store
@@ -39,6 +40,30 @@ def uniqueness_vs_duplicates(
     }
 
 
+def duplicates_vs_planted(groups: pd.DataFrame, planted: set[frozenset]) -> dict[str, float]:
+    """Pair precision/recall of a duplicates run: every member paired with its group's kept."""
+    found = set()
+    if len(groups):
+        for _, g in groups.groupby("group"):
+            kept = g.loc[g["role"] == "kept", "sample_id"]
+            head = kept.iloc[0] if len(kept) else g["sample_id"].iloc[0]
+            found |= {frozenset((head, s)) for s in g["sample_id"] if s != head}
+    # a copy grouped with its original through a third member still counts as found
+    member_group = (
+        dict(zip(groups["sample_id"], groups["group"], strict=True)) if len(groups) else {}
+    )
+    true = sum(
+        1 for p in planted if len({member_group.get(s, -1 - i) for i, s in enumerate(p)}) == 1
+    )
+    precision = (sum(1 for f in found if f in planted) / len(found)) if found else 1.0
+    return {
+        "found": len(found),
+        "true": true,
+        "precision": precision,
+        "recall": true / len(planted) if planted else 1.0,
+    }
+
+
 def demo_report(store: Store) -> list[str]:
     """Lines describing each demo brain result against the planted truth."""
     lines = []
@@ -56,6 +81,16 @@ def demo_report(store: Store) -> list[str]:
                     f"{m['recall_at_planted']:.0%} of them are among the {m['planted']} least "
                     "unique samples; the reference's AUROC is 0.54)"
                 )
+        planted_pairs = {
+            frozenset((p["copy_id"], p["original_id"])) for p in truth.get("duplicates", [])
+        }
+        for key in store.list_runs("digits", kind="duplicates")["brain_key"]:
+            m = duplicates_vs_planted(store.load_results("digits", key), planted_pairs)
+            lines.append(
+                f"digits/{key}: {m['found']} duplicate pairs found, {m['true']} of them "
+                f"planted: pair precision {m['precision']:.2f}, recall {m['recall']:.2f} "
+                f"over {len(planted_pairs)} planted copies (exact, re-encoded, noisy)"
+            )
         lines.append(
             f"digits: {len(truth['flips'])} planted label flips are in "
             f"{truth_path} (mistakenness runs come with the scores issue)"

@@ -15,7 +15,7 @@ from pydantic import Field
 from dagster_brain.config import get_brain_config
 from dagster_brain.embeddings import compute_embeddings
 from dagster_brain.ingest.sources import ingest_dataset
-from dagster_brain.metadata import lineage_metadata, score_metadata
+from dagster_brain.metadata import lineage_metadata, rows_table, score_metadata
 from dagster_brain.methods import METHOD_VERSIONS, RunOutcome, code_version, run_brain
 from dagster_brain.resources.embedder import EmbedderResource
 from dagster_brain.resources.similarity import resource_key
@@ -75,6 +75,11 @@ def with_overrides(spec, config: dg.Config):
     }
     if not overrides:
         return spec
+    # thresh and fraction are alternatives: setting one at launch clears the other
+    if "thresh" in overrides and hasattr(spec, "fraction"):
+        overrides.setdefault("fraction", None)
+    elif "fraction" in overrides and hasattr(spec, "thresh"):
+        overrides["thresh"] = "auto"
     return type(spec).model_validate({**spec.model_dump(), **overrides})
 
 
@@ -203,6 +208,83 @@ def _similarity_metadata(outcome: RunOutcome) -> dict[str, Any]:
     }
 
 
+class DuplicatesRunConfig(dg.Config):
+    """Launch-time overrides for near-duplicates (unset: the YAML's values)."""
+
+    thresh: float | None = Field(default=None, ge=0, description="a fixed distance threshold")
+    fraction: float | None = Field(default=None, ge=0, le=1, description="share to flag")
+    verify: bool | None = Field(default=None, description="confirm pairs on the images")
+
+
+class UniqueRunConfig(dg.Config):
+    """Launch-time overrides for a unique subset."""
+
+    count: int | None = Field(default=None, ge=1, description="items to pick")
+
+
+class NoConfig(dg.Config):
+    """This kind has no launch-time settings."""
+
+
+def _similarity_input(spec) -> list[dg.AssetKey]:
+    return [brain_key_asset(spec.dataset, spec.similarity)]
+
+
+def _png_md(png: bytes, alt: str) -> dg.MetadataValue:
+    import base64
+
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def _duplicates_metadata(outcome: RunOutcome) -> dict[str, Any]:
+    from dagster_brain.algorithms.duplicates import visualize_duplicates
+
+    s = outcome.summary
+    df = outcome.results
+    meta: dict[str, Any] = {
+        "dagster/row_count": len(df),
+        "duplicates": s["duplicates"],
+        "groups": s["groups"],
+        "thresh": float(s["thresh"]),
+        "method": s["method"],
+        "duplicates_plot": _png_md(
+            visualize_duplicates(None, s["ids"], s["result"], vectors=s["vectors"]),
+            "duplicates",
+        ),
+    }
+    if s["choice"] is not None:
+        meta["threshold_choice"] = s["choice"].describe()
+        meta["est_precision"] = float(s["choice"].est_precision)
+        meta["est_recall"] = float(s["choice"].est_recall)
+    if len(df):
+        cols = [
+            c for c in ("group", "sample_id", "label_id", "role", "distance", "path") if c in df
+        ]
+        meta["groups_preview"] = rows_table(df.head(20), cols)
+    return meta
+
+
+def _exact_metadata(outcome: RunOutcome) -> dict[str, Any]:
+    df = outcome.results
+    meta: dict[str, Any] = {"dagster/row_count": len(df), "groups": outcome.summary["groups"]}
+    if len(df):
+        meta["groups_preview"] = rows_table(df.head(20), list(df.columns))
+    return meta
+
+
+def _unique_metadata(outcome: RunOutcome) -> dict[str, Any]:
+    from dagster_brain.algorithms.duplicates import visualize_unique
+
+    s = outcome.summary
+    return {
+        "dagster/row_count": len(outcome.results),
+        "unique_plot": _png_md(
+            visualize_unique(None, s["ids"], s["unique_ids"], vectors=s["vectors"]), "unique"
+        ),
+        "first_picks": rows_table(outcome.results.head(20), list(outcome.results.columns)),
+    }
+
+
 KIND_ASSETS: dict[str, KindAsset] = {
     "uniqueness": KindAsset(
         config=UniquenessRunConfig,
@@ -221,6 +303,30 @@ KIND_ASSETS: dict[str, KindAsset] = {
         },
         metadata=_similarity_metadata,
         kinds=frozenset({"duckdb"}),
+    ),
+    "duplicates": KindAsset(
+        config=DuplicatesRunConfig,
+        inputs=_similarity_input,
+        resources=lambda spec: set(),
+        run_kwargs=lambda spec, resources: {},
+        metadata=_duplicates_metadata,
+        kinds=frozenset({"numpy", "duckdb"}),
+    ),
+    "exact_duplicates": KindAsset(
+        config=NoConfig,
+        inputs=lambda spec: [samples_key(spec.dataset)],
+        resources=lambda spec: set(),
+        run_kwargs=lambda spec, resources: {},
+        metadata=_exact_metadata,
+        kinds=frozenset({"duckdb"}),
+    ),
+    "unique": KindAsset(
+        config=UniqueRunConfig,
+        inputs=_similarity_input,
+        resources=lambda spec: set(),
+        run_kwargs=lambda spec, resources: {},
+        metadata=_unique_metadata,
+        kinds=frozenset({"numpy", "duckdb"}),
     ),
 }
 

@@ -24,6 +24,9 @@ from dagster_brain.store import BrainRunRecord, Store, hash_strings
 METHOD_VERSIONS: dict[str, str] = {
     "uniqueness": "2",
     "similarity": "1",
+    "duplicates": "1",
+    "exact_duplicates": "1",
+    "unique": "1",
     "embeddings": "1",
     "ingest": "1",
 }
@@ -174,9 +177,23 @@ def run_similarity(
     return RunOutcome(record, members, frame_version(members), summary)
 
 
+def _lazy(module: str, name: str) -> Callable[..., RunOutcome]:
+    """A runner imported on first use (keeps optional dependencies off the import path)."""
+
+    def run(*args: Any, **kwargs: Any) -> RunOutcome:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    return run
+
+
 RUNNERS: dict[str, Callable[..., RunOutcome]] = {
     "uniqueness": run_uniqueness,
     "similarity": run_similarity,
+    "duplicates": _lazy("dagster_brain.similarity.runs", "run_duplicates"),
+    "exact_duplicates": _lazy("dagster_brain.similarity.runs", "run_exact_duplicates"),
+    "unique": _lazy("dagster_brain.similarity.runs", "run_unique"),
 }
 
 

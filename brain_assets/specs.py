@@ -179,10 +179,54 @@ class SimilaritySpec(BrainRunSpec):
         return self
 
 
+class DuplicatesSpec(BrainRunSpec):
+    """Near-duplicates on a similarity index: a data-chosen threshold, ``thresh`` or ``fraction``.
+
+    With ``thresh: auto`` (the default) the threshold is chosen from the data and, for image
+    indexes with ``verify``, candidate pairs are confirmed on the images themselves.
+    """
+
+    kind: Literal["duplicates"]
+    similarity: str = Field(pattern=NAME)  # brain key of a similarity run
+    thresh: float | Literal["auto"] | None = "auto"
+    fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+    verify: bool = True
+    neighbours: int = Field(default=5, ge=1, le=50)  # candidates per item for verification
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> DuplicatesSpec:
+        explicit = isinstance(self.thresh, float)
+        if (self.fraction is not None and explicit) or (
+            self.thresh is None and self.fraction is None
+        ):
+            raise ValueError("give exactly one of thresh (a distance, or auto) and fraction")
+        if explicit and self.thresh < 0:
+            raise ValueError(f"thresh must be >= 0, got {self.thresh}")
+        return self
+
+
+class ExactDuplicatesSpec(BrainRunSpec):
+    """Byte-identical and pixel-identical samples, from the content hashes (no embeddings)."""
+
+    kind: Literal["exact_duplicates"]
+
+
+class UniqueSpec(BrainRunSpec):
+    """``find_unique``: ``count`` maximally spread items of a similarity index."""
+
+    kind: Literal["unique"]
+    similarity: str = Field(pattern=NAME)
+    count: int = Field(ge=1)
+    seed: int = 0
+
+
 # kind -> spec class; each brain method registers its spec here.
 RUN_SPECS: dict[str, type[BrainRunSpec]] = {
     "uniqueness": UniquenessSpec,
     "similarity": SimilaritySpec,
+    "duplicates": DuplicatesSpec,
+    "exact_duplicates": ExactDuplicatesSpec,
+    "unique": UniqueSpec,
 }
 
 
@@ -215,6 +259,15 @@ class BrainKeysFile(_Spec):
             if (r.dataset, r.brain_key) in seen:
                 raise ValueError(f"brain run {r.brain_key!r}: declared twice on {r.dataset!r}")
             seen.add((r.dataset, r.brain_key))
+            sim = getattr(r, "similarity", None)
+            if sim is not None and not any(
+                o.brain_key == sim and o.dataset == r.dataset and o.kind == "similarity"
+                for o in self.brain_runs
+            ):
+                raise ValueError(
+                    f"brain run {r.brain_key!r}: similarity {sim!r} is not a similarity brain "
+                    f"key declared for dataset {r.dataset!r}"
+                )
             key = getattr(r, "embeddings", None)
             if key is not None and (r.dataset, key) not in emb:
                 raise ValueError(

@@ -14,7 +14,8 @@ def test_bundled_demo_file_loads():
     specs = load_specs(DEFAULT_SPECS_PATH)
     assert {d.name for d in specs.datasets} == {"digits", "shapes"}
     assert any(e.patches_field == "ground_truth" for e in specs.embeddings)
-    assert all(r.kind == "uniqueness" for r in specs.brain_runs)
+    kinds = {r.kind for r in specs.brain_runs}
+    assert kinds == {"uniqueness", "similarity", "duplicates", "exact_duplicates", "unique"}
 
 
 @pytest.mark.parametrize(
@@ -81,3 +82,91 @@ def test_yaml_file_errors(tmp_path):
         load_specs(path)
     with pytest.raises(SpecError, match="does not exist"):
         load_specs(tmp_path / "missing.yaml")
+
+
+def test_duplicates_and_unique_entries():
+    base = {
+        **BASE,
+        "brain_runs": [
+            {
+                "brain_key": "sim",
+                "kind": "similarity",
+                "dataset": "d",
+                "embeddings": "e",
+                "backend": "qdrant",
+            }
+        ],
+    }
+    ok = parse_specs(
+        {
+            **base,
+            "brain_runs": [
+                *base["brain_runs"],
+                {"brain_key": "dups", "kind": "duplicates", "dataset": "d", "similarity": "sim"},
+            ],
+        }
+    )
+    assert ok.brain_runs[1].thresh == "auto"
+    with pytest.raises(SpecError, match=r"entry 'dups'.*exactly one of thresh"):
+        parse_specs(
+            {
+                **base,
+                "brain_runs": [
+                    *base["brain_runs"],
+                    {
+                        "brain_key": "dups",
+                        "kind": "duplicates",
+                        "dataset": "d",
+                        "similarity": "sim",
+                        "thresh": 0.1,
+                        "fraction": 0.1,
+                    },
+                ],
+            }
+        )
+    with pytest.raises(SpecError, match="similarity 'nope' is not a similarity brain key"):
+        parse_specs(
+            {
+                **base,
+                "brain_runs": [
+                    *base["brain_runs"],
+                    {
+                        "brain_key": "u",
+                        "kind": "unique",
+                        "dataset": "d",
+                        "similarity": "nope",
+                        "count": 3,
+                    },
+                ],
+            }
+        )
+    with pytest.raises(SpecError, match=r"entry 'sim'.*does not support metric|unknown"):
+        parse_specs(
+            {
+                **BASE,
+                "brain_runs": [
+                    {
+                        "brain_key": "sim",
+                        "kind": "similarity",
+                        "dataset": "d",
+                        "embeddings": "e",
+                        "backend": "faiss",
+                    }
+                ],
+            }
+        )
+    with pytest.raises(SpecError, match=r"entry 'sim'.*are secrets"):
+        parse_specs(
+            {
+                **BASE,
+                "brain_runs": [
+                    {
+                        "brain_key": "sim",
+                        "kind": "similarity",
+                        "dataset": "d",
+                        "embeddings": "e",
+                        "backend_params": {"api_key": "x"},
+                    }
+                ],
+            }
+        )

@@ -262,6 +262,16 @@ class SimilarityIndex(DuplicatesMixin):
         return self.config.patches_field is not None
 
     @property
+    def members(self) -> pd.DataFrame:
+        """Indexed items: ``id`` (sample or label id), ``sample_id``, ``label_id``."""
+        return self._members.copy()
+
+    @property
+    def record(self) -> BrainRunRecord | None:
+        """The brain run this index belongs to (None before it is committed)."""
+        return self._record
+
+    @property
     def total_index_size(self) -> int:
         """Vectors in the index, whatever the view."""
         return len(self._members)

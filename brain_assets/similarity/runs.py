@@ -1,0 +1,282 @@
+"""Brain runs on top of a similarity index: near-duplicates, exact duplicates, unique subsets."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import pandas as pd
+
+from dagster_brain.algorithms.duplicates import (
+    DuplicatesResult,
+    choose_threshold,
+    exact_duplicate_groups,
+    find_duplicates,
+    find_unique,
+)
+from dagster_brain.similarity.compute import load_index
+from dagster_brain.specs import DuplicatesSpec, ExactDuplicatesSpec, UniqueSpec
+from dagster_brain.store import BrainRunRecord, Store
+
+_LOG = logging.getLogger("dagster_brain")
+
+
+def _record(
+    spec,
+    store: Store,
+    kind: str,
+    method: str,
+    sample_ids,
+    label_ids,
+    run_id,
+    upstream: dict[str, Any],
+    artifacts=None,
+) -> BrainRunRecord:
+    from dagster_brain.methods import code_version, package_versions
+
+    return BrainRunRecord(
+        dataset=spec.dataset,
+        brain_key=spec.brain_key,
+        kind=kind,
+        method=method,
+        config=spec.model_dump(mode="json"),
+        sample_ids=sorted(set(sample_ids)),
+        label_ids=label_ids,
+        run_id=run_id or f"api-{uuid.uuid4().hex[:12]}",
+        code_version=code_version(kind, spec.spec_hash()),
+        data_version=store.data_version(spec.dataset, sorted(set(sample_ids))),
+        versions=package_versions("scikit-learn", "imagehash"),
+        upstream=upstream,
+        artifacts=list(artifacts or []),
+    )
+
+
+def _similarity_upstream(index) -> dict[str, Any]:
+    rec = index.record
+    return {
+        "similarity": {
+            "brain_key": index.brain_key,
+            "backend": index.config.backend,
+            "collection": index.config.collection,
+            "run_id": rec.run_id if rec else None,
+            "data_version": rec.data_version if rec else None,
+        }
+    }
+
+
+def duplicates_frame(
+    result: DuplicatesResult, sample_of: dict[str, str], patches: bool
+) -> pd.DataFrame:
+    """One row per member of a duplicate group: group, role, nearest kept item, distance, path."""
+    pairs = result.pairs.set_index("id_b") if len(result.pairs) else None
+    kept = set(result.kept_ids)
+    rows = []
+    for g, members in enumerate(result.groups):
+        for item in members:
+            row = {
+                "group": g,
+                "id": item,
+                "role": "kept" if item in kept else "duplicate",
+                "nearest_id": item,
+                "distance": 0.0,
+                "path": None,
+            }
+            if pairs is not None and item in pairs.index:
+                hit = pairs.loc[item]
+                hit = hit.iloc[0] if isinstance(hit, pd.DataFrame) else hit
+                row.update(
+                    nearest_id=hit["id_a"], distance=float(hit["distance"]), path=hit.get("path")
+                )
+            rows.append(row)
+    df = pd.DataFrame(rows, columns=["group", "id", "role", "nearest_id", "distance", "path"])
+    df.insert(0, "sample_id", df["id"].map(sample_of))
+    if patches:
+        df = df.rename(columns={"id": "label_id"})
+    else:
+        df = df.drop(columns="id")
+    return df
+
+
+def run_duplicates(
+    spec: DuplicatesSpec,
+    store: Store,
+    *,
+    run_id: str | None = None,
+    log: Any = _LOG,
+    ids: list[str] | None = None,
+    artifacts: list[dict[str, Any]] | None = None,
+):
+    """Near-duplicate groups on a similarity index's vectors (any backend)."""
+    from dagster_brain.methods import RunOutcome, frame_version
+
+    index = load_index(store, spec.dataset, spec.similarity)
+    try:
+        if ids is not None:
+            index.use_view(ids)
+        item_ids, X = index.all_vectors()
+        members = index.members.set_index("id")["sample_id"]
+        sample_of = {i: members[i] for i in item_ids}
+        metric = index.config.metric
+        choice = None
+        if spec.fraction is not None:
+            result = find_duplicates(X, item_ids, fraction=spec.fraction, metric=metric)
+            method = "fraction"
+        elif spec.thresh != "auto":
+            result = find_duplicates(X, item_ids, thresh=float(spec.thresh), metric=metric)
+            method = "thresh"
+        else:
+            choice = choose_threshold(X, item_ids, metric=metric)
+            log.info("%s: %s", spec.brain_key, choice.describe())
+            if spec.verify and not index.is_patches:
+                from dagster_brain.algorithms.verify import find_verified_duplicates
+
+                samples = store.samples(spec.dataset, sorted(set(sample_of.values())))
+                by_id = samples.set_index("sample_id")
+                result = find_verified_duplicates(
+                    X,
+                    item_ids,
+                    {s: by_id.at[s, "filepath"] for s in item_ids},
+                    content_hashes=[by_id.at[s, "content_hash"] for s in item_ids],
+                    pixel_hashes=[by_id.at[s, "pixel_hash"] for s in item_ids],
+                    metric=metric,
+                    m=spec.neighbours,
+                )
+                method = "auto+verified"
+            else:
+                result = find_duplicates(X, item_ids, thresh=choice.thresh, metric=metric)
+                method = "auto"
+        upstream = _similarity_upstream(index)
+        patches = index.is_patches
+    finally:
+        index.close()
+    frame = duplicates_frame(result, sample_of, patches)
+    log.info(
+        "%s: %d duplicates in %d groups (thresh %.4g, %s)",
+        spec.brain_key,
+        len(result.duplicate_ids),
+        len(result.groups),
+        result.thresh,
+        method,
+    )
+    record = _record(
+        spec,
+        store,
+        "duplicates",
+        method,
+        list(sample_of.values()),
+        item_ids if patches else None,
+        run_id,
+        upstream,
+        artifacts,
+    )
+    record.config["chosen"] = {
+        "thresh": result.thresh,
+        "threshold_choice": choice.describe() if choice else None,
+        "est_precision": choice.est_precision if choice else None,
+        "est_recall": choice.est_recall if choice else None,
+    }
+    store.commit_run(record, frame)
+    summary = {
+        "duplicates": len(result.duplicate_ids),
+        "groups": len(result.groups),
+        "thresh": result.thresh,
+        "method": method,
+        "choice": choice,
+        "result": result,
+        "vectors": X,
+        "ids": item_ids,
+    }
+    return RunOutcome(record, frame, frame_version(frame), summary)
+
+
+def run_exact_duplicates(
+    spec: ExactDuplicatesSpec,
+    store: Store,
+    *,
+    run_id: str | None = None,
+    log: Any = _LOG,
+    ids: list[str] | None = None,
+    artifacts: list[dict[str, Any]] | None = None,
+):
+    """Groups of byte-identical or pixel-identical samples (content hashes, no embeddings)."""
+    from dagster_brain.methods import RunOutcome, frame_version
+
+    samples = store.samples(spec.dataset, ids)
+    frame = exact_duplicate_groups(
+        samples["sample_id"].tolist(),
+        samples["content_hash"].tolist(),
+        samples["pixel_hash"].tolist(),
+    )
+    log.info(
+        "%s: %d samples in %d exact-duplicate groups",
+        spec.brain_key,
+        len(frame),
+        frame["group"].nunique() if len(frame) else 0,
+    )
+    record = _record(
+        spec,
+        store,
+        "exact_duplicates",
+        "sha256",
+        samples["sample_id"],
+        None,
+        run_id,
+        {"samples": {"data_version": store.data_version(spec.dataset, ids)}},
+        artifacts,
+    )
+    store.commit_run(record, frame)
+    return RunOutcome(
+        record,
+        frame,
+        frame_version(frame),
+        {"groups": int(frame["group"].nunique()) if len(frame) else 0},
+    )
+
+
+def run_unique(
+    spec: UniqueSpec,
+    store: Store,
+    *,
+    run_id: str | None = None,
+    log: Any = _LOG,
+    ids: list[str] | None = None,
+    artifacts: list[dict[str, Any]] | None = None,
+):
+    """``count`` maximally spread items of a similarity index (k-center greedy)."""
+    from dagster_brain.methods import RunOutcome, frame_version
+
+    index = load_index(store, spec.dataset, spec.similarity)
+    try:
+        if ids is not None:
+            index.use_view(ids)
+        item_ids, X = index.all_vectors()
+        members = index.members.set_index("id")["sample_id"]
+        chosen = find_unique(X, item_ids, spec.count, metric=index.config.metric, seed=spec.seed)
+        upstream = _similarity_upstream(index)
+        patches = index.is_patches
+    finally:
+        index.close()
+    frame = pd.DataFrame({"sample_id": [members[i] for i in chosen]})
+    if patches:
+        frame["label_id"] = chosen
+    frame["rank"] = range(len(chosen))
+    log.info("%s: %d unique items of %d", spec.brain_key, len(chosen), len(item_ids))
+    record = _record(
+        spec,
+        store,
+        "unique",
+        "k-center-greedy",
+        [members[i] for i in item_ids],
+        chosen if patches else None,
+        run_id,
+        upstream,
+        artifacts,
+    )
+    store.commit_run(record, frame)
+    return RunOutcome(
+        record,
+        frame,
+        frame_version(frame),
+        {"unique": len(chosen), "vectors": X, "ids": item_ids, "unique_ids": chosen},
+    )
