@@ -19,6 +19,8 @@ _API = {
     "compute_uniqueness": "dagster_brain.api",
     "compute_similarity": "dagster_brain.api",
     "sort_by_similarity": "dagster_brain.api",
+    "compute_near_duplicates": "dagster_brain.api",
+    "compute_exact_duplicates": "dagster_brain.api",
     "get_embeddings": "dagster_brain.api",
     "BrainConfig": "dagster_brain.config",
     "Store": "dagster_brain.store",

@@ -370,3 +370,44 @@ def sort_by_similarity(
     frame = result.to_frame()
     labels = tuple(result.label_ids) if result.label_ids is not None else None
     return DatasetView(dataset, tuple(result.sample_ids), frame, labels)
+
+
+def compute_near_duplicates(
+    samples: Dataset | DatasetView,
+    similarity: str | None = None,
+    thresh: float | str | None = "auto",
+    fraction: float | None = None,
+    verify: bool = True,
+    brain_key: str = "duplicates",
+) -> RunOutcome:
+    """Near-duplicate groups on a similarity index (``similarity``: its brain key).
+
+    By default the threshold is chosen from the data and candidate pairs are confirmed on
+    the images; ``thresh`` (a distance) or ``fraction`` (the share to flag) fix it instead.
+    """
+    from dagster_brain.similarity.runs import run_duplicates
+    from dagster_brain.specs import DuplicatesSpec
+
+    dataset, ids = _as_view(samples)
+    spec = DuplicatesSpec(
+        brain_key=brain_key,
+        kind="duplicates",
+        dataset=dataset.name,
+        similarity=_similarity_key(dataset, similarity),
+        thresh="auto" if fraction is not None and thresh == "auto" else thresh,
+        fraction=fraction,
+        verify=verify,
+    )
+    return run_duplicates(spec, dataset.store, ids=ids)
+
+
+def compute_exact_duplicates(
+    samples: Dataset | DatasetView, brain_key: str = "exact_duplicates"
+) -> RunOutcome:
+    """Groups of byte-identical or pixel-identical samples (no embeddings needed)."""
+    from dagster_brain.similarity.runs import run_exact_duplicates
+    from dagster_brain.specs import ExactDuplicatesSpec
+
+    dataset, ids = _as_view(samples)
+    spec = ExactDuplicatesSpec(brain_key=brain_key, kind="exact_duplicates", dataset=dataset.name)
+    return run_exact_duplicates(spec, dataset.store, ids=ids)

@@ -332,6 +332,70 @@ def similarity_query(
         click.echo(f"saved to {view.save(save_as)}")
 
 
+@main.command("duplicates")
+@click.argument("brain_key")
+@click.option("--thresh", type=float, default=None, help="A fixed distance threshold.")
+@click.option("--fraction", type=float, default=None, help="Flag about this share of items.")
+@click.option("--no-verify", is_flag=True, help="Embeddings only (no check on the images).")
+@click.option(
+    "--brain-key",
+    "out_key",
+    default="duplicates",
+    show_default=True,
+    help="Brain key the result is stored under.",
+)
+@dataset_option
+@data_dir_option
+@user_errors
+def duplicates_cmd(brain_key, thresh, fraction, no_verify, out_key, dataset, data_dir) -> None:
+    """Near-duplicate groups on similarity index BRAIN_KEY (default: data-chosen threshold)."""
+    from dagster_brain.api import Dataset, compute_near_duplicates
+
+    if thresh is not None and fraction is not None:
+        raise ValueError("give at most one of --thresh and --fraction")
+    store = _store(data_dir)
+    ds = Dataset(_dataset_of(store, brain_key, dataset), store)
+    out = compute_near_duplicates(
+        ds,
+        similarity=brain_key,
+        thresh=thresh if thresh is not None else "auto",
+        fraction=fraction,
+        verify=not no_verify,
+        brain_key=out_key,
+    )
+    s = out.summary
+    click.echo(
+        f"{out_key}: {s['duplicates']} duplicates in {s['groups']} groups "
+        f"(thresh {s['thresh']:.4g}, {s['method']})"
+    )
+    if s["choice"] is not None:
+        click.echo(f"threshold: {s['choice'].describe()}")
+    if len(out.results):
+        click.echo(out.results.head(40).to_string(index=False))
+
+
+@main.command("unique")
+@click.argument("brain_key")
+@click.argument("count", type=int)
+@click.option("--brain-key", "out_key", default="unique", show_default=True)
+@dataset_option
+@data_dir_option
+@user_errors
+def unique_cmd(brain_key, count, out_key, dataset, data_dir) -> None:
+    """COUNT maximally spread items of similarity index BRAIN_KEY."""
+    from dagster_brain.api import Dataset
+    from dagster_brain.similarity.runs import run_unique
+    from dagster_brain.specs import UniqueSpec
+
+    store = _store(data_dir)
+    ds = Dataset(_dataset_of(store, brain_key, dataset), store)
+    spec = UniqueSpec(
+        brain_key=out_key, kind="unique", dataset=ds.name, similarity=brain_key, count=count
+    )
+    out = run_unique(spec, store)
+    click.echo(out.results.to_string(index=False, max_rows=60))
+
+
 def _attach_optional_groups() -> None:
     """Subcommands that live beside their code (ingestion, demo)."""
     from dagster_brain.ingest.cli import demo, ingest

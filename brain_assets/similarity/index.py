@@ -563,9 +563,14 @@ class SimilarityIndex(DuplicatesMixin):
         n = len(members)
         want = n if k is None else min(k + (0 if include_query else len(own_ids)), n)
         ids, dist = self._ranked(Q, want, reverse, allowed, n)
-        if not include_query and own_ids:
+        if own_ids:
             own = set(own_ids)
             keep = [i for i, x in enumerate(ids) if x not in own]
+            if include_query and len(own_ids) == 1:
+                # the query itself first, even when exact copies tie with it at distance 0
+                keep = [i for i, x in enumerate(ids) if x in own] + keep
+            if include_query and len(own_ids) > 1:
+                keep = list(range(len(ids)))
             ids, dist = [ids[i] for i in keep], dist[keep]
         if k is not None:
             ids, dist = ids[:k], dist[:k]
