@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from milvus_server import milvus_uri  # noqa: F401  (session fixture: one Milvus server)
 from PIL import Image
 
 from dagster_brain.store import Store

@@ -8,15 +8,15 @@ on 127.0.0.1 (Pinecone itself is a cloud service).
 
 import numpy as np
 import pytest
+from backend_contract import brute_force, recall_at_k
+from conftest import sample_frame
 from PIL import Image
+from tiny_models import make_tiny_clip
 
 import dagster_brain as fob
 import dagster_brain.config as config_module
-from backend_contract import brute_force, recall_at_k
-from conftest import sample_frame
 from dagster_brain.config import BrainConfig
 from dagster_brain.similarity.backends.registry import BACKEND_METRICS, backend_class
-from tiny_models import make_tiny_clip
 
 BACKENDS = ["sklearn", "qdrant", "milvus", "lancedb", "pinecone", "milvus-server"]
 N, DIM = 240, 24
@@ -28,14 +28,6 @@ def pinecone_url():
 
     with PineconeStub() as stub:
         yield stub.url, DEFAULT_API_KEY
-
-
-@pytest.fixture(scope="module")
-def milvus_uri(tmp_path_factory):
-    from milvus_server import start_milvus_server
-
-    with start_milvus_server(tmp_path_factory.mktemp("milvus")) as uri:
-        yield uri
 
 
 @pytest.fixture
@@ -72,8 +64,9 @@ def test_contract_against_brute_force(backend, store):
     ds = make_dataset(store)
     X = planted_vectors()
     view = ds.view([f"s{i:03d}" for i in range(220)])
-    index = fob.compute_similarity(view, embeddings=X[:220], backend=name, brain_key="sim",
-                                   **params)
+    index = fob.compute_similarity(
+        view, embeddings=X[:220], backend=name, brain_key="sim", **params
+    )
     try:
         index.add_to_index(X[220:], [f"s{i:03d}" for i in range(220, N)])
         index.remove_from_index(sample_ids=[f"s{i:03d}" for i in range(0, 10)])
@@ -128,8 +121,9 @@ def test_sort_by_prompt_with_a_clip_model(backend, store, tmp_path, clip_dir):
         paths.append(str(folder / f"{i}.png"))
     store.write_samples("toy", sample_frame(paths))
     ds = fob.Dataset("toy", store)
-    index = fob.compute_similarity(ds, model=str(clip_dir), backend=name, brain_key="clip",
-                                   **params)
+    index = fob.compute_similarity(
+        ds, model=str(clip_dir), backend=name, brain_key="clip", **params
+    )
     try:
         assert index.supports_prompts
         res = index.sort_by_similarity("a red square", k=4)

@@ -92,6 +92,18 @@ class VectorBackend(ABC):
     def drop(self) -> None:
         """Delete the collection / table / files (``cleanup``)."""
 
+    def scan(
+        self, queries: np.ndarray, k: int, allowed: Sequence[str] | None = None
+    ) -> tuple[list[list[str]], list[np.ndarray]]:
+        """Exact top-k over the fetched vectors (big views, or ``k`` past a backend's cap)."""
+        from dagster_brain.algorithms.knn import exact_knn
+
+        ids, X = self.fetch(None if allowed is None else list(allowed))
+        if not ids:
+            return [[] for _ in queries], [np.empty(0, np.float32) for _ in queries]
+        dist, idx = exact_knn(X, min(k, len(ids)), queries=queries, metric=self.metric)
+        return [[ids[j] for j in row] for row in idx], list(dist)
+
     def close(self) -> None:  # noqa: B027 - optional hook, most adapters need nothing
         """Release clients and file locks (embedded stores lock their folder)."""
 

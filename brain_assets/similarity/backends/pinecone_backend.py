@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from dagster_brain.algorithms.knn import check_vectors, pairwise_distances
+from dagster_brain.algorithms.knn import check_vectors
 from dagster_brain.similarity.backends.base import (
     METRICS,
     BackendUnavailable,
@@ -396,17 +396,6 @@ class PineconeBackend(VectorBackend):
         order = np.argsort(D, kind="stable")[:k]
         return [ids[i] for i in order], D[order]
 
-    def _scan(
-        self, Q: np.ndarray, k: int, allowed: list[str] | None
-    ) -> tuple[list[list[str]], list[np.ndarray]]:
-        """Exact top-k over fetched vectors (big views, or k beyond Pinecone's cap)."""
-        ids, X = self.fetch(allowed)
-        if not ids:
-            return [[] for _ in Q], [np.zeros(0) for _ in Q]
-        D = pairwise_distances(Q, X, self.metric).astype(np.float64)
-        order = np.argsort(D, axis=1, kind="stable")[:, :k]
-        return [[ids[j] for j in row] for row in order], list(np.take_along_axis(D, order, 1))
-
     def query(
         self, queries: np.ndarray, k: int, allowed: Sequence[str] | None = None
     ) -> tuple[list[list[str]], list[np.ndarray]]:
@@ -425,7 +414,7 @@ class PineconeBackend(VectorBackend):
             if not view:
                 return [[] for _ in Q], [np.zeros(0) for _ in Q]
         if k > MAX_K or (view is not None and len(view) > FILTER_MAX_IDS):
-            return self._scan(Q, k, view)
+            return self.scan(Q, k, view)
         if self.metric == "cosine":
             zero = np.flatnonzero(~Q.any(axis=1))
             if zero.size:

@@ -1,0 +1,313 @@
+"""Milvus: milvus-lite (a ``.db`` folder per index) by default, or a Milvus server by ``uri``.
+
+One collection per index: a VARCHAR primary key ``id`` holding the string id and a
+FLOAT_VECTOR field ``vector`` under an exact FLAT index. Reads use
+``consistency_level="Strong"``, or reads right after writes can miss them.
+
+Distance conventions, checked on milvus-lite 3.2.2 and a Milvus 2.3.5 server with pymilvus
+3.0.2: ``COSINE`` returns ``cos(q, x)`` (and stores the raw vector); ``L2`` returns the
+*squared* L2 distance (we take the square root); ``IP`` returns ``<q, x>``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dagster_brain.algorithms.knn import check_vectors
+from dagster_brain.similarity.backends.base import BackendUnavailable, VectorBackend
+
+_METRIC_TYPES = {"cosine": "COSINE", "euclidean": "L2", "dotproduct": "IP"}
+MAX_TOPK = 16384  # Milvus caps k (topk) and offset + limit of one query at this
+ID_MAX_LENGTH = 512  # VARCHAR length of the id field
+
+
+def _expr_list(ids: Sequence[str]) -> str:
+    """A Milvus expression list literal: ``["a", "b"]`` (JSON string escapes)."""
+    return json.dumps(list(ids), ensure_ascii=False)
+
+
+class MilvusBackend(VectorBackend):
+    """One Milvus collection of string-keyed vectors (exact FLAT index)."""
+
+    name = "milvus"
+    exact = True
+
+    def __init__(
+        self,
+        collection: str,
+        dim: int,
+        metric: str,
+        root: Path,
+        *,
+        uri: str | None = None,
+        user: str = "",
+        password: str = "",
+        token: str = "",
+        db_name: str = "",
+        timeout: float = 10.0,
+        max_filter_ids: int = 1000,
+        batch_size: int = 1000,
+    ):
+        """Open (creating if needed) ``collection``.
+
+        ``uri`` (e.g. ``http://127.0.0.1:19530``) with ``user``/``password``/``token``/
+        ``db_name``: a Milvus server; without ``uri``, milvus-lite in
+        ``root / f"milvus_{collection}.db"`` (one process at a time, until :meth:`close`).
+        ``max_filter_ids``: views up to this size become an ``id in [...]`` filter, larger
+        ones an exact scan of their fetched vectors.
+        """
+        super().__init__(collection, dim, metric, root, uri=uri, db_name=db_name)
+        from pymilvus import MilvusClient
+        from pymilvus.exceptions import MilvusException
+
+        self.lite_path = None if uri else self.root / f"milvus_{collection}.db"
+        self.where = uri or str(self.lite_path)
+        self.max_filter_ids = max_filter_ids
+        self.batch_size = batch_size
+        self._client = None
+        self._dropped = False
+        if self.lite_path is not None:
+            self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self._client = MilvusClient(
+                uri=self.where,
+                user=user,
+                password=password,
+                token=token,
+                db_name=db_name,
+                timeout=timeout,
+                dedicated=True,  # our own channel, closed by close()
+            )
+        except MilvusException as err:  # refused, timed out, or milvus-lite folder locked
+            self._release_lite()
+            hint = " (milvus-lite opens a .db folder in one process at a time)" if not uri else ""
+            raise BackendUnavailable(
+                f"similarity backend 'milvus' at {self.where}: {err.message}{hint}"
+            ) from err
+        try:
+            self._open_or_create()
+        except BaseException:
+            self.close()
+            raise
+
+    @contextmanager
+    def _guard(self) -> Iterator[Any]:
+        """The client; a lost connection becomes BackendUnavailable naming the URI/path."""
+        from pymilvus.exceptions import MilvusException, MilvusUnavailableException
+
+        if self._client is None:
+            state = "dropped" if self._dropped else "closed"
+            raise RuntimeError(f"milvus collection {self.collection!r} is {state}")
+        try:
+            yield self._client
+        except MilvusUnavailableException as err:
+            raise BackendUnavailable(
+                f"similarity backend 'milvus' at {self.where}: {err.message}"
+            ) from err
+        except MilvusException as err:
+            if err.code in (2, 503):  # connection failed / unavailable
+                raise BackendUnavailable(
+                    f"similarity backend 'milvus' at {self.where}: {err.message}"
+                ) from err
+            raise
+
+    def _open_or_create(self) -> None:
+        from pymilvus import DataType
+
+        with self._guard() as client:
+            if client.has_collection(self.collection):
+                info = client.describe_collection(self.collection)
+                field = next(
+                    (f for f in info["fields"] if f["type"] == DataType.FLOAT_VECTOR), None
+                )
+                size = int(field["params"]["dim"]) if field else None
+                if field is None or field["name"] != "vector" or size != self.dim:
+                    raise ValueError(
+                        f"milvus collection {self.collection!r} holds {size}-d vectors, "
+                        f"not {self.dim}-d"
+                    )
+                index = client.describe_index(self.collection, "vector") or {}
+                have = index.get("metric_type")
+                if have and have != _METRIC_TYPES[self.metric]:
+                    raise ValueError(
+                        f"milvus collection {self.collection!r} uses metric {have!r}, not "
+                        f"{_METRIC_TYPES[self.metric]!r} (metric {self.metric!r})"
+                    )
+                client.load_collection(self.collection)  # a restarted server starts released
+                return
+            schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=ID_MAX_LENGTH)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+            index_params = client.prepare_index_params()
+            index_params.add_index(
+                field_name="vector", index_type="FLAT", metric_type=_METRIC_TYPES[self.metric]
+            )
+            client.create_collection(
+                self.collection,
+                schema=schema,
+                index_params=index_params,
+                consistency_level="Strong",
+            )
+
+    def _check(self, X: np.ndarray, ids: Sequence[str] | None, what: str) -> np.ndarray:
+        X = check_vectors(X, list(ids) if ids is not None else None, what=what)
+        if X.shape[1] != self.dim:
+            raise ValueError(
+                f"milvus collection {self.collection!r} holds {self.dim}-d vectors; "
+                f"got {what} of dimension {X.shape[1]}"
+            )
+        return X
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Insert or overwrite vectors by id (the last of repeated ids wins)."""
+        ids = [str(i) for i in ids]
+        X = self._check(vectors, ids, what=f"vectors for milvus collection {self.collection!r}")
+        long = next((s for s in ids if len(s.encode()) > ID_MAX_LENGTH), None)
+        if long is not None:
+            raise ValueError(
+                f"milvus collection {self.collection!r}: id {long[:40]!r}... is longer than "
+                f"{ID_MAX_LENGTH} bytes"
+            )
+        last = {s: row for row, s in enumerate(ids)}
+        rows = list(last.values())
+        with self._guard() as client:
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start : start + self.batch_size]
+                data = [{"id": ids[r], "vector": X[r].tolist()} for r in chunk]
+                client.upsert(self.collection, data=data)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove vectors by id (absent ids are ignored)."""
+        ids = list(dict.fromkeys(str(i) for i in ids))
+        with self._guard() as client:
+            for start in range(0, len(ids), self.batch_size):
+                client.delete(self.collection, ids=ids[start : start + self.batch_size])
+
+    def _rows(self, rows: Sequence[dict]) -> tuple[list[str], np.ndarray]:
+        ids = [r["id"] for r in rows]
+        X = np.asarray([r["vector"] for r in rows], dtype=np.float32).reshape(-1, self.dim)
+        return ids, X
+
+    def fetch(self, ids: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
+        """(found ids, vectors) in the order asked (absent ids left out); ``None``: all, by id."""
+        with self._guard() as client:
+            if ids is None:
+                # Pages by primary-key cursor, like pymilvus' query_iterator (which does not
+                # escape quotes inside string ids): `iterator` makes the server return each
+                # page in key order.
+                rows: list[dict] = []
+                while True:
+                    after = f"id > {json.dumps(rows[-1]['id'], ensure_ascii=False)}" if rows else ""
+                    page = client.query(
+                        self.collection,
+                        filter=after,
+                        limit=self.batch_size,
+                        output_fields=["id", "vector"],
+                        iterator="True",
+                        reduce_stop_for_best="True",
+                    )
+                    rows.extend(sorted(page, key=lambda r: r["id"]))
+                    if len(page) < self.batch_size:
+                        break
+                got, X = self._rows(rows)
+                order = sorted(range(len(got)), key=got.__getitem__)
+                return [got[i] for i in order], X[order]
+            ids = [str(i) for i in ids]
+            unique = list(dict.fromkeys(ids))
+            found: dict[str, np.ndarray] = {}
+            for start in range(0, len(unique), self.batch_size):
+                page = client.get(
+                    self.collection,
+                    ids=unique[start : start + self.batch_size],
+                    output_fields=["vector"],
+                )
+                got, X = self._rows(page)
+                found.update(zip(got, X, strict=True))
+        keep = [s for s in ids if s in found]
+        X = np.vstack([found[s] for s in keep]) if keep else np.empty((0, self.dim), np.float32)
+        return keep, X
+
+    def count(self) -> int:
+        """Number of vectors stored."""
+        with self._guard() as client:
+            res = client.query(self.collection, filter="", output_fields=["count(*)"])
+            return int(res[0]["count(*)"])
+
+    def _to_distance(self, s: np.ndarray) -> np.ndarray:
+        if self.metric == "cosine":
+            return np.clip(1.0 - s, 0.0, 2.0)
+        if self.metric == "euclidean":
+            return np.sqrt(np.maximum(s, 0.0))  # Milvus L2 is squared
+        return -s
+
+    def query(
+        self, queries: np.ndarray, k: int, allowed: Sequence[str] | None = None
+    ) -> tuple[list[list[str]], list[np.ndarray]]:
+        """Per query row: up to ``k`` nearest (id, distance), nearest first."""
+        Q = self._check(queries, None, what=f"queries on milvus collection {self.collection!r}")
+        if not 1 <= k <= MAX_TOPK:
+            raise ValueError(f"milvus: k must be in [1, {MAX_TOPK}], got {k}")
+        expr = ""
+        if allowed is not None:
+            view = list(dict.fromkeys(str(s) for s in allowed))
+            if not view:
+                return [[] for _ in Q], [np.empty(0, np.float32) for _ in Q]
+            if len(view) > self.max_filter_ids:  # a filter this long costs more than a scan
+                return self.scan(Q, k, view)
+            expr = f"id in {_expr_list(view)}"
+        out_ids: list[list[str]] = []
+        out_d: list[np.ndarray] = []
+        params = {"metric_type": _METRIC_TYPES[self.metric], "params": {}}
+        with self._guard() as client:
+            for start in range(0, len(Q), 256):
+                res = client.search(
+                    self.collection,
+                    data=Q[start : start + 256].tolist(),
+                    limit=k,
+                    filter=expr,
+                    output_fields=["id"],
+                    search_params=params,
+                    anns_field="vector",
+                )
+                for hits in res:
+                    out_ids.append([h["id"] for h in hits])
+                    scores = np.asarray([h["distance"] for h in hits], dtype=np.float64)
+                    out_d.append(self._to_distance(scores).astype(np.float32))
+        return out_ids, out_d
+
+    def drop(self) -> None:
+        """Delete the collection (milvus-lite: and its ``.db`` folder)."""
+        if self._client is not None or self.lite_path is None:
+            with self._guard() as client:
+                if client.has_collection(self.collection):
+                    client.drop_collection(self.collection)
+        if self.lite_path is not None:
+            self.close()  # stop the in-process milvus-lite server, releasing its lock
+            shutil.rmtree(self.lite_path, ignore_errors=True)
+        self._dropped = True
+
+    def _release_lite(self) -> None:
+        """Stop the in-process milvus-lite server of this path (it holds the folder lock)."""
+        if self.lite_path is not None:
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(str(self.lite_path))
+
+    def close(self) -> None:
+        """Release the client (milvus-lite: its in-process server and folder lock, shared by
+        every client of that ``.db`` in this process)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._release_lite()
+
+    def describe(self) -> dict[str, Any]:
+        """Where the vectors live; never credentials."""
+        return {**super().describe(), "where": self.where, "exact": self.exact}
