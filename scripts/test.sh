@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/milvus_server.sh install   # the Milvus standalone server the tests start (own venv)
 source scripts/env.sh
 dagster definitions validate -w workspace.yaml
 python -m pytest "$@"
