@@ -96,6 +96,11 @@ def test_contract_against_brute_force(backend, store):
         far = index.sort_by_similarity(Q[0], k=5, reverse=True)
         far_want = [w for w in brute_force(ids, X[keep], Q[:1], len(ids), "cosine")[0][0][::-1]]
         assert far.sample_ids == far_want[:5]
+        # planted exact copies are found as duplicates on the index's own vectors
+        index.find_duplicates(thresh=1e-4)
+        pairs = {frozenset((k, d)) for k, v in index.neighbors_map.items() for d, _ in v}
+        assert pairs == {frozenset((f"s{i:03d}", f"s{i + 190:03d}")) for i in range(10, 15)}
+        assert len(index.find_unique(7)) == 7
         # reload through the brain run
         index.close()
         again = ds.load_brain_results("sim", **params)
