@@ -138,3 +138,49 @@ def test_definitions_expose_graph_and_job(project):
     assert embeddings_key("pets", "default") in node.parent_keys
     assert samples_key("pets") in graph.get(embeddings_key("pets", "default")).parent_keys
     assert defs.resolve_job_def("brain_all") is not None
+
+
+def test_similarity_duplicates_unique_exact_assets(tmp_path):
+    folder = tmp_path / "images"
+    make_folder(folder)
+    runs = [
+        {
+            "brain_key": "sim",
+            "kind": "similarity",
+            "dataset": "pets",
+            "embeddings": "default",
+            "backend": "lancedb",
+        },
+        {"brain_key": "dups", "kind": "duplicates", "dataset": "pets", "similarity": "sim"},
+        {
+            "brain_key": "spread",
+            "kind": "unique",
+            "dataset": "pets",
+            "similarity": "sim",
+            "count": 3,
+        },
+        {"brain_key": "exact", "kind": "exact_duplicates", "dataset": "pets"},
+    ]
+    keys = write_keys(tmp_path / "keys.yaml", folder, extra_runs=runs)
+    data_dir = tmp_path / "data"
+    result = materialize_all(keys, data_dir)
+    assert result.success
+    store = Store(data_dir)
+    sim = store.get_run("pets", "sim")
+    assert sim.method == "lancedb" and len(store.load_results("pets", "sim")) == 9
+    dups = store.load_results("pets", "dups")
+    assert set(dups["sample_id"]) == {"cat/0", "cat/copy"}
+    assert set(dups["role"]) == {"kept", "duplicate"}
+    assert dups["path"].dropna().iloc[0].startswith("hash:")
+    exact = store.load_results("pets", "exact")
+    assert set(exact["sample_id"]) == {"cat/0", "cat/copy"} and set(exact["match"]) == {"bytes"}
+    assert len(store.load_results("pets", "spread")) == 3
+    meta = result.asset_materializations_for_node("pets__brain__dups")[0].metadata
+    assert "duplicates_plot" in meta and meta["duplicates"].value == 1
+    sim_meta = result.asset_materializations_for_node("pets__brain__sim")[0].metadata
+    assert sim_meta["backend"].value == "lancedb"
+    # the index answers queries through the API afterwards
+    import dagster_brain as fob
+
+    view = fob.sort_by_similarity(fob.Dataset("pets", store), "cat/copy", k=2, brain_key="sim")
+    assert list(view.ids) == ["cat/copy", "cat/0"]

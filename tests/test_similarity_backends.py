@@ -151,3 +151,30 @@ def clip_dir(tmp_path_factory):
 def test_static_metric_table_matches_adapters():
     for name, metrics in BACKEND_METRICS.items():
         assert tuple(backend_class(name).metrics) == metrics
+
+
+def test_unreachable_backend_names_it_and_keeps_the_previous_index(store, monkeypatch, tmp_path):
+    from dagster_brain.similarity.backends.base import BackendUnavailable
+
+    config = BrainConfig(env={"BRAIN_CONFIG_PATH": str(tmp_path / "none.json")})
+    monkeypatch.setattr(config_module, "_brain_config", config)
+    ds = make_dataset(store)
+    first = fob.compute_similarity(
+        ds, embeddings=planted_vectors(), backend="qdrant", brain_key="sim"
+    )
+    first.close()
+    with pytest.raises(BackendUnavailable, match=r"qdrant.*127\.0\.0\.1:9"):
+        fob.compute_similarity(
+            ds,
+            embeddings="sim_embeddings",
+            backend="qdrant",
+            brain_key="sim",
+            overwrite=True,
+            url="http://127.0.0.1:9",
+        )
+    again = ds.load_brain_results("sim")
+    try:
+        assert again.config.collection == first.config.collection
+        assert again.sort_by_similarity("s012", k=1).sample_ids == ["s012"]
+    finally:
+        again.close()
