@@ -26,7 +26,12 @@ from typing import Any
 DEFAULT_CONFIG_PATH = Path("~/.dagster_brain/brain_config.json")
 
 BUILTIN_BACKENDS: dict[str, dict[str, Any]] = {
-    "sklearn": {"metric": "cosine", "mean_center": False},
+    "sklearn": {
+        "metric": "cosine",
+        "mean_center": False,
+        "approximate": None,
+        "approx_threshold": 200_000,
+    },
     "qdrant": {
         "url": None,
         "api_key": None,

@@ -1,7 +1,26 @@
-"""Exact k-nearest neighbours by blocked matrix products (BLAS), never an N x N matrix."""
+"""Exact k-nearest neighbours by blocked matrix products (BLAS), never an N x N matrix.
+
+The cost is the GEMM (2·n_queries·n·d flop); everything else is kept to a few cheap passes
+over each block of scores so that the total stays close to the GEMM's own time:
+
+- scores are "larger is nearer" similarities written into one preallocated block buffer
+  (fresh 100 MB temporaries per block cost more in page faults than the selection itself);
+- the top-k of a row is found without sorting or partitioning the whole row: the row is split
+  into ``g`` strided groups (column ``c`` belongs to group ``c % g``), and the k-th largest
+  group maximum is a lower bound on the row's k-th largest score (k different groups each
+  hold an element at least that large). Only the few scores at or above that bound (usually
+  k plus a handful) are gathered and sorted. Strided groups keep neighbours that sit next to
+  each other (data sorted by class or cluster) in different groups;
+- rows where that bound lets through too many candidates (heavy ties, e.g. many identical
+  vectors) or too few (NaN from overflow) fall back to ``np.argpartition`` on those rows only;
+- the selection runs on a small thread pool over row chunks (numpy releases the GIL in the
+  reductions and comparisons), while the GEMM uses BLAS's own threads.
+"""
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -9,8 +28,11 @@ import numpy as np
 Metric = Literal["cosine", "euclidean", "dotproduct"]
 METRICS: tuple[str, ...] = ("cosine", "euclidean", "dotproduct")
 
-# Bytes of one block of the distance matrix; 128 MiB keeps peak memory bounded at any N.
+# Bytes of one block of the score matrix; 128 MiB keeps peak memory bounded at any N (the
+# boolean candidate mask adds a quarter of that).
 DEFAULT_BLOCK_BYTES = 128 * 1024 * 1024
+# Below this many scores per block, threads cost more than they save.
+_THREAD_MIN_SCORES = 1 << 20
 
 
 def check_vectors(
@@ -39,6 +61,14 @@ def _block_rows(n_cols: int, block_bytes: int) -> int:
     return max(1, min(8192, block_bytes // max(1, 4 * n_cols)))
 
 
+def _n_threads() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
 def pairwise_distances(Q: np.ndarray, X: np.ndarray, metric: Metric = "cosine") -> np.ndarray:
     """Distances between every row of ``Q`` and every row of ``X`` (small inputs only).
 
@@ -54,6 +84,136 @@ def pairwise_distances(Q: np.ndarray, X: np.ndarray, metric: Metric = "cosine") 
     if metric == "dotproduct":
         return -(Q @ X.T)
     raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+
+
+def _groups(n: int, k: int) -> int:
+    """Number of strided groups for the threshold, or 0 to use a plain partition.
+
+    At least 16·k groups keep the candidates near k per row; at least 4 columns per group
+    make the group maxima much cheaper than partitioning the row.
+    """
+    g = min(max(16 * k, n // 8), 64 * k, n // 4)
+    return g if g >= 16 * k else 0
+
+
+def _partition_rows(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores, columns) of each row of ``S``, largest first, by partitioning."""
+    n = S.shape[1]
+    part = np.argpartition(S, n - k, axis=1)[:, n - k :]
+    vals = np.take_along_axis(S, part, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(vals, order, axis=1), np.take_along_axis(part, order, axis=1)
+
+
+def _select_rows(
+    S: np.ndarray, M: np.ndarray, k: int, out_s: np.ndarray, out_i: np.ndarray
+) -> None:
+    """Write the top-k (scores, columns) of each row of ``S`` (largest first) into the outputs.
+
+    ``M`` is a boolean scratch buffer of ``S``'s shape.
+    """
+    b, n = S.shape
+    if k == 1:  # one pass; ties keep the lowest column
+        best = S.argmax(axis=1)
+        out_i[:, 0] = best
+        out_s[:, 0] = S[np.arange(b), best]
+        return
+    g = _groups(n, k)
+    if not g:
+        out_s[:], out_i[:] = _partition_rows(S, k)
+        return
+    L = n // g
+    gmax = S[:, : L * g].reshape(b, L, g).max(axis=1)
+    tail = n - L * g
+    if tail:
+        np.maximum(gmax[:, :tail], S[:, L * g :], out=gmax[:, :tail])
+    thr = np.partition(gmax, g - k, axis=1)[:, g - k]
+    np.greater_equal(S, thr[:, None], out=M)
+    cap = 8 * k + 64  # candidates per row beyond which a row is partitioned instead
+    bad = np.zeros(b, dtype=bool)
+    if np.count_nonzero(M) > b * cap:  # heavy ties: keep the flat index arrays small
+        bad = np.count_nonzero(M, axis=1) > cap
+        M[bad] = False
+    flat = np.flatnonzero(M)
+    rows = flat // n
+    cols = flat - rows * n
+    vals = S.ravel()[flat]
+    counts = np.bincount(rows, minlength=b)
+    bad |= (counts < k) | (counts > cap)  # too few: NaN scores
+    starts = np.cumsum(counts) - counts
+    order = np.lexsort((-vals, rows))  # by row, then largest first, then lowest column
+    good = np.flatnonzero(~bad)
+    pick = order[starts[good, None] + np.arange(k)]
+    out_s[good] = vals[pick]
+    out_i[good] = cols[pick]
+    if bad.any():
+        sel = np.flatnonzero(bad)
+        out_s[sel], out_i[sel] = _partition_rows(S[sel], k)
+
+
+def top_k_scores(
+    Q: np.ndarray,
+    X: np.ndarray,
+    k: int,
+    *,
+    bias: np.ndarray | None = None,
+    exclude_self: bool = False,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest scores ``Q @ X.T (+ bias)`` per row of ``Q``, largest first.
+
+    ``Q`` and ``X`` are prepared float32 matrices (normalised for cosine); ``bias`` is added
+    to every column (``-|x|^2 / 2`` turns the score into a euclidean ranking). With
+    ``exclude_self``, query row ``i`` is row ``i`` of ``X`` and never its own neighbour.
+    Ties keep the lower column first. Returns ``(scores, indices)`` of shape (n_queries, k).
+    """
+    Q = np.ascontiguousarray(Q, dtype=np.float32)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    nq, n = Q.shape[0], X.shape[0]
+    if not 1 <= k <= n - int(exclude_self):
+        raise ValueError(f"k={k} neighbours requested from {n} vectors")
+    out_s = np.empty((nq, k), dtype=np.float32)
+    out_i = np.empty((nq, k), dtype=np.int64)
+    if nq == 0:
+        return out_s, out_i
+    rows = min(nq, _block_rows(n, block_bytes))
+    S = np.empty((rows, n), dtype=np.float32)
+    M = np.empty((rows, n), dtype=bool)
+    threads = _n_threads() if rows * n >= _THREAD_MIN_SCORES else 1
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    XT = X.T
+    try:
+        for start in range(0, nq, rows):
+            stop = min(start + rows, nq)
+            b = stop - start
+            Sb, Mb = S[:b], M[:b]
+            np.matmul(Q[start:stop], XT, out=Sb)
+            if bias is not None:
+                np.add(Sb, bias[None, :], out=Sb)
+            if exclude_self:
+                r = np.arange(b)
+                Sb[r, start + r] = -np.inf
+            if pool is None or b < 2 * threads:
+                _select_rows(Sb, Mb, k, out_s[start:stop], out_i[start:stop])
+                continue
+            edges = np.linspace(0, b, threads + 1).astype(int)
+            jobs = [
+                pool.submit(
+                    _select_rows,
+                    Sb[lo:hi],
+                    Mb[lo:hi],
+                    k,
+                    out_s[start + lo : start + hi],
+                    out_i[start + lo : start + hi],
+                )
+                for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+            ]
+            for job in jobs:
+                job.result()
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return out_s, out_i
 
 
 def exact_knn(
@@ -78,40 +238,24 @@ def exact_knn(
     self_query = queries is None
     Q = X if self_query else check_vectors(queries, what="queries")
     n = X.shape[0]
-    k_eff = min(k, n - 1 if (self_query and exclude_self) else n)
+    skip_self = self_query and exclude_self
+    k_eff = min(k, n - 1 if skip_self else n)
     if k < 1 or k_eff < 1:
         raise ValueError(f"k={k} neighbours requested from {n} vectors")
+    bias = None
     if metric == "cosine":
-        Xn, Qn = normalize_rows(X), (None if self_query else normalize_rows(Q))
-        Qn = Xn if self_query else Qn
+        X = normalize_rows(X)
+        Q = X if self_query else normalize_rows(Q)
+    elif metric == "euclidean":
+        bias = -0.5 * np.einsum("ij,ij->i", X, X)
+    s, idx = top_k_scores(Q, X, k_eff, bias=bias, exclude_self=skip_self, block_bytes=block_bytes)
+    if metric == "cosine":
+        d = np.subtract(1.0, s, out=s)
+        np.clip(d, 0.0, 2.0, out=d)
+    elif metric == "euclidean":
+        # |q - x|^2 = |q|^2 - 2 (q.x - |x|^2 / 2)
+        q_sq = np.einsum("ij,ij->i", Q, Q)[:, None]
+        d = np.sqrt(np.maximum(q_sq - 2.0 * s, 0.0), dtype=np.float32)
     else:
-        Xn, Qn = X, Q
-    x_sq = (Xn * Xn).sum(1) if metric == "euclidean" else None
-    rows = _block_rows(n, block_bytes)
-    out_d = np.empty((Q.shape[0], k_eff), dtype=np.float32)
-    out_i = np.empty((Q.shape[0], k_eff), dtype=np.int64)
-    for start in range(0, Q.shape[0], rows):
-        stop = min(start + rows, Q.shape[0])
-        sims = Qn[start:stop] @ Xn.T  # (b, n) similarities: larger is nearer
-        if metric == "euclidean":
-            q_sq = (Qn[start:stop] * Qn[start:stop]).sum(1)[:, None]
-            sims = -(q_sq + x_sq[None, :] - 2.0 * sims)  # negative squared distance
-        if self_query and exclude_self:
-            r = np.arange(stop - start)
-            sims[r, start + r] = -np.inf
-        part = np.argpartition(-sims, k_eff - 1, axis=1)[:, :k_eff]
-        part_s = np.take_along_axis(sims, part, axis=1)
-        order = np.argsort(-part_s, axis=1, kind="stable")
-        idx = np.take_along_axis(part, order, axis=1)
-        s = np.take_along_axis(part_s, order, axis=1)
-        if metric == "cosine":
-            d = 1.0 - s
-        elif metric == "euclidean":
-            d = np.sqrt(np.maximum(-s, 0.0))
-        else:
-            d = -s
-        out_d[start:stop] = d
-        out_i[start:stop] = idx
-    if metric == "cosine":
-        np.clip(out_d, 0.0, 2.0, out=out_d)
-    return out_d, out_i
+        d = np.negative(s, out=s)
+    return d.astype(np.float32, copy=False), idx

@@ -15,6 +15,7 @@ from dagster_brain.similarity.index import (
     SimilarityConfig,
     SimilarityError,
     SimilarityIndex,
+    bulk_writes,
     new_collection_name,
     open_backend,
     release_backend,
@@ -128,11 +129,17 @@ def build_index(
     backend = open_backend(store, spec.dataset, index_cfg, settings)
     ids_ = emb.ids
     try:
-        for start in range(0, len(ids_), ADD_BATCH):
-            backend.upsert(ids_[start : start + ADD_BATCH], emb.vectors[start : start + ADD_BATCH])
-            log.info(
-                "%s: indexed %d/%d", spec.brain_key, min(start + ADD_BATCH, len(ids_)), len(ids_)
-            )
+        with bulk_writes(backend):
+            for start in range(0, len(ids_), ADD_BATCH):
+                backend.upsert(
+                    ids_[start : start + ADD_BATCH], emb.vectors[start : start + ADD_BATCH]
+                )
+                log.info(
+                    "%s: indexed %d/%d",
+                    spec.brain_key,
+                    min(start + ADD_BATCH, len(ids_)),
+                    len(ids_),
+                )
     except BaseException:
         _drop_quietly(backend, log)
         raise

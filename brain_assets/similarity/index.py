@@ -6,6 +6,7 @@ table: ``id``, ``sample_id``, ``label_id``), so sizes and views never ask the ba
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import uuid
@@ -87,6 +88,12 @@ def open_backend(
     backend = cls(config.collection, config.dim, config.metric, root, **settings)
     _OPEN[key] = [backend, 1]
     return backend
+
+
+def bulk_writes(backend: VectorBackend):
+    """The adapter's batched-write context (persist once at the end) if it has one."""
+    bulk = getattr(backend, "bulk", None)
+    return bulk() if bulk is not None else contextlib.nullcontext()
 
 
 # (backend, root, collection) -> [open adapter, holders]
@@ -356,8 +363,9 @@ class SimilarityIndex(DuplicatesMixin):
         ids = [i for i, k in zip(ids, keep, strict=True) if k]
         sample_ids = [s for s, k in zip(sample_ids, keep, strict=True) if k]
         X = X[keep]
-        for start in range(0, len(ids), ADD_BATCH):
-            self.backend.upsert(ids[start : start + ADD_BATCH], X[start : start + ADD_BATCH])
+        with bulk_writes(self.backend):
+            for start in range(0, len(ids), ADD_BATCH):
+                self.backend.upsert(ids[start : start + ADD_BATCH], X[start : start + ADD_BATCH])
         new = pd.DataFrame(
             {
                 "id": ids,

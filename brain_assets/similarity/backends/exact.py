@@ -107,11 +107,15 @@ class SklearnBackend(VectorBackend):
       calibrated as above).
     - ``block_bytes``: size of one block of exact scores (bounds query memory).
 
-    Why IVF-Flat and not HNSW: on 2 cores an IVF index over 1M x 128 trains on a sample and
-    adds every vector with one batched matrix product (seconds), while an HNSW graph inserts
-    vectors one by one (minutes); IVF-Flat keeps exact float32 vectors (distances are exact
-    for what it returns) and needs no graph links in memory, and its one knob, ``nprobe``, can
-    be calibrated against exact search after each build, whatever the data distribution.
+    Why IVF-Flat and not HNSW: an IVF index trains k-means on a sample and adds every vector
+    with one batched product against the centroids, while an HNSW graph inserts vectors one
+    by one. Measured on these 2 cores at 200,000 x 128 (clustered data): IVF-Flat trained and
+    filled in 4-19 s against 17-45 s for HNSW32 (efConstruction 40), and reached recall@10
+    0.99 at 50-120 us/query where HNSW needed efSearch=128 for 0.97 at ~0.5 ms. At 1M x 128
+    the IVF build is ~13 s (train 6, add 5, calibrate 1). IVF-Flat also keeps exact float32
+    vectors (the distances it returns are exact), holds no graph links in memory, and has one
+    knob, ``nprobe``, which is calibrated against exact search after every build, whatever
+    the data distribution.
     The index is (re)built lazily by the first query after a change, reusing the trained
     centroids while the collection stays within 2x of the size they were trained on.
     ``allowed`` views are always answered by an exact scan of the allowed rows.
@@ -174,7 +178,7 @@ class SklearnBackend(VectorBackend):
         self._ann_version = -1
         self._ann_trained_on = 0
         self._ann_nprobe = 0
-        self._last_recall: float | None = None
+        self._last_recall: tuple[float, int, int] | None = None  # (recall, k, sample size)
         self._ann_seconds: dict[str, float] = {}
         if self.path.exists():
             ids, X = _read_parquet(self.path, self.dim)
@@ -471,7 +475,7 @@ class SklearnBackend(VectorBackend):
         while True:
             got = self._ann_rows(rows, k)
             recall = _recall(got, truth)
-            self._last_recall = recall
+            self._last_recall = (recall, k, sample)
             if recall >= target or self._ann_nprobe >= nlist:
                 return
             self._ann_nprobe = min(2 * self._ann_nprobe, nlist)
@@ -534,10 +538,10 @@ class SklearnBackend(VectorBackend):
 
         Each sampled vector queries the index; its own entry is left out of both answers
         (it is always found, which would flatter the figure). Exact mode returns 1.0. The
-        result is kept for :meth:`describe`.
+        result is kept for :meth:`describe` (``recall``, ``recall_k``, ``recall_sample``;
+        the calibration after each build records its own figure there too).
         """
         if not self.approximate_active:
-            self._last_recall = 1.0
             return 1.0
         if self._n < 2:
             return 1.0
@@ -548,7 +552,7 @@ class SklearnBackend(VectorBackend):
         truth = self._exact_rows(rows, k)
         got = self._ann_rows(rows, k)
         recall = _recall(got, truth)
-        self._last_recall = recall
+        self._last_recall = (recall, k, size)
         return recall
 
     def describe(self) -> dict[str, Any]:
@@ -570,7 +574,9 @@ class SklearnBackend(VectorBackend):
                 nlist=int(self._ann.nlist) if built else self.nlist,
                 nprobe=int(self._ann_nprobe) if built else self.nprobe,
                 min_recall=self.min_recall,
-                recall_at_10=self._last_recall,
+                recall=self._last_recall[0] if self._last_recall else None,
+                recall_k=self._last_recall[1] if self._last_recall else None,
+                recall_sample=self._last_recall[2] if self._last_recall else None,
                 index_built=built,
                 build_seconds=self._ann_seconds if built else {},
             )

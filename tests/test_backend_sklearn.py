@@ -1,0 +1,213 @@
+"""The sklearn (exact numpy + optional faiss IVF) backend, and the blocked kNN it runs on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from backend_contract import brute_force, check_contract, recall_at_k
+
+from dagster_brain.algorithms.knn import exact_knn, pairwise_distances, top_k_scores
+from dagster_brain.similarity.backends import exact
+from dagster_brain.similarity.backends.exact import SklearnBackend
+
+
+def clustered(n: int, dim: int, centers: int = 50, seed: int = 0) -> np.ndarray:
+    """A Gaussian mixture, rows in random order."""
+    rng = np.random.default_rng(seed)
+    C = rng.normal(size=(centers, dim)).astype(np.float32) * 2
+    return C[rng.integers(0, centers, n)] + rng.normal(size=(n, dim)).astype(np.float32)
+
+
+@pytest.fixture
+def make(tmp_path):
+    def _make(collection: str, dim: int, metric: str, **params) -> SklearnBackend:
+        return SklearnBackend(collection, dim, metric, tmp_path, **params)
+
+    return _make
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean", "dotproduct"])
+def test_contract_exact(make, metric):
+    check_contract(make, metric=metric, min_recall=1.0)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean", "dotproduct"])
+def test_contract_approximate(make, metric):
+    check_contract(lambda c, d, m: make(c, d, m, approximate=True), metric=metric, min_recall=0.95)
+
+
+def test_approximate_recall_check_and_describe(make, monkeypatch):
+    monkeypatch.setattr(exact, "_SCAN_CHUNK", 1000)  # exact scans merge several chunks
+    X = clustered(6000, 32)
+    ids = [f"s{i}" for i in range(len(X))]
+    b = make("ann", 32, "cosine", approximate=True)
+    assert SklearnBackend.exact is True and b.exact is False
+    b.upsert(ids, X)
+    assert b.describe()["index_built"] is False  # built lazily by the first query
+    got, dist = b.query(X[:50], 10)
+    assert [g[0] for g in got] == ids[:50]  # each finds itself first
+    assert np.allclose([d[0] for d in dist], 0.0, atol=1e-5)
+    assert b.recall_check(sample=500) >= 0.95
+    info = b.describe()
+    assert info["approximate"] and info["index_type"] == "faiss.IndexIVFFlat"
+    assert info["index_built"] and info["nlist"] > 1 and info["nprobe"] >= 1
+    assert info["recall"] >= 0.95 and (info["recall_k"], info["recall_sample"]) == (10, 500)
+    want, _ = brute_force(ids, X, X[:200], 10, "cosine")
+    assert recall_at_k(b.query(X[:200], 10)[0], want) >= 0.95
+    # a change rebuilds the index on the next query; deleted ids never come back
+    b.delete(ids[:100])
+    got, _ = b.query(X[:100], 10)
+    assert not set(ids[:100]) & {i for g in got for i in g}
+    # automatic mode: exact up to the threshold, approximate above it
+    auto = make("auto", 32, "cosine", approx_threshold=1000)
+    auto.upsert(ids[:1000], X[:1000])
+    assert auto.exact and not auto.describe()["approximate"]
+    auto.upsert(ids[1000:1001], X[1000:1001])
+    assert not auto.exact and auto.describe()["approximate"]
+    assert auto.recall_check(sample=200) >= 0.95
+
+
+def test_approximate_short_lists_fall_back_to_exact(make):
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(400, 8)).astype(np.float32)
+    ids = [f"p{i}" for i in range(400)]
+    b = make("short", 8, "euclidean", approximate=True, nlist=10, nprobe=1)
+    b.upsert(ids, X)
+    Q = rng.normal(size=(30, 8)).astype(np.float32)
+    got, dist = b.query(Q, 60)  # more than one list holds: every row is completed exactly
+    want, want_d = brute_force(ids, X, Q, 60, "euclidean")
+    assert all(len(g) == 60 for g in got)
+    assert b.describe()["nprobe"] == 1 and not b.exact
+    assert np.allclose(np.vstack(dist), want_d, atol=1e-4)
+
+
+def test_persistence_reopen_and_drop(make, tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(500, 8)).astype(np.float32)
+    ids = [f"id{i}" for i in range(500)]
+    b = make("persist", 8, "euclidean")
+    b.upsert(ids, X)
+    b.delete(ids[:10])
+    b.upsert(["id20"], X[:1])  # overwrite
+    assert b.path == tmp_path / "persist.parquet" and b.path.exists()
+    again = make("persist", 8, "euclidean")
+    assert again.count() == 490
+    got_ids, got = again.fetch(None)
+    want_ids, want = b.fetch(None)
+    assert got_ids == want_ids and np.array_equal(got, want)
+    assert np.array_equal(again.fetch(["id20"])[1], X[:1])
+    # queries after reopening agree with the original
+    assert again.query(X[50:60], 5)[0] == b.query(X[50:60], 5)[0]
+    again.drop()
+    assert not b.path.exists() and make("persist", 8, "euclidean").count() == 0
+
+
+def test_crash_during_write_keeps_previous_file(make, tmp_path, monkeypatch):
+    X = np.eye(4, dtype=np.float32)
+    b = make("crash", 4, "cosine")
+    b.upsert(["a", "b"], X[:2])
+
+    def broken(path, ids, vectors, meta):
+        path.write_bytes(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(exact, "_write_parquet", broken)
+    with pytest.raises(OSError, match="disk full"):
+        b.upsert(["c"], X[2:3])
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["crash.parquet"]  # no temp file left
+    reopened = make("crash", 4, "cosine")
+    assert reopened.fetch(None)[0] == ["a", "b"]
+
+
+def test_bulk_writes_once(make, monkeypatch):
+    writes = []
+    real = exact._write_parquet
+    monkeypatch.setattr(exact, "_write_parquet", lambda *a: (writes.append(1), real(*a)))
+    b = make("bulk", 3, "cosine")
+    rng = np.random.default_rng(2)
+    with b.bulk():
+        for i in range(5):
+            b.upsert([f"x{i}"], rng.normal(size=(1, 3)))
+        b.delete(["x0"])
+    assert len(writes) == 1 and make("bulk", 3, "cosine").count() == 4
+
+
+def test_upsert_and_delete_bookkeeping(make):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(1000, 4)).astype(np.float32)
+    ids = [f"v{i}" for i in range(1000)]
+    b = make("book", 4, "euclidean")
+    with b.bulk():
+        b.upsert(ids, X)
+        b.delete(ids[::3])  # holes everywhere, refilled from the end
+        b.upsert(["v0", "v0", "new"], X[:3])  # repeated id: the last one wins
+    alive = {i: X[j] for j, i in enumerate(ids) if j % 3}
+    alive["v0"], alive["new"] = X[1], X[2]
+    got_ids, got = b.fetch(None)
+    assert got_ids == sorted(alive)
+    assert np.array_equal(got, np.stack([alive[i] for i in got_ids]))
+
+
+def test_mean_center(make):
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(200, 8)).astype(np.float32) + 50.0  # a large shared offset
+    ids = [f"m{i}" for i in range(200)]
+    plain, centred = make("plain", 8, "cosine"), make("centred", 8, "cosine", mean_center=True)
+    plain.upsert(ids, X)
+    centred.upsert(ids, X)
+    _, d_plain = plain.query(X[:5], 5)
+    got, d_centred = centred.query(X[:5], 5)
+    assert np.vstack(d_plain).max() < 0.02  # the offset makes everything look alike
+    Xc = X - X.mean(axis=0)
+    want, want_d = brute_force(ids, Xc, Xc[:5], 5, "cosine")
+    assert got == want and np.allclose(np.vstack(d_centred), want_d, atol=1e-5)
+    with pytest.raises(ValueError, match="mean_center applies to cosine only"):
+        make("bad", 8, "euclidean", mean_center=True)
+
+
+def test_bad_input(make):
+    b = make("bad", 3, "cosine")
+    with pytest.raises(ValueError, match=r"'x'.*expected \(1, 3\)"):
+        b.upsert(["x"], np.ones((1, 4)))
+    with pytest.raises(ValueError, match="non-finite.*'y'"):
+        b.upsert(["x", "y"], np.array([[1, 0, 0], [np.nan, 0, 0]]))
+    with pytest.raises(ValueError, match="2 vectors for 3 ids"):
+        b.upsert(["x", "y", "z"], np.ones((2, 3)))
+    assert b.count() == 0  # nothing half-written
+    b.upsert(["x"], np.ones((1, 3)))
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        b.query(np.ones((1, 3)), 0)
+    with pytest.raises(ValueError, match=r"expected \(n, 3\)"):
+        b.query(np.ones((1, 2)), 1)
+    with pytest.raises(ValueError, match="unknown parameters.*'url'"):
+        make("bad", 3, "cosine", url="http://x")
+    assert b.query(np.ones((1, 3)), 5)[0] == [["x"]]  # up to k
+    assert b.query(np.ones((1, 3)), 5, allowed=["nope"])[0] == [[]]
+
+
+# -- the blocked kNN fast path (thresholded selection) ---------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean", "dotproduct"])
+def test_fast_path_equals_brute_force(metric):
+    X = clustered(6000, 16, seed=5)
+    X = X[np.argsort(X[:, 0])]  # sorted rows: true neighbours sit next to each other
+    dist, idx = exact_knn(X, 10, metric=metric, block_bytes=4 * 6000 * 700)
+    D = pairwise_distances(X, X, metric).astype(np.float64)
+    np.fill_diagonal(D, np.inf)
+    want = np.sort(D, axis=1)[:, :10]
+    assert np.allclose(dist, want, atol=1e-3)
+    assert (idx == np.arange(6000)[:, None]).sum() == 0
+
+
+def test_fast_path_ties_and_duplicates():
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(6000, 8)).astype(np.float32)
+    X[:1500] = X[0]  # 1,500 identical rows: far more ties than candidates allowed per row
+    s, idx = top_k_scores(X, X, 10, exclude_self=True)
+    assert np.all(np.diff(s, axis=1) <= 0)
+    assert np.all(idx[:1500] < 1500)  # identical rows find each other
+    want = -np.sort(-(X[1500:1600] @ X.T), axis=1)
+    s2, _ = top_k_scores(X[1500:1600], X, 10)
+    assert np.allclose(s2, want[:, :10], atol=1e-4)
