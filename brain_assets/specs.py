@@ -260,14 +260,25 @@ class BrainKeysFile(_Spec):
                 raise ValueError(f"brain run {r.brain_key!r}: declared twice on {r.dataset!r}")
             seen.add((r.dataset, r.brain_key))
             sim = getattr(r, "similarity", None)
-            if sim is not None and not any(
-                o.brain_key == sim and o.dataset == r.dataset and o.kind == "similarity"
-                for o in self.brain_runs
-            ):
-                raise ValueError(
-                    f"brain run {r.brain_key!r}: similarity {sim!r} is not a similarity brain "
-                    f"key declared for dataset {r.dataset!r}"
+            if sim is not None:
+                target = next(
+                    (
+                        o
+                        for o in self.brain_runs
+                        if o.brain_key == sim and o.dataset == r.dataset and o.kind == "similarity"
+                    ),
+                    None,
                 )
+                if target is None:
+                    raise ValueError(
+                        f"brain run {r.brain_key!r}: similarity {sim!r} is not a similarity "
+                        f"brain key declared for dataset {r.dataset!r}"
+                    )
+                if target.metric == "dotproduct":
+                    raise ValueError(
+                        f"brain run {r.brain_key!r}: {r.kind} needs a distance, but similarity "
+                        f"{sim!r} uses metric dotproduct (use cosine for normalised vectors)"
+                    )
             key = getattr(r, "embeddings", None)
             if key is not None and (r.dataset, key) not in emb:
                 raise ValueError(
