@@ -42,6 +42,7 @@ class VectorBackend(ABC):
     name: ClassVar[str]
     metrics: ClassVar[tuple[str, ...]] = METRICS
     exact: ClassVar[bool] = False  # True: query results are exact top-k
+    noun: ClassVar[str] = "collection"  # what the backend calls one index, for messages
 
     def __init__(self, collection: str, dim: int, metric: str, root: Path, **params: Any):
         """Open (creating if needed) ``collection``; ``root`` is a folder for local files."""
@@ -91,6 +92,18 @@ class VectorBackend(ABC):
     @abstractmethod
     def drop(self) -> None:
         """Delete the collection / table / files (``cleanup``)."""
+
+    def _check(self, X: np.ndarray, ids: Sequence[str] | None, what: str) -> np.ndarray:
+        """Finite float32 rows of this index's dimension (errors name the id / collection)."""
+        from dagster_brain.algorithms.knn import check_vectors
+
+        X = check_vectors(X, list(ids) if ids is not None else None, what=what)
+        if X.shape[1] != self.dim:
+            raise ValueError(
+                f"{self.name} {self.noun} {self.collection!r} holds {self.dim}-d vectors; "
+                f"got {what} of dimension {X.shape[1]}"
+            )
+        return X
 
     def scan(
         self, queries: np.ndarray, k: int, allowed: Sequence[str] | None = None

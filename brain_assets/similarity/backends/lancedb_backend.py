@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from dagster_brain.algorithms.knn import check_vectors
 from dagster_brain.similarity.backends.base import BackendUnavailable, VectorBackend
 
 _DISTANCE_TYPES = {"cosine": "cosine", "euclidean": "l2", "dotproduct": "dot"}
@@ -41,6 +40,7 @@ class LanceDBBackend(VectorBackend):
     """One LanceDB table of string-keyed vectors (columns ``id``, ``vector``)."""
 
     name = "lancedb"
+    noun = "table"
 
     def __init__(
         self,
@@ -163,15 +163,6 @@ class LanceDBBackend(VectorBackend):
     def _has_vector_index(self) -> bool:
         with self._guard():
             return any("vector" in ix.columns for ix in self.table.list_indices())
-
-    def _check(self, X: np.ndarray, ids: Sequence[str] | None, what: str) -> np.ndarray:
-        X = check_vectors(X, list(ids) if ids is not None else None, what=what)
-        if X.shape[1] != self.dim:
-            raise ValueError(
-                f"lancedb table {self.collection!r} holds {self.dim}-d vectors; "
-                f"got {what} of dimension {X.shape[1]}"
-            )
-        return X
 
     def _arrow(self, ids: list[str], X: np.ndarray) -> Any:
         import pyarrow as pa

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from dagster_brain.algorithms.knn import check_vectors
 from dagster_brain.similarity.backends.base import BackendUnavailable, VectorBackend
 
 _METRIC_TYPES = {"cosine": "COSINE", "euclidean": "L2", "dotproduct": "IP"}
@@ -155,15 +154,6 @@ class MilvusBackend(VectorBackend):
                 index_params=index_params,
                 consistency_level="Strong",
             )
-
-    def _check(self, X: np.ndarray, ids: Sequence[str] | None, what: str) -> np.ndarray:
-        X = check_vectors(X, list(ids) if ids is not None else None, what=what)
-        if X.shape[1] != self.dim:
-            raise ValueError(
-                f"milvus collection {self.collection!r} holds {self.dim}-d vectors; "
-                f"got {what} of dimension {X.shape[1]}"
-            )
-        return X
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Insert or overwrite vectors by id (the last of repeated ids wins)."""

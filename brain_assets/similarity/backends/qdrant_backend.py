@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from dagster_brain.algorithms.knn import check_vectors, normalize_rows
+from dagster_brain.algorithms.knn import normalize_rows
 from dagster_brain.similarity.backends.base import BackendUnavailable, VectorBackend
 
 ID_KEY = "id"  # payload key holding the original string id
@@ -142,15 +142,6 @@ class QdrantBackend(VectorBackend):
                 client.create_payload_index(
                     self.collection, ID_KEY, field_schema=models.PayloadSchemaType.KEYWORD
                 )
-
-    def _check(self, X: np.ndarray, ids: Sequence[str] | None, what: str) -> np.ndarray:
-        X = check_vectors(X, list(ids) if ids is not None else None, what=what)
-        if X.shape[1] != self.dim:
-            raise ValueError(
-                f"qdrant collection {self.collection!r} holds {self.dim}-d vectors; "
-                f"got {what} of dimension {X.shape[1]}"
-            )
-        return X
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Insert or overwrite vectors by id (the last of repeated ids wins)."""
