@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from dagster_brain.algorithms.duplicates import (
@@ -98,6 +100,40 @@ def duplicates_frame(
     return df
 
 
+@dataclass
+class IndexVectors:
+    """A similarity index's vectors (restricted to a view), read once for a run."""
+
+    ids: list[str]
+    vectors: np.ndarray
+    sample_of: dict[str, str]
+    metric: str
+    patches: bool
+    upstream: dict[str, Any]
+
+
+def read_index(
+    store: Store, dataset: str, brain_key: str, ids: list[str] | None = None
+) -> IndexVectors:
+    """Open a similarity run's index, read its (view's) vectors, and close it."""
+    index = load_index(store, dataset, brain_key)
+    try:
+        if ids is not None:
+            index.use_view(ids)
+        item_ids, X = index.all_vectors()
+        members = index.members.set_index("id")["sample_id"]
+        return IndexVectors(
+            item_ids,
+            X,
+            {i: members[i] for i in item_ids},
+            index.config.metric,
+            index.is_patches,
+            _similarity_upstream(index),
+        )
+    finally:
+        index.close()
+
+
 def run_duplicates(
     spec: DuplicatesSpec,
     store: Store,
@@ -110,46 +146,37 @@ def run_duplicates(
     """Near-duplicate groups on a similarity index's vectors (any backend)."""
     from dagster_brain.methods import RunOutcome, frame_version
 
-    index = load_index(store, spec.dataset, spec.similarity)
-    try:
-        if ids is not None:
-            index.use_view(ids)
-        item_ids, X = index.all_vectors()
-        members = index.members.set_index("id")["sample_id"]
-        sample_of = {i: members[i] for i in item_ids}
-        metric = index.config.metric
-        choice = None
-        if spec.fraction is not None:
-            result = find_duplicates(X, item_ids, fraction=spec.fraction, metric=metric)
-            method = "fraction"
-        elif spec.thresh != "auto":
-            result = find_duplicates(X, item_ids, thresh=float(spec.thresh), metric=metric)
-            method = "thresh"
-        else:
-            choice = choose_threshold(X, item_ids, metric=metric)
-            log.info("%s: %s", spec.brain_key, choice.describe())
-            if spec.verify and not index.is_patches:
-                from dagster_brain.algorithms.verify import find_verified_duplicates
+    iv = read_index(store, spec.dataset, spec.similarity, ids)
+    item_ids, X, sample_of, metric = iv.ids, iv.vectors, iv.sample_of, iv.metric
+    patches, upstream = iv.patches, iv.upstream
+    choice = None
+    if spec.fraction is not None:
+        result = find_duplicates(X, item_ids, fraction=spec.fraction, metric=metric)
+        method = "fraction"
+    elif spec.thresh != "auto":
+        result = find_duplicates(X, item_ids, thresh=float(spec.thresh), metric=metric)
+        method = "thresh"
+    else:
+        choice = choose_threshold(X, item_ids, metric=metric)
+        log.info("%s: %s", spec.brain_key, choice.describe())
+        if spec.verify and not patches:
+            from dagster_brain.algorithms.verify import find_verified_duplicates
 
-                samples = store.samples(spec.dataset, sorted(set(sample_of.values())))
-                by_id = samples.set_index("sample_id")
-                result = find_verified_duplicates(
-                    X,
-                    item_ids,
-                    {s: by_id.at[s, "filepath"] for s in item_ids},
-                    content_hashes=[by_id.at[s, "content_hash"] for s in item_ids],
-                    pixel_hashes=[by_id.at[s, "pixel_hash"] for s in item_ids],
-                    metric=metric,
-                    m=spec.neighbours,
-                )
-                method = "auto+verified"
-            else:
-                result = find_duplicates(X, item_ids, thresh=choice.thresh, metric=metric)
-                method = "auto"
-        upstream = _similarity_upstream(index)
-        patches = index.is_patches
-    finally:
-        index.close()
+            samples = store.samples(spec.dataset, sorted(set(sample_of.values())))
+            by_id = samples.set_index("sample_id")
+            result = find_verified_duplicates(
+                X,
+                item_ids,
+                {s: by_id.at[s, "filepath"] for s in item_ids},
+                content_hashes=[by_id.at[s, "content_hash"] for s in item_ids],
+                pixel_hashes=[by_id.at[s, "pixel_hash"] for s in item_ids],
+                metric=metric,
+                m=spec.neighbours,
+            )
+            method = "auto+verified"
+        else:
+            result = find_duplicates(X, item_ids, thresh=choice.thresh, metric=metric)
+            method = "auto"
     frame = duplicates_frame(result, sample_of, patches)
     log.info(
         "%s: %d duplicates in %d groups (thresh %.4g, %s)",
@@ -246,17 +273,9 @@ def run_unique(
     """``count`` maximally spread items of a similarity index (k-center greedy)."""
     from dagster_brain.methods import RunOutcome, frame_version
 
-    index = load_index(store, spec.dataset, spec.similarity)
-    try:
-        if ids is not None:
-            index.use_view(ids)
-        item_ids, X = index.all_vectors()
-        members = index.members.set_index("id")["sample_id"]
-        chosen = find_unique(X, item_ids, spec.count, metric=index.config.metric, seed=spec.seed)
-        upstream = _similarity_upstream(index)
-        patches = index.is_patches
-    finally:
-        index.close()
+    iv = read_index(store, spec.dataset, spec.similarity, ids)
+    item_ids, X, members, patches = iv.ids, iv.vectors, iv.sample_of, iv.patches
+    chosen = find_unique(X, item_ids, spec.count, metric=iv.metric, seed=spec.seed)
     frame = pd.DataFrame({"sample_id": [members[i] for i in chosen]})
     if patches:
         frame["label_id"] = chosen
@@ -270,7 +289,7 @@ def run_unique(
         [members[i] for i in item_ids],
         chosen if patches else None,
         run_id,
-        upstream,
+        iv.upstream,
         artifacts,
     )
     store.commit_run(record, frame)
