@@ -140,8 +140,10 @@ def test_duplicates_and_unique_entries():
                 ],
             }
         )
-    dot = [{**base["brain_runs"][0], "metric": "dotproduct"},
-           {"brain_key": "u", "kind": "unique", "dataset": "d", "similarity": "sim", "count": 3}]
+    dot = [
+        {**base["brain_runs"][0], "metric": "dotproduct"},
+        {"brain_key": "u", "kind": "unique", "dataset": "d", "similarity": "sim", "count": 3},
+    ]
     with pytest.raises(SpecError, match="unique needs a distance.*dotproduct"):
         parse_specs({**base, "brain_runs": dot})
     with pytest.raises(SpecError, match=r"entry 'sim'.*does not support metric|unknown"):
