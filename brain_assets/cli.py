@@ -396,6 +396,52 @@ def unique_cmd(brain_key, count, out_key, dataset, data_dir) -> None:
     click.echo(out.results.to_string(index=False, max_rows=60))
 
 
+# The score column each kind of brain run ranks by.
+SCORE_COLUMNS = {
+    "uniqueness": "uniqueness",
+    "mistakenness": "mistakenness",
+    "hardness": "hardness",
+    "duplicates": "distance",
+    "unique": "rank",
+}
+
+
+@main.command("top")
+@click.argument("brain_key")
+@click.option("-n", "limit", default=20, show_default=True, help="How many items.")
+@click.option("--ascending", is_flag=True, help="Lowest scores first (e.g. least unique).")
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write a contact sheet of thumbnails to this file.",
+)
+@dataset_option
+@data_dir_option
+@user_errors
+def top_cmd(brain_key, limit, ascending, html_out, dataset, data_dir) -> None:
+    """The top-scored items of a brain run: ids, paths and scores."""
+    from dagster_brain.api import Dataset
+
+    store = _store(data_dir)
+    ds = Dataset(_dataset_of(store, brain_key, dataset), store)
+    record = store.get_run(ds.name, brain_key)
+    score = SCORE_COLUMNS.get(record.kind)
+    if score is None:
+        raise ValueError(f"brain run {brain_key!r} is a {record.kind} run: it has no scores")
+    view = ds.load_brain_view(brain_key)
+    ascending = ascending or record.kind == "unique"
+    rows = view.sort_by(score, reverse=not ascending).to_pandas().head(limit)
+    cols = [c for c in ("sample_id", "label_id", score, "filepath") if c in rows]
+    click.echo(rows[cols].to_string(index=False))
+    if html_out:
+        from dagster_brain.contact_sheet import write_contact_sheet
+
+        path = write_contact_sheet(rows, score, f"{ds.name}/{brain_key}: top {limit}", html_out)
+        click.echo(f"contact sheet: {path}")
+
+
 def _attach_optional_groups() -> None:
     """Subcommands that live beside their code (ingestion, demo)."""
     from dagster_brain.ingest.cli import demo, ingest

@@ -68,3 +68,33 @@ def test_errors_are_one_line_with_exit_code_2(data_dir):
     assert "Traceback" not in out.output
     out = run("runs", "list", "Bad-Name", "--data-dir", data_dir)
     assert out.exit_code == 2 and "not a valid name" in out.stderr
+
+
+def test_top_prints_scores_and_writes_a_contact_sheet(store, tmp_path):
+    from PIL import Image
+
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(path)
+        paths.append(str(path))
+    store.write_samples("pics", sample_frame(paths))
+    X = np.array([[1, 0], [0.9, 0.1], [0, 1], [-1, 0]], dtype=np.float32)
+    fob.compute_uniqueness(fob.Dataset("pics", store), embeddings=X, k=1)
+    out = run(
+        "top",
+        "uniqueness",
+        "-n",
+        "2",
+        "--html",
+        str(tmp_path / "top.html"),
+        "--data-dir",
+        str(store.data_dir),
+    )
+    assert out.exit_code == 0
+    lines = out.stdout.splitlines()
+    assert lines[1].split()[0] == "s003"  # the most unique comes first
+    sheet = (tmp_path / "top.html").read_text()
+    assert sheet.count("<figure") == 2 and "data:image/png;base64," in sheet
+    low = run("top", "uniqueness", "-n", "2", "--ascending", "--data-dir", str(store.data_dir))
+    assert {ln.split()[0] for ln in low.stdout.splitlines()[1:]} == {"s000", "s001"}
