@@ -217,6 +217,11 @@ def hash_strings(values: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def extra_table_name(dataset: str, brain_key: str, name: str) -> str:
+    """Qualified, quoted name of a run's further table (names never contain ``__``)."""
+    return f"results.{quote(f'{dataset}__{brain_key}__{name}')}"
+
+
 def results_table_name(dataset: str, brain_key: str) -> str:
     """Qualified, quoted name of a run's results table."""
     return f"results.{quote(f'{dataset}__{brain_key}')}"
@@ -623,13 +628,24 @@ class Store:
     # -- brain runs -----------------------------------------------------------------------
 
     def commit_run(
-        self, record: BrainRunRecord, results: pd.DataFrame | None, event: str = "materialized"
+        self,
+        record: BrainRunRecord,
+        results: pd.DataFrame | None,
+        event: str = "materialized",
+        extra: dict[str, pd.DataFrame] | None = None,
     ) -> BrainRunRecord:
         """Record a brain run and replace its results table, in one transaction.
 
         If anything fails, the previous run record, results table and Parquet copy stay.
         ``event`` is what the history table records (``materialized``, ``updated``...).
+        ``extra`` holds further named tables of the run (``results."<ds>__<key>__<name>"``,
+        e.g. per-object rows beside per-sample results); they move and go with the run.
         """
+        for name in extra or {}:
+            check_name(name, "results table name")
+        record.artifacts = [a for a in record.artifacts if a.get("type") != "table"] + [
+            {"type": "table", "name": name} for name in (extra or {})
+        ]
         self.require_dataset(record.dataset)
         check_name(record.brain_key, "brain key")
         existing = self.get_run(record.dataset, record.brain_key, missing_ok=True)
@@ -678,7 +694,29 @@ class Store:
                     f"FROM {table}",
                     params=False,
                 )
+            for name, frame in (extra or {}).items():
+                extra_table = extra_table_name(record.dataset, record.brain_key, name)
+                conn.register("new_extra", frame)
+                conn.execute(f"CREATE OR REPLACE TABLE {extra_table} AS SELECT * FROM new_extra")
+                conn.unregister("new_extra")
+                self._mirror(
+                    conn,
+                    record.dataset,
+                    f"results/{record.brain_key}__{name}",
+                    f"FROM {extra_table}",
+                    params=False,
+                )
         return record
+
+    def load_extra(self, dataset: str, brain_key: str, name: str) -> pd.DataFrame:
+        """One of a run's further tables (see ``commit_run(extra=...)``)."""
+        record = self.get_run(dataset, brain_key)
+        names = [a["name"] for a in record.artifacts if a.get("type") == "table"]
+        if name not in names:
+            raise StoreError(
+                f"brain run {brain_key!r} on {dataset!r} has no table {name!r} (tables: {names})"
+            )
+        return self.query(f"SELECT * FROM {extra_table_name(dataset, brain_key, name)}")
 
     def _history(self, conn, record: BrainRunRecord, event: str, detail: str = "") -> None:
         conn.execute(
@@ -746,6 +784,12 @@ class Store:
                 conn.execute(
                     f"ALTER TABLE {record.results_table} RENAME TO {quote(f'{dataset}__{new_key}')}"
                 )
+            extras = [a["name"] for a in record.artifacts if a.get("type") == "table"]
+            for name in extras:
+                conn.execute(
+                    f"ALTER TABLE {extra_table_name(dataset, brain_key, name)} RENAME TO "
+                    f"{quote(f'{dataset}__{new_key}__{name}')}"
+                )
             conn.execute(
                 "UPDATE brain_runs SET brain_key = ?, results_table = ? "
                 "WHERE dataset = ? AND brain_key = ?",
@@ -754,18 +798,27 @@ class Store:
             self._history(conn, record, "renamed", detail=f"to {new_key}")
         if old_pq.exists():
             os.replace(old_pq, new_pq)
+        for name in extras:
+            old_x = self._parquet_path(dataset, f"results/{brain_key}__{name}")
+            if old_x.exists():
+                os.replace(old_x, self._parquet_path(dataset, f"results/{new_key}__{name}"))
 
     def delete_run(self, dataset: str, brain_key: str) -> BrainRunRecord:
         """Delete a run's record, results table, Parquet copy and files it wrote."""
         record = self.get_run(dataset, brain_key)
+        extras = [a["name"] for a in record.artifacts if a.get("type") == "table"]
         with self.transaction() as conn:
             if record.results_table:
                 conn.execute(f"DROP TABLE IF EXISTS {record.results_table}")
+            for name in extras:
+                conn.execute(f"DROP TABLE IF EXISTS {extra_table_name(dataset, brain_key, name)}")
             conn.execute(
                 "DELETE FROM brain_runs WHERE dataset = ? AND brain_key = ?", [dataset, brain_key]
             )
             self._history(conn, record, "deleted")
         self._parquet_path(dataset, f"results/{brain_key}").unlink(missing_ok=True)
+        for name in extras:
+            self._parquet_path(dataset, f"results/{brain_key}__{name}").unlink(missing_ok=True)
         for art in record.artifacts:
             if art.get("type") == "path":
                 _remove_tree(Path(art["path"]))

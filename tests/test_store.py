@@ -153,3 +153,19 @@ def test_two_processes_write_the_same_store(store):
     assert [p.exitcode for p in procs] == [0, 0]
     assert sorted(store.embedding_sets("d")["embeddings_key"]) == ["a", "b"]
     assert store.read_embeddings("d", "a").sample_ids == ids
+
+
+def test_extra_tables_move_and_go_with_the_run(store):
+    ids = _dataset(store)
+    record = BrainRunRecord("d", "m", "mistakenness", "x", {}, ids)
+    objects = pd.DataFrame({"label_id": ["a", "b"], "score": [0.1, 0.9]})
+    store.commit_run(record, pd.DataFrame({"sample_id": ids}), extra={"objects": objects})
+    assert store.load_extra("d", "m", "objects")["score"].tolist() == [0.1, 0.9]
+    store.rename_run("d", "m", "m2")
+    assert len(store.load_extra("d", "m2", "objects")) == 2
+    assert store.parquet_path("d", "results/m2__objects").exists()
+    store.delete_run("d", "m2")
+    left = store.query(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'results'"
+    )
+    assert left.empty and not store.parquet_path("d", "results/m2__objects").exists()
