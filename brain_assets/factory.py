@@ -285,6 +285,60 @@ def _unique_metadata(outcome: RunOutcome) -> dict[str, Any]:
     }
 
 
+class MistakennessMethod(StrEnum):
+    """Classification mistakenness method."""
+
+    confident_learning = "confident_learning"
+    reference = "reference"
+
+
+class MistakennessRunConfig(dg.Config):
+    """Launch-time overrides for mistakenness (unset: the YAML's values)."""
+
+    method: MistakennessMethod | None = None
+    missing_conf: float | None = Field(default=None, ge=0, le=1, description="detections")
+    iou_thresh: float | None = Field(default=None, gt=0, le=1, description="detections")
+
+
+class HardnessMethod(StrEnum):
+    """Hardness measure."""
+
+    entropy = "entropy"
+    margin = "margin"
+
+
+class HardnessRunConfig(dg.Config):
+    """Launch-time overrides for hardness."""
+
+    method: HardnessMethod | None = None
+
+
+def _scores_metadata(score: str):
+    def build(outcome: RunOutcome) -> dict[str, Any]:
+        meta = score_metadata(outcome.results, score, ["sample_id"])
+        for reason, count in (outcome.summary.get("skipped") or {}).items():
+            meta[f"skipped_{reason}"] = count
+        objects = outcome.summary.get("objects")
+        if objects is not None:
+            for flag in ("possible_missing", "possible_spurious"):
+                if flag in objects:
+                    meta[flag] = int(objects[flag].eq(True).sum())
+            gt = (
+                objects[objects["mistakenness_loc"].notna()]
+                if "mistakenness_loc" in objects
+                else objects
+            )
+            cols = [c for c in ("sample_id", "label_id", "label", "mistakenness_loc") if c in gt]
+            meta["top_mistakenness_loc"] = rows_table(gt.nlargest(10, "mistakenness_loc"), cols)
+        return meta
+
+    return build
+
+
+def _labels_input(spec) -> list[dg.AssetKey]:
+    return [samples_key(spec.dataset)]
+
+
 KIND_ASSETS: dict[str, KindAsset] = {
     "uniqueness": KindAsset(
         config=UniquenessRunConfig,
@@ -319,6 +373,22 @@ KIND_ASSETS: dict[str, KindAsset] = {
         run_kwargs=lambda spec, resources: {},
         metadata=_exact_metadata,
         kinds=frozenset({"duckdb"}),
+    ),
+    "mistakenness": KindAsset(
+        config=MistakennessRunConfig,
+        inputs=_labels_input,
+        resources=lambda spec: set(),
+        run_kwargs=lambda spec, resources: {},
+        metadata=_scores_metadata("mistakenness"),
+        kinds=frozenset({"numpy", "duckdb"}),
+    ),
+    "hardness": KindAsset(
+        config=HardnessRunConfig,
+        inputs=_labels_input,
+        resources=lambda spec: set(),
+        run_kwargs=lambda spec, resources: {},
+        metadata=_scores_metadata("hardness"),
+        kinds=frozenset({"numpy", "duckdb"}),
     ),
     "unique": KindAsset(
         config=UniqueRunConfig,

@@ -27,6 +27,8 @@ METHOD_VERSIONS: dict[str, str] = {
     "duplicates": "1",
     "exact_duplicates": "1",
     "unique": "1",
+    "mistakenness": "1",
+    "hardness": "1",
     "embeddings": "1",
     "ingest": "1",
 }
@@ -194,6 +196,8 @@ RUNNERS: dict[str, Callable[..., RunOutcome]] = {
     "duplicates": _lazy("dagster_brain.similarity.runs", "run_duplicates"),
     "exact_duplicates": _lazy("dagster_brain.similarity.runs", "run_exact_duplicates"),
     "unique": _lazy("dagster_brain.similarity.runs", "run_unique"),
+    "mistakenness": _lazy("dagster_brain.scores", "run_mistakenness"),
+    "hardness": _lazy("dagster_brain.scores", "run_hardness"),
 }
 
 

@@ -220,6 +220,55 @@ class UniqueSpec(BrainRunSpec):
     seed: int = 0
 
 
+class MistakennessSpec(BrainRunSpec):
+    """``compute_mistakenness``: how likely each annotation is wrong, from predictions.
+
+    Classification: ``method`` confident_learning (default; cleanlab, per-class thresholds on
+    out-of-sample probabilities) or reference (confidence / logits, as the reference does).
+    Detections: matching by IoU gives per-object ``mistakenness`` / ``mistakenness_loc``,
+    ``possible_missing`` and ``possible_spurious``.
+    """
+
+    kind: Literal["mistakenness"]
+    pred_field: str = Field(pattern=NAME)
+    label_field: str = Field(default="ground_truth", pattern=NAME)
+    method: Literal["confident_learning", "reference"] = "confident_learning"
+    use_logits: bool = True
+    iou_thresh: float = Field(default=0.5, gt=0.0, le=1.0)
+    missing_conf: float | None = Field(default=None, ge=0.0, le=1.0)
+    copy_missing: bool = False
+
+
+class HardnessSpec(BrainRunSpec):
+    """``compute_hardness``: the model's uncertainty per sample, from its logits."""
+
+    kind: Literal["hardness"]
+    label_field: str = Field(pattern=NAME)  # the predictions field (with logits)
+    method: Literal["entropy", "margin"] = "entropy"
+
+
+class VisualizationSpec(BrainRunSpec):
+    """``compute_visualization``: 2-D/3-D points of an embeddings key (or a similarity index)."""
+
+    kind: Literal["visualization"]
+    embeddings: str | None = Field(default=None, pattern=NAME)
+    similarity: str | None = Field(default=None, pattern=NAME)
+    method: Literal["umap", "tsne", "pca", "manual"] = "umap"
+    num_dims: int = Field(default=2, ge=2, le=3)
+    seed: int = 51
+    max_fit: int = Field(default=20_000, ge=10)
+    points_path: str | None = None  # manual: a table with id + point columns
+    label_field: str | None = Field(default=None, pattern=NAME)  # colours the plots
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VisualizationSpec:
+        if (self.embeddings is None) == (self.similarity is None):
+            raise ValueError("give exactly one of embeddings and similarity")
+        if self.method == "manual" and not self.points_path:
+            raise ValueError("method manual needs points_path")
+        return self
+
+
 # kind -> spec class; each brain method registers its spec here.
 RUN_SPECS: dict[str, type[BrainRunSpec]] = {
     "uniqueness": UniquenessSpec,
@@ -227,6 +276,8 @@ RUN_SPECS: dict[str, type[BrainRunSpec]] = {
     "duplicates": DuplicatesSpec,
     "exact_duplicates": ExactDuplicatesSpec,
     "unique": UniqueSpec,
+    "mistakenness": MistakennessSpec,
+    "hardness": HardnessSpec,
 }
 
 
