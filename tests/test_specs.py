@@ -15,7 +15,15 @@ def test_bundled_demo_file_loads():
     assert {d.name for d in specs.datasets} == {"digits", "shapes"}
     assert any(e.patches_field == "ground_truth" for e in specs.embeddings)
     kinds = {r.kind for r in specs.brain_runs}
-    assert kinds == {"uniqueness", "similarity", "duplicates", "exact_duplicates", "unique"}
+    assert kinds == {
+        "uniqueness",
+        "similarity",
+        "duplicates",
+        "exact_duplicates",
+        "unique",
+        "mistakenness",
+        "hardness",
+    }
 
 
 @pytest.mark.parametrize(
