@@ -411,3 +411,93 @@ def compute_exact_duplicates(
     dataset, ids = _as_view(samples)
     spec = ExactDuplicatesSpec(brain_key=brain_key, kind="exact_duplicates", dataset=dataset.name)
     return run_exact_duplicates(spec, dataset.store, ids=ids)
+
+
+def compute_mistakenness(
+    samples: Dataset | DatasetView,
+    pred_field: str,
+    label_field: str = "ground_truth",
+    mistakenness_field: str = "mistakenness",
+    method: str = "confident_learning",
+    use_logits: bool = True,
+    copy_missing: bool = False,
+    **detection_params: Any,
+) -> RunOutcome:
+    """How likely each annotation is wrong (classification or detections); the brain key is
+    ``mistakenness_field``, as in the reference."""
+    from dagster_brain.scores import run_mistakenness
+    from dagster_brain.specs import MistakennessSpec
+
+    dataset, ids = _as_view(samples)
+    spec = MistakennessSpec(
+        brain_key=mistakenness_field,
+        kind="mistakenness",
+        dataset=dataset.name,
+        pred_field=pred_field,
+        label_field=label_field,
+        method=method,
+        use_logits=use_logits,
+        copy_missing=copy_missing,
+        **detection_params,
+    )
+    return run_mistakenness(spec, dataset.store, ids=ids)
+
+
+def compute_hardness(
+    samples: Dataset | DatasetView,
+    label_field: str,
+    hardness_field: str = "hardness",
+    method: str = "entropy",
+) -> RunOutcome:
+    """The model's uncertainty per sample from the logits of ``label_field`` (predictions)."""
+    from dagster_brain.scores import run_hardness
+    from dagster_brain.specs import HardnessSpec
+
+    dataset, ids = _as_view(samples)
+    spec = HardnessSpec(
+        brain_key=hardness_field,
+        kind="hardness",
+        dataset=dataset.name,
+        label_field=label_field,
+        method=method,
+    )
+    return run_hardness(spec, dataset.store, ids=ids)
+
+
+def compute_visualization(
+    samples: Dataset | DatasetView,
+    embeddings: str | np.ndarray | None = None,
+    model: str | None = None,
+    method: str = "umap",
+    num_dims: int = 2,
+    brain_key: str = "visualization",
+    similarity_index: str | None = None,
+    patches_field: str | None = None,
+    label_field: str | None = None,
+    seed: int = 51,
+    points_path: str | None = None,
+) -> RunOutcome:
+    """2-D/3-D points of the samples (or patches), with a PNG and an interactive HTML plot."""
+    from dagster_brain.specs import VisualizationSpec
+    from dagster_brain.visualization_runs import run_visualization
+
+    dataset, ids = _as_view(samples)
+    emb_key, created = (None, False)
+    if similarity_index is None:
+        emb_key, created = resolve_embeddings(
+            dataset, embeddings, model, ids, f"{brain_key}_embeddings", patches_field
+        )
+    spec = VisualizationSpec(
+        brain_key=brain_key,
+        kind="visualization",
+        dataset=dataset.name,
+        embeddings=emb_key,
+        similarity=similarity_index,
+        method=method,
+        num_dims=num_dims,
+        seed=seed,
+        label_field=label_field,
+        points_path=points_path,
+    )
+    artifacts = [{"type": "embeddings", "key": emb_key}] if created else []
+    return run_visualization(spec, dataset.store, ids=ids, artifacts=artifacts)

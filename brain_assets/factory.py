@@ -7,6 +7,7 @@ Assets pass data through the store (``deps`` + store reads), never through IO ma
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -335,6 +336,44 @@ def _scores_metadata(score: str):
     return build
 
 
+class VisualizationMethod(StrEnum):
+    """Dimensionality reduction method."""
+
+    umap = "umap"
+    tsne = "tsne"
+    pca = "pca"
+
+
+class VisualizationRunConfig(dg.Config):
+    """Launch-time overrides for a visualization (unset: the YAML's values)."""
+
+    method: VisualizationMethod | None = None
+    num_dims: int | None = Field(default=None, ge=2, le=3)
+    seed: int | None = None
+
+
+def _visualization_input(spec) -> list[dg.AssetKey]:
+    if spec.similarity is not None:
+        return [brain_key_asset(spec.dataset, spec.similarity)]
+    return [embeddings_key(spec.dataset, spec.embeddings)]
+
+
+def _visualization_metadata(outcome: RunOutcome) -> dict[str, Any]:
+    s = outcome.summary
+    meta: dict[str, Any] = {
+        "dagster/row_count": len(outcome.results),
+        "scatter": _png_md(s["png"], "scatter"),
+        "interactive_plot": dg.MetadataValue.path(str(s["html_path"])),
+        "interactive_plot_url": dg.MetadataValue.url(Path(s["html_path"]).as_uri()),
+        "png_path": dg.MetadataValue.path(str(s["png_path"])),
+        "fit_size": int(s["fit_size"]),
+        "timings_s": dg.MetadataValue.json({k: round(v, 3) for k, v in s["timings"].items()}),
+    }
+    if s["trustworthiness_at_10"] is not None:
+        meta["trustworthiness_at_10"] = float(s["trustworthiness_at_10"])
+    return meta
+
+
 def _labels_input(spec) -> list[dg.AssetKey]:
     return [samples_key(spec.dataset)]
 
@@ -389,6 +428,14 @@ KIND_ASSETS: dict[str, KindAsset] = {
         run_kwargs=lambda spec, resources: {},
         metadata=_scores_metadata("hardness"),
         kinds=frozenset({"numpy", "duckdb"}),
+    ),
+    "visualization": KindAsset(
+        config=VisualizationRunConfig,
+        inputs=_visualization_input,
+        resources=lambda spec: set(),
+        run_kwargs=lambda spec, resources: {},
+        metadata=_visualization_metadata,
+        kinds=frozenset({"umap", "duckdb"}),
     ),
     "unique": KindAsset(
         config=UniqueRunConfig,

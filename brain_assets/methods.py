@@ -29,6 +29,7 @@ METHOD_VERSIONS: dict[str, str] = {
     "unique": "1",
     "mistakenness": "1",
     "hardness": "1",
+    "visualization": "1",
     "embeddings": "1",
     "ingest": "1",
 }
@@ -198,6 +199,7 @@ RUNNERS: dict[str, Callable[..., RunOutcome]] = {
     "unique": _lazy("dagster_brain.similarity.runs", "run_unique"),
     "mistakenness": _lazy("dagster_brain.scores", "run_mistakenness"),
     "hardness": _lazy("dagster_brain.scores", "run_hardness"),
+    "visualization": _lazy("dagster_brain.visualization_runs", "run_visualization"),
 }
 
 

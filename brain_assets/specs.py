@@ -278,6 +278,7 @@ RUN_SPECS: dict[str, type[BrainRunSpec]] = {
     "unique": UniqueSpec,
     "mistakenness": MistakennessSpec,
     "hardness": HardnessSpec,
+    "visualization": VisualizationSpec,
 }
 
 
