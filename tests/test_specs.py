@@ -23,6 +23,7 @@ def test_bundled_demo_file_loads():
         "unique",
         "mistakenness",
         "hardness",
+        "visualization",
     }
 
 
