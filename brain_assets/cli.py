@@ -396,6 +396,110 @@ def unique_cmd(brain_key, count, out_key, dataset, data_dir) -> None:
     click.echo(out.results.to_string(index=False, max_rows=60))
 
 
+@main.command("mistakenness")
+@click.argument("dataset")
+@click.option("--pred-field", required=True, help="Predictions (classification or detections).")
+@click.option("--label-field", default="ground_truth", show_default=True)
+@click.option("--brain-key", default="mistakenness", show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice(["confident_learning", "reference"]),
+    default="confident_learning",
+    show_default=True,
+    help="Classification only.",
+)
+@click.option("--missing-conf", type=float, default=None, help="Detections: confidence cut.")
+@click.option("--copy-missing", is_flag=True, help="Detections: add missing objects to GT.")
+@data_dir_option
+@user_errors
+def mistakenness_cmd(
+    dataset, pred_field, label_field, brain_key, method, missing_conf, copy_missing, data_dir
+) -> None:
+    """compute_mistakenness: how likely each annotation of DATASET is wrong."""
+    from dagster_brain.api import Dataset, compute_mistakenness
+
+    extra = {} if missing_conf is None else {"missing_conf": missing_conf}
+    out = compute_mistakenness(
+        Dataset(dataset, _store(data_dir)),
+        pred_field,
+        label_field,
+        brain_key,
+        method=method,
+        copy_missing=copy_missing,
+        **extra,
+    )
+    click.echo(f"{brain_key}: {len(out.results)} samples scored; most likely mistakes:")
+    cols = [
+        c
+        for c in (
+            "sample_id",
+            "mistakenness",
+            "mistakenness_loc",
+            "possible_missing",
+            "possible_spurious",
+            "label",
+            "prediction",
+        )
+        if c in out.results
+    ]
+    click.echo(out.results.nlargest(10, "mistakenness")[cols].to_string(index=False))
+
+
+@main.command("hardness")
+@click.argument("dataset")
+@click.option("--label-field", required=True, help="The predictions field with logits.")
+@click.option("--brain-key", default="hardness", show_default=True)
+@click.option(
+    "--method", type=click.Choice(["entropy", "margin"]), default="entropy", show_default=True
+)
+@data_dir_option
+@user_errors
+def hardness_cmd(dataset, label_field, brain_key, method, data_dir) -> None:
+    """compute_hardness: the model's uncertainty per sample of DATASET."""
+    from dagster_brain.api import Dataset, compute_hardness
+
+    out = compute_hardness(Dataset(dataset, _store(data_dir)), label_field, brain_key, method)
+    click.echo(f"{brain_key}: {len(out.results)} samples scored; hardest:")
+    click.echo(out.results.nlargest(10, "hardness").to_string(index=False))
+
+
+@main.command("visualization")
+@click.argument("dataset")
+@click.option("--embeddings", default=None, help="Embeddings key (or --similarity).")
+@click.option("--similarity", default=None, help="Brain key of a similarity index.")
+@click.option(
+    "--method", type=click.Choice(["umap", "tsne", "pca"]), default="umap", show_default=True
+)
+@click.option("--num-dims", type=click.IntRange(2, 3), default=2, show_default=True)
+@click.option("--label-field", default=None, help="Colour points by this label field.")
+@click.option("--brain-key", default="visualization", show_default=True)
+@data_dir_option
+@user_errors
+def visualization_cmd(
+    dataset, embeddings, similarity, method, num_dims, label_field, brain_key, data_dir
+) -> None:
+    """compute_visualization: 2-D/3-D points with a PNG and an interactive HTML plot."""
+    from dagster_brain.api import Dataset, compute_visualization
+
+    if (embeddings is None) == (similarity is None):
+        raise ValueError("give exactly one of --embeddings and --similarity")
+    out = compute_visualization(
+        Dataset(dataset, _store(data_dir)),
+        embeddings=embeddings,
+        similarity_index=similarity,
+        method=method,
+        num_dims=num_dims,
+        label_field=label_field,
+        brain_key=brain_key,
+    )
+    s = out.summary
+    click.echo(
+        f"{brain_key}: {len(out.results)} points ({method}); "
+        f"timings {', '.join(f'{k} {v:.2f}' for k, v in s['timings'].items())}"
+    )
+    click.echo(f"png:  {s['png_path']}\nhtml: {s['html_path']}")
+
+
 # The score column each kind of brain run ranks by.
 SCORE_COLUMNS = {
     "uniqueness": "uniqueness",

@@ -183,3 +183,16 @@ def compute_embeddings(
         patches_field=spec.patches_field,
         run_id=run_id,
     )
+
+
+def check_model(brain_key: str, emb: EmbeddingSet, model: str | None) -> None:
+    """Refuse an embeddings key computed by another model than the run asks for."""
+    if model is None:
+        return
+    from dagster_brain.embedding.models import canonical_name
+
+    if emb.model is None or canonical_name(emb.model) != canonical_name(model):
+        raise ValueError(
+            f"brain key {brain_key!r} asks for embeddings of model {model!r}, but embeddings "
+            f"key {emb.key!r} was computed by {emb.model!r}"
+        )

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from dagster_brain.algorithms.uniqueness import uniqueness_scores
+from dagster_brain.embeddings import check_model
 from dagster_brain.specs import BrainRunSpec, SimilaritySpec, UniquenessSpec
 from dagster_brain.store import BrainRunRecord, Store, hash_strings
 
@@ -85,6 +86,7 @@ def run_uniqueness(
     ``artifacts`` lists what else the run wrote (e.g. embeddings it computed), deleted with it.
     """
     emb = store.read_embeddings(spec.dataset, spec.embeddings, ids=ids)
+    check_model(spec.brain_key, emb, spec.model)
     item_ids = emb.ids
     if len(item_ids) < 2:
         raise ValueError(

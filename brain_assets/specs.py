@@ -134,6 +134,7 @@ class UniquenessSpec(BrainRunSpec):
 
     kind: Literal["uniqueness"]
     embeddings: str = Field(pattern=NAME)
+    model: str | None = None  # if set, the embeddings key must come from this model
     k: int = Field(default=3, ge=1, le=100)
     weights: list[float] | None = None
     metric: Literal["cosine", "euclidean"] = "cosine"
@@ -252,6 +253,7 @@ class VisualizationSpec(BrainRunSpec):
 
     kind: Literal["visualization"]
     embeddings: str | None = Field(default=None, pattern=NAME)
+    model: str | None = None  # if set, the embeddings key must come from this model
     similarity: str | None = Field(default=None, pattern=NAME)
     method: Literal["umap", "tsne", "pca", "manual"] = "umap"
     num_dims: int = Field(default=2, ge=2, le=3)

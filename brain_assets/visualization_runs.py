@@ -31,7 +31,10 @@ def _vectors(spec: VisualizationSpec, store: Store, ids: list[str] | None):
         iv = read_index(store, spec.dataset, spec.similarity, ids)
         sample_ids = [iv.sample_of[i] for i in iv.ids]
         return iv.ids, sample_ids, (iv.ids if iv.patches else None), iv.vectors, iv.upstream
+    from dagster_brain.embeddings import check_model
+
     emb = store.read_embeddings(spec.dataset, spec.embeddings, ids=ids)
+    check_model(spec.brain_key, emb, spec.model)
     upstream = {
         "embeddings": {"key": emb.key, "model": emb.model, "data_version": emb.data_version}
     }

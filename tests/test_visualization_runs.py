@@ -76,3 +76,47 @@ def test_manual_points_and_errors(dataset, tmp_path):
             method="tsne",
             brain_key="tiny",
         )
+
+
+def test_embeddings_of_another_model_are_refused(dataset):
+    from dagster_brain.methods import run_uniqueness
+    from dagster_brain.specs import UniquenessSpec
+
+    dataset.store.write_embeddings("toy", "clip", dataset.sample_ids, clustered(), model="clip")
+    spec = UniquenessSpec(
+        brain_key="u",
+        kind="uniqueness",
+        dataset="toy",
+        embeddings="clip",
+        model="efficientnet-lite0",
+    )
+    with pytest.raises(
+        ValueError, match="asks for embeddings of model 'efficientnet-lite0'.*computed by 'clip'"
+    ):
+        run_uniqueness(spec, dataset.store)
+
+
+def test_cli_commands(dataset):
+    from click.testing import CliRunner
+
+    from dagster_brain.cli import main
+
+    dataset.store.write_embeddings("toy", "e", dataset.sample_ids, clustered())
+    out = CliRunner().invoke(
+        main,
+        [
+            "visualization",
+            "toy",
+            "--embeddings",
+            "e",
+            "--method",
+            "pca",
+            "--data-dir",
+            str(dataset.store.data_dir),
+        ],
+    )
+    assert out.exit_code == 0 and "60 points (pca)" in out.stdout and "html:" in out.stdout
+    out = CliRunner().invoke(
+        main, ["visualization", "toy", "--data-dir", str(dataset.store.data_dir)]
+    )
+    assert out.exit_code == 2 and "exactly one of --embeddings" in out.stderr
