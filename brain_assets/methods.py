@@ -19,7 +19,7 @@ import pandas as pd
 from dagster_brain.algorithms.uniqueness import uniqueness_scores
 from dagster_brain.embeddings import check_model
 from dagster_brain.specs import BrainRunSpec, SimilaritySpec, UniquenessSpec
-from dagster_brain.store import BrainRunRecord, Store, hash_strings
+from dagster_brain.store import BrainRunRecord, EmbeddingSet, Store, hash_strings
 
 # Bumped when a method's algorithm changes its output; part of each asset's code version.
 METHOD_VERSIONS: dict[str, str] = {
@@ -60,6 +60,50 @@ def frame_version(df: pd.DataFrame) -> str:
         return "empty"
     hashed = pd.util.hash_pandas_object(df.astype(str), index=False)
     return hash_strings([str(int(hashed.sum()) & ((1 << 63) - 1)), str(len(df))])
+
+
+def embeddings_lineage(emb: EmbeddingSet) -> dict[str, Any]:
+    """What a run records about the embeddings it read."""
+    return {
+        "key": emb.key,
+        "model": emb.model,
+        "model_hash": emb.model_hash,
+        "data_version": emb.data_version,
+        "patches_field": emb.patches_field,
+    }
+
+
+def new_record(
+    spec: BrainRunSpec,
+    store: Store,
+    *,
+    method: str | None,
+    sample_ids: list[str],
+    run_id: str | None,
+    upstream: dict[str, Any],
+    label_ids: list[str] | None = None,
+    artifacts: list[dict[str, Any]] | None = None,
+    packages: tuple[str, ...] = (),
+    config: dict[str, Any] | None = None,
+) -> BrainRunRecord:
+    """The run record of a spec: config, ids, versions, data version and lineage."""
+    kind = spec.kind  # type: ignore[attr-defined]
+    ids = sorted(set(sample_ids))
+    return BrainRunRecord(
+        dataset=spec.dataset,
+        brain_key=spec.brain_key,
+        kind=kind,
+        method=method,
+        config=config if config is not None else spec.model_dump(mode="json"),
+        sample_ids=ids,
+        label_ids=label_ids,
+        run_id=run_id or f"api-{uuid.uuid4().hex[:12]}",
+        code_version=code_version(kind, spec.spec_hash()),
+        data_version=store.data_version(spec.dataset, ids),
+        versions=package_versions(*packages),
+        upstream=upstream,
+        artifacts=list(artifacts or []),
+    )
 
 
 @dataclass
@@ -114,28 +158,16 @@ def run_uniqueness(
     results["uniqueness"] = scores
     results["nearest_id"] = [item_ids[i] for i in nearest]
     results["nearest_distance"] = nearest_dist
-    record = BrainRunRecord(
-        dataset=spec.dataset,
-        brain_key=spec.brain_key,
-        kind="uniqueness",
+    record = new_record(
+        spec,
+        store,
         method="knn",
-        config=spec.model_dump(mode="json"),
-        sample_ids=sorted(set(emb.sample_ids)),
+        sample_ids=emb.sample_ids,
         label_ids=emb.label_ids,
-        run_id=run_id or f"api-{uuid.uuid4().hex[:12]}",
-        code_version=code_version("uniqueness", spec.spec_hash()),
-        data_version=store.data_version(spec.dataset, sorted(set(emb.sample_ids))),
-        versions=package_versions("scikit-learn"),
-        upstream={
-            "embeddings": {
-                "key": emb.key,
-                "model": emb.model,
-                "model_hash": emb.model_hash,
-                "data_version": emb.data_version,
-                "patches_field": emb.patches_field,
-            }
-        },
-        artifacts=list(artifacts or []),
+        run_id=run_id,
+        upstream={"embeddings": embeddings_lineage(emb)},
+        artifacts=artifacts,
+        packages=("scikit-learn",),
     )
     store.commit_run(record, results)
     summary = {

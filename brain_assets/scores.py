@@ -3,46 +3,18 @@
 from __future__ import annotations
 
 import logging
-import uuid
 import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from dagster_brain.methods import new_record
 from dagster_brain.specs import HardnessSpec, MistakennessSpec
-from dagster_brain.store import BrainRunRecord, Store
+from dagster_brain.store import Store
 
 _LOG = logging.getLogger("dagster_brain")
 DEFAULT_MISSING_CONF = 0.5  # see algorithms.detection_mistakenness
-
-
-def _record(
-    spec,
-    store: Store,
-    kind: str,
-    method: str,
-    sample_ids,
-    run_id,
-    upstream: dict[str, Any],
-    artifacts=None,
-) -> BrainRunRecord:
-    from dagster_brain.methods import code_version, package_versions
-
-    return BrainRunRecord(
-        dataset=spec.dataset,
-        brain_key=spec.brain_key,
-        kind=kind,
-        method=method,
-        config=spec.model_dump(mode="json"),
-        sample_ids=sorted(set(sample_ids)),
-        run_id=run_id or f"api-{uuid.uuid4().hex[:12]}",
-        code_version=code_version(kind, spec.spec_hash()),
-        data_version=store.data_version(spec.dataset, sorted(set(sample_ids))),
-        versions=package_versions("cleanlab", "scikit-learn"),
-        upstream=upstream,
-        artifacts=list(artifacts or []),
-    )
 
 
 def _fields(store: Store, spec, *names: str) -> dict[str, tuple[str, list[str] | None]]:
@@ -179,15 +151,15 @@ def _classification_mistakenness(spec, store, gt, pred, classes, run_id, log, up
         len(results),
         int(results["possible_label_issue"].sum()),
     )
-    record = _record(
+    record = new_record(
         spec,
         store,
-        "mistakenness",
-        method,
-        sample_ids,
-        run_id,
-        {**upstream, "skipped": {k: len(v) for k, v in skipped.items()}},
-        artifacts,
+        method=method,
+        sample_ids=list(sample_ids),
+        run_id=run_id,
+        upstream={**upstream, "skipped": {k: len(v) for k, v in skipped.items()}},
+        artifacts=artifacts,
+        packages=("cleanlab", "scikit-learn"),
     )
     store.commit_run(record, results)
     return RunOutcome(
@@ -240,8 +212,15 @@ def _detection_mistakenness(spec, store, gt, pred, run_id, log, upstream, artifa
         int(res.pred["possible_missing"].sum()),
         int(res.gt["possible_spurious"].sum()),
     )
-    record = _record(
-        spec, store, "mistakenness", "detection", samples["sample_id"], run_id, upstream, artifacts
+    record = new_record(
+        spec,
+        store,
+        method="detection",
+        sample_ids=list(samples["sample_id"]),
+        run_id=run_id,
+        upstream=upstream,
+        artifacts=artifacts,
+        packages=("cleanlab", "scikit-learn"),
     )
     store.commit_run(record, samples, extra={"objects": objects})
     if spec.copy_missing and res.copied is not None and len(res.copied):
@@ -317,15 +296,15 @@ def run_hardness(
     results = pd.DataFrame(
         {"sample_id": sample_ids, "hardness": scores, "prediction": pred["label"].tolist()}
     )
-    record = _record(
+    record = new_record(
         spec,
         store,
-        "hardness",
-        spec.method,
-        sample_ids,
-        run_id,
-        {"labels": {"pred_field": spec.label_field}, "skipped": len(skipped)},
-        artifacts,
+        method=spec.method,
+        sample_ids=list(sample_ids),
+        run_id=run_id,
+        upstream={"labels": {"pred_field": spec.label_field}, "skipped": len(skipped)},
+        artifacts=artifacts,
+        packages=("cleanlab", "scikit-learn"),
     )
     store.commit_run(record, results)
     return RunOutcome(record, results, frame_version(results), {"skipped": len(skipped)})

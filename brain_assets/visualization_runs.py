@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from dagster_brain.specs import VisualizationSpec
-from dagster_brain.store import BrainRunRecord, Store
+from dagster_brain.store import Store
 
 _LOG = logging.getLogger("dagster_brain")
 
@@ -82,7 +81,7 @@ def run_visualization(
         scatter_png,
         trustworthiness_at_k,
     )
-    from dagster_brain.methods import RunOutcome, code_version, frame_version, package_versions
+    from dagster_brain.methods import RunOutcome, frame_version, new_record
 
     t0 = time.perf_counter()
     item_ids, sample_ids, label_ids, X, upstream = _vectors(spec, store, ids)
@@ -140,24 +139,21 @@ def run_visualization(
         red.fit_size,
         {k: round(v, 2) for k, v in timings.items()},
     )
-    record = BrainRunRecord(
-        dataset=spec.dataset,
-        brain_key=spec.brain_key,
-        kind="visualization",
+    record = new_record(
+        spec,
+        store,
         method=spec.method,
+        sample_ids=sample_ids,
+        label_ids=label_ids,
+        run_id=run_id,
+        upstream=upstream,
+        packages=("umap-learn", "scikit-learn"),
         config={
             **spec.model_dump(mode="json"),
             "timings": timings,
             "fit_size": red.fit_size,
             "trustworthiness_at_10": trust,
         },
-        sample_ids=sorted(set(sample_ids)),
-        label_ids=label_ids,
-        run_id=run_id or f"api-{uuid.uuid4().hex[:12]}",
-        code_version=code_version("visualization", spec.spec_hash()),
-        data_version=store.data_version(spec.dataset, sorted(set(sample_ids))),
-        versions=package_versions("umap-learn", "scikit-learn"),
-        upstream=upstream,
         artifacts=[
             *(artifacts or []),
             {"type": "path", "path": str(png_path)},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 import pandas as pd
@@ -86,7 +85,7 @@ def build_index(
     The previous collection is dropped only after the new run record is committed, so a
     failure (an unreachable backend, bad vectors) leaves the previous index and run intact.
     """
-    from dagster_brain.methods import code_version, package_versions
+    from dagster_brain.methods import embeddings_lineage, new_record
 
     backend_name = resolve_backend(spec)
     settings = backend_settings(backend_name, {**spec.backend_params, **(params or {})})
@@ -150,29 +149,17 @@ def build_index(
             "label_id": emb.label_ids if emb.label_ids is not None else [None] * len(ids_),
         }
     )
-    record = BrainRunRecord(
-        dataset=spec.dataset,
-        brain_key=spec.brain_key,
-        kind="similarity",
+    record = new_record(
+        spec,
+        store,
         method=backend_name,
-        config={"spec": spec.model_dump(mode="json"), "index": index_cfg.to_dict()},
-        sample_ids=sorted(set(emb.sample_ids)),
+        sample_ids=emb.sample_ids,
         label_ids=emb.label_ids,
-        run_id=run_id or f"api-{uuid.uuid4().hex[:12]}",
-        code_version=code_version("similarity", spec.spec_hash()),
-        data_version=store.data_version(spec.dataset, sorted(set(emb.sample_ids))),
-        versions=package_versions(_sdk(backend_name)),
-        upstream={
-            "embeddings": {
-                "key": emb.key,
-                "model": emb.model,
-                "model_hash": emb.model_hash,
-                "data_version": emb.data_version,
-                "patches_field": emb.patches_field,
-            },
-            "backend": backend.describe(),
-        },
-        artifacts=list(artifacts or []),
+        run_id=run_id,
+        upstream={"embeddings": embeddings_lineage(emb), "backend": backend.describe()},
+        artifacts=artifacts,
+        packages=(_sdk(backend_name),),
+        config={"spec": spec.model_dump(mode="json"), "index": index_cfg.to_dict()},
     )
     try:
         store.commit_run(record, members)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,41 +16,12 @@ from dagster_brain.algorithms.duplicates import (
     find_duplicates,
     find_unique,
 )
+from dagster_brain.methods import new_record
 from dagster_brain.similarity.compute import load_index
 from dagster_brain.specs import DuplicatesSpec, ExactDuplicatesSpec, UniqueSpec
-from dagster_brain.store import BrainRunRecord, Store
+from dagster_brain.store import Store
 
 _LOG = logging.getLogger("dagster_brain")
-
-
-def _record(
-    spec,
-    store: Store,
-    kind: str,
-    method: str,
-    sample_ids,
-    label_ids,
-    run_id,
-    upstream: dict[str, Any],
-    artifacts=None,
-) -> BrainRunRecord:
-    from dagster_brain.methods import code_version, package_versions
-
-    return BrainRunRecord(
-        dataset=spec.dataset,
-        brain_key=spec.brain_key,
-        kind=kind,
-        method=method,
-        config=spec.model_dump(mode="json"),
-        sample_ids=sorted(set(sample_ids)),
-        label_ids=label_ids,
-        run_id=run_id or f"api-{uuid.uuid4().hex[:12]}",
-        code_version=code_version(kind, spec.spec_hash()),
-        data_version=store.data_version(spec.dataset, sorted(set(sample_ids))),
-        versions=package_versions("scikit-learn", "imagehash"),
-        upstream=upstream,
-        artifacts=list(artifacts or []),
-    )
 
 
 def _similarity_upstream(index) -> dict[str, Any]:
@@ -186,16 +156,16 @@ def run_duplicates(
         result.thresh,
         method,
     )
-    record = _record(
+    record = new_record(
         spec,
         store,
-        "duplicates",
-        method,
-        list(sample_of.values()),
-        item_ids if patches else None,
-        run_id,
-        upstream,
-        artifacts,
+        method=method,
+        sample_ids=list(list(sample_of.values())),
+        label_ids=item_ids if patches else None,
+        run_id=run_id,
+        upstream=upstream,
+        artifacts=artifacts,
+        packages=("scikit-learn", "imagehash"),
     )
     record.config["chosen"] = {
         "thresh": result.thresh,
@@ -241,16 +211,16 @@ def run_exact_duplicates(
         len(frame),
         frame["group"].nunique() if len(frame) else 0,
     )
-    record = _record(
+    record = new_record(
         spec,
         store,
-        "exact_duplicates",
-        "sha256",
-        samples["sample_id"],
-        None,
-        run_id,
-        {"samples": {"data_version": store.data_version(spec.dataset, ids)}},
-        artifacts,
+        method="sha256",
+        sample_ids=list(samples["sample_id"]),
+        label_ids=None,
+        run_id=run_id,
+        upstream={"samples": {"data_version": store.data_version(spec.dataset, ids)}},
+        artifacts=artifacts,
+        packages=("scikit-learn", "imagehash"),
     )
     store.commit_run(record, frame)
     return RunOutcome(
@@ -281,16 +251,16 @@ def run_unique(
         frame["label_id"] = chosen
     frame["rank"] = range(len(chosen))
     log.info("%s: %d unique items of %d", spec.brain_key, len(chosen), len(item_ids))
-    record = _record(
+    record = new_record(
         spec,
         store,
-        "unique",
-        "k-center-greedy",
-        [members[i] for i in item_ids],
-        chosen if patches else None,
-        run_id,
-        iv.upstream,
-        artifacts,
+        method="k-center-greedy",
+        sample_ids=list([members[i] for i in item_ids]),
+        label_ids=chosen if patches else None,
+        run_id=run_id,
+        upstream=iv.upstream,
+        artifacts=artifacts,
+        packages=("scikit-learn", "imagehash"),
     )
     store.commit_run(record, frame)
     return RunOutcome(
