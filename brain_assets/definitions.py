@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from dagster_brain.checks import build_embeddings_check, build_run_check
 from dagster_brain.config import get_brain_config
 from dagster_brain.factory import (
     build_brain_asset,
@@ -48,8 +49,13 @@ def build_defs(
         selection=dg.AssetSelection.all(),
         description="Ingest every dataset, compute every embeddings key and brain run",
     )
+    checks = [
+        *(build_embeddings_check(e, config.default_model) for e in specs.embeddings),
+        *(build_run_check(r) for r in specs.brain_runs),
+    ]
     return dg.Definitions(
         assets=assets,
+        asset_checks=checks,
         jobs=[everything],
         schedules=build_schedules(),
         resources={

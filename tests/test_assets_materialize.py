@@ -184,3 +184,30 @@ def test_similarity_duplicates_unique_exact_assets(tmp_path):
 
     view = fob.sort_by_similarity(fob.Dataset("pets", store), "cat/copy", k=2, brain_key="sim")
     assert list(view.ids) == ["cat/copy", "cat/0"]
+
+
+def test_asset_checks_pass_and_catch_bad_results(tmp_path):
+    from dagster_brain.checks import check_results
+    from dagster_brain.specs import load_specs
+
+    folder = tmp_path / "images"
+    make_folder(folder)
+    runs = [{"brain_key": "sim", "kind": "similarity", "dataset": "pets", "embeddings": "default"}]
+    keys = write_keys(tmp_path / "keys.yaml", folder, extra_runs=runs)
+    defs = build_defs(keys, tmp_path / "data")
+    result = dg.materialize([*defs.assets, *defs.asset_checks], resources=defs.resources)
+    assert result.success
+    evaluations = result.get_asset_check_evaluations()
+    assert {e.check_name for e in evaluations} == {"embeddings_valid", "results_valid"}
+    assert len(evaluations) == 3 and all(e.passed for e in evaluations)
+    # a tampered result (NaN score, a missing row) fails the check with the reason
+    store = Store(tmp_path / "data")
+    spec = next(r for r in load_specs(keys).brain_runs if r.brain_key == "uniqueness")
+    record = store.get_run("pets", "uniqueness")
+    bad = store.load_results("pets", "uniqueness").iloc[1:].copy()
+    bad.loc[bad.index[0], "uniqueness"] = np.nan
+    store.commit_run(record, bad)
+    passed, meta = check_results(store, spec)
+    problems = meta["problems"].value
+    assert not passed and any("8 rows for 9" in p for p in problems)
+    assert any("NaN" in p for p in problems)

@@ -1,0 +1,144 @@
+"""Asset checks on every embeddings key and brain run (blocking: bad results stop downstream).
+
+Each check reads the committed results from the store and compares them with their input:
+row counts, NaN and out-of-range scores, index size against the embeddings, and the
+embeddings' model and dimension against the spec.
+"""
+
+from typing import Any
+
+import dagster as dg
+import numpy as np
+
+from dagster_brain.factory import brain_key_asset, embeddings_key
+from dagster_brain.resources.store import BrainStoreResource
+from dagster_brain.specs import BrainRunSpec, EmbeddingsSpec
+from dagster_brain.store import Store
+
+# kind -> (score column, low, high) for scores with a documented range
+SCORE_RANGES: dict[str, tuple[str, float, float]] = {
+    "uniqueness": ("uniqueness", 0.0, 1.0),
+    "mistakenness": ("mistakenness", 0.0, 1.0),
+    "hardness": ("hardness", 0.0, 1.0),
+}
+
+
+def _embedding_count(store: Store, dataset: str, key: str) -> int | None:
+    sets = store.embedding_sets(dataset)
+    row = sets[sets["embeddings_key"] == key]
+    return None if row.empty else int(row["count"].iloc[0])
+
+
+def _expected_rows(store: Store, spec: BrainRunSpec) -> int | None:
+    """How many rows the run should have written (None: no fixed expectation)."""
+    kind = spec.kind  # type: ignore[attr-defined]
+    if kind in ("uniqueness", "similarity") or (kind == "visualization" and spec.embeddings):
+        return _embedding_count(store, spec.dataset, spec.embeddings)
+    if kind == "visualization":
+        return len(store.load_results(spec.dataset, spec.similarity))
+    if kind == "unique":
+        return min(spec.count, len(store.load_results(spec.dataset, spec.similarity)))
+    return None
+
+
+def check_results(store: Store, spec: BrainRunSpec) -> tuple[bool, dict[str, Any]]:
+    """(passed, metadata) for one brain run's committed results."""
+    kind = spec.kind  # type: ignore[attr-defined]
+    results = store.load_results(spec.dataset, spec.brain_key)
+    problems: list[str] = []
+    meta: dict[str, Any] = {"rows": len(results)}
+    expected = _expected_rows(store, spec)
+    if expected is not None:
+        meta["expected_rows"] = expected
+        if len(results) != expected:
+            problems.append(f"{len(results)} rows for {expected} input items")
+    numeric = results.select_dtypes("number")
+    nan_cols = [c for c in numeric if numeric[c].isna().any() and c != "distance"]
+    if nan_cols:
+        problems.append(f"NaN in {nan_cols}")
+    if kind in SCORE_RANGES:
+        col, lo, hi = SCORE_RANGES[kind]
+        bad = results.loc[~results[col].between(lo, hi), "sample_id"]
+        meta["out_of_range"] = int(len(bad))
+        if len(bad):
+            problems.append(
+                f"{len(bad)} {col} scores outside [{lo}, {hi}], e.g. {bad.head(3).tolist()}"
+            )
+    if kind == "similarity":
+        from dagster_brain.similarity.compute import load_index
+
+        index = load_index(store, spec.dataset, spec.brain_key)
+        try:
+            stored = index.backend.count()
+        finally:
+            index.close()
+        meta["backend_count"] = stored
+        if stored != len(results):
+            problems.append(f"backend holds {stored} vectors, the run indexed {len(results)}")
+    patches = "label_id" in results and results["label_id"].notna().any()
+    id_col = "label_id" if patches else "sample_id"
+    if kind not in ("duplicates", "exact_duplicates") and results[id_col].duplicated().any():
+        problems.append(f"duplicate {id_col}s")
+    meta["problems"] = dg.MetadataValue.json(problems)
+    return not problems, meta
+
+
+def check_embeddings(store: Store, spec: EmbeddingsSpec, default_model: str) -> tuple[bool, dict]:
+    """(passed, metadata): count, dimension, model and finiteness of an embeddings key."""
+    emb = store.read_embeddings(spec.dataset, spec.key)
+    problems: list[str] = []
+    meta: dict[str, Any] = {"rows": len(emb.sample_ids), "dim": emb.dim, "model": emb.model or ""}
+    if emb.vectors.shape != (len(emb.sample_ids), emb.dim):
+        problems.append(f"vectors {emb.vectors.shape} do not match dimension {emb.dim}")
+    if not np.isfinite(emb.vectors).all():
+        problems.append("non-finite vectors")
+    if spec.source == "model":
+        from dagster_brain.embedding.models import canonical_name
+
+        want = canonical_name(spec.model or default_model)
+        if emb.model is None or canonical_name(emb.model) != want:
+            problems.append(f"computed by {emb.model!r}, the spec asks for {want!r}")
+        if spec.patches_field is None:
+            n = len(store.sample_ids(spec.dataset))
+            meta["samples"] = n
+            if len(emb.sample_ids) != n and not spec.skip_failures:
+                problems.append(f"{len(emb.sample_ids)} vectors for {n} samples")
+        else:
+            labels = store.labels(spec.dataset, spec.patches_field)
+            meta["objects"] = len(labels)
+            if len(emb.sample_ids) != len(labels) and not spec.skip_failures:
+                problems.append(f"{len(emb.sample_ids)} vectors for {len(labels)} objects")
+    meta["problems"] = dg.MetadataValue.json(problems)
+    return not problems, meta
+
+
+def build_run_check(spec: BrainRunSpec) -> dg.AssetChecksDefinition:
+    """``results_valid`` on a brain run's asset (blocking)."""
+
+    @dg.asset_check(
+        asset=brain_key_asset(spec.dataset, spec.brain_key),
+        name="results_valid",
+        blocking=True,
+        description="rows match the input, no NaN, scores in range, index size = embeddings",
+    )
+    def _check(store: BrainStoreResource) -> dg.AssetCheckResult:
+        passed, meta = check_results(store.get(), spec)
+        return dg.AssetCheckResult(passed=passed, metadata=meta)
+
+    return _check
+
+
+def build_embeddings_check(spec: EmbeddingsSpec, default_model: str) -> dg.AssetChecksDefinition:
+    """``embeddings_valid`` on an embeddings asset (blocking)."""
+
+    @dg.asset_check(
+        asset=embeddings_key(spec.dataset, spec.key),
+        name="embeddings_valid",
+        blocking=True,
+        description="one finite vector per sample/object, of the spec's model and dimension",
+    )
+    def _check(store: BrainStoreResource) -> dg.AssetCheckResult:
+        passed, meta = check_embeddings(store.get(), spec, default_model)
+        return dg.AssetCheckResult(passed=passed, metadata=meta)
+
+    return _check
