@@ -500,6 +500,21 @@ def visualization_cmd(
     click.echo(f"png:  {s['png_path']}\nhtml: {s['html_path']}")
 
 
+@main.command("lineage")
+@click.argument("brain_key")
+@click.option("--sample", "sample_id", default=None, help="Also show this sample's results.")
+@dataset_option
+@data_dir_option
+@user_errors
+def lineage_cmd(brain_key, sample_id, dataset, data_dir) -> None:
+    """Which run, model, data version and code produced BRAIN_KEY; what is stale since."""
+    from dagster_brain.lineage import lineage
+
+    store = _store(data_dir)
+    info = lineage(store, _dataset_of(store, brain_key, dataset), brain_key, sample_id)
+    click.echo(json.dumps(info, indent=2, default=str))
+
+
 # The score column each kind of brain run ranks by.
 SCORE_COLUMNS = {
     "uniqueness": "uniqueness",

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# No model hub is reachable from the tests: fail hub lookups at once instead of retrying.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import numpy as np
 import pandas as pd
 import pytest
