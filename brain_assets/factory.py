@@ -170,16 +170,24 @@ def build_embeddings_asset(spec: EmbeddingsSpec) -> dg.AssetsDefinition:
     return _embeddings
 
 
+def _no_resources(spec) -> set[str]:
+    return set()
+
+
+def _no_kwargs(spec, resources) -> dict[str, Any]:
+    return {}
+
+
 @dataclass(frozen=True)
 class KindAsset:
     """How one brain-run kind becomes an asset: config, inputs, resources, metadata."""
 
     config: type[dg.Config]
     inputs: Callable[[BrainRunSpec], list[dg.AssetKey]]
-    resources: Callable[[BrainRunSpec], set[str]]
-    run_kwargs: Callable[[BrainRunSpec, Any], dict[str, Any]]
     metadata: Callable[[RunOutcome], dict[str, Any]]
-    kinds: frozenset[str]
+    resources: Callable[[BrainRunSpec], set[str]] = _no_resources
+    run_kwargs: Callable[[BrainRunSpec, Any], dict[str, Any]] = _no_kwargs
+    kinds: frozenset[str] = frozenset({"numpy", "duckdb"})
 
 
 def _embeddings_input(spec) -> list[dg.AssetKey]:
@@ -382,10 +390,7 @@ KIND_ASSETS: dict[str, KindAsset] = {
     "uniqueness": KindAsset(
         config=UniquenessRunConfig,
         inputs=_embeddings_input,
-        resources=lambda spec: set(),
-        run_kwargs=lambda spec, resources: {},
         metadata=_uniqueness_metadata,
-        kinds=frozenset({"numpy", "duckdb"}),
     ),
     "similarity": KindAsset(
         config=SimilarityRunConfig,
@@ -400,50 +405,34 @@ KIND_ASSETS: dict[str, KindAsset] = {
     "duplicates": KindAsset(
         config=DuplicatesRunConfig,
         inputs=_similarity_input,
-        resources=lambda spec: set(),
-        run_kwargs=lambda spec, resources: {},
         metadata=_duplicates_metadata,
-        kinds=frozenset({"numpy", "duckdb"}),
     ),
     "exact_duplicates": KindAsset(
         config=NoConfig,
-        inputs=lambda spec: [samples_key(spec.dataset)],
-        resources=lambda spec: set(),
-        run_kwargs=lambda spec, resources: {},
+        inputs=_labels_input,
         metadata=_exact_metadata,
         kinds=frozenset({"duckdb"}),
     ),
     "mistakenness": KindAsset(
         config=MistakennessRunConfig,
         inputs=_labels_input,
-        resources=lambda spec: set(),
-        run_kwargs=lambda spec, resources: {},
         metadata=_scores_metadata("mistakenness"),
-        kinds=frozenset({"numpy", "duckdb"}),
     ),
     "hardness": KindAsset(
         config=HardnessRunConfig,
         inputs=_labels_input,
-        resources=lambda spec: set(),
-        run_kwargs=lambda spec, resources: {},
         metadata=_scores_metadata("hardness"),
-        kinds=frozenset({"numpy", "duckdb"}),
     ),
     "visualization": KindAsset(
         config=VisualizationRunConfig,
         inputs=_visualization_input,
-        resources=lambda spec: set(),
-        run_kwargs=lambda spec, resources: {},
         metadata=_visualization_metadata,
         kinds=frozenset({"umap", "duckdb"}),
     ),
     "unique": KindAsset(
         config=UniqueRunConfig,
         inputs=_similarity_input,
-        resources=lambda spec: set(),
-        run_kwargs=lambda spec, resources: {},
         metadata=_unique_metadata,
-        kinds=frozenset({"numpy", "duckdb"}),
     ),
 }
 
