@@ -21,6 +21,7 @@ from dagster_brain.methods import METHOD_VERSIONS, RunOutcome, code_version, run
 from dagster_brain.resources.embedder import EmbedderResource
 from dagster_brain.resources.similarity import resource_key
 from dagster_brain.resources.store import BrainStoreResource
+from dagster_brain.similarity.backends.base import BackendUnavailable
 from dagster_brain.specs import BrainRunSpec, DatasetSpec, EmbeddingsSpec
 
 
@@ -450,13 +451,16 @@ def build_brain_asset(spec: BrainRunSpec) -> dg.AssetsDefinition:
 
     def _compute(context: dg.AssetExecutionContext, config):
         db = context.resources.store.get()
-        outcome = run_brain(
-            with_overrides(spec, config),
-            db,
-            run_id=context.run_id,
-            log=context.log,
-            **info.run_kwargs(spec, context.resources),
-        )
+        try:
+            outcome = run_brain(
+                with_overrides(spec, config),
+                db,
+                run_id=context.run_id,
+                log=context.log,
+                **info.run_kwargs(spec, context.resources),
+            )
+        except BackendUnavailable as err:  # transient: retried, the previous results stay
+            raise dg.RetryRequested(max_retries=2, seconds_to_wait=5) from err
         meta = {
             **info.metadata(outcome),
             **lineage_metadata(

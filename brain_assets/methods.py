@@ -251,8 +251,10 @@ def delete_brain_run(store: Store, dataset: str, brain_key: str) -> BrainRunReco
 
 
 def run_brain(spec: BrainRunSpec, store: Store, **kwargs: Any) -> RunOutcome:
-    """Run the method of a brain-run spec."""
+    """Run the method of a brain-run spec, holding its brain key for the whole run."""
     kind = spec.kind  # type: ignore[attr-defined]
     if kind not in RUNNERS:
         raise ValueError(f"brain key {spec.brain_key!r}: no method for kind {kind!r}")
-    return RUNNERS[kind](spec, store, **kwargs)
+    holder = f"run {kwargs.get('run_id') or 'api'}"
+    with store.run_lock(spec.dataset, spec.brain_key, holder):
+        return RUNNERS[kind](spec, store, **kwargs)

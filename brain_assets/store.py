@@ -117,6 +117,15 @@ CREATE TABLE IF NOT EXISTS brain_run_history (
     upstream VARCHAR,
     detail VARCHAR
 );
+CREATE TABLE IF NOT EXISTS brain_locks (
+    dataset VARCHAR NOT NULL,
+    brain_key VARCHAR NOT NULL,
+    holder VARCHAR NOT NULL,
+    pid INTEGER NOT NULL,
+    host VARCHAR NOT NULL,
+    acquired_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (dataset, brain_key)
+);
 CREATE SCHEMA IF NOT EXISTS results;
 """
 
@@ -836,6 +845,40 @@ class Store:
         os.replace(tmp, out)
         return out
 
+    # -- one run per brain key at a time -------------------------------------------------
+
+    @contextlib.contextmanager
+    def run_lock(self, dataset: str, brain_key: str, holder: str) -> Iterator[None]:
+        """Hold the brain key for one run; a second concurrent run is refused, naming the
+        holder. A lock left by a process that died on this host is taken over."""
+        import socket
+
+        check_name(brain_key, "brain key")
+        host = socket.gethostname()
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT holder, pid, host, acquired_at FROM brain_locks "
+                "WHERE dataset = ? AND brain_key = ?",
+                [dataset, brain_key],
+            ).fetchone()
+            if row is not None and not (row[2] == host and not _pid_alive(row[1])):
+                raise StoreError(
+                    f"brain key {brain_key!r} on {dataset!r} is being computed by {row[0]} "
+                    f"(pid {row[1]} on {row[2]}, since {row[3]}); wait for it to finish"
+                )
+            conn.execute(
+                "INSERT OR REPLACE INTO brain_locks VALUES (?, ?, ?, ?, ?, ?)",
+                [dataset, brain_key, holder, os.getpid(), host, utcnow()],
+            )
+        try:
+            yield
+        finally:
+            with self.connect() as conn:
+                conn.execute(
+                    "DELETE FROM brain_locks WHERE dataset = ? AND brain_key = ? AND pid = ?",
+                    [dataset, brain_key, os.getpid()],
+                )
+
     # -- saved views ----------------------------------------------------------------------
 
     def save_view(self, dataset: str, name: str, frame: pd.DataFrame) -> str:
@@ -914,6 +957,17 @@ def _record_from_row(row: pd.Series) -> BrainRunRecord:
         created_at=pd.Timestamp(row["created_at"]).to_pydatetime(),
         results_table=row["results_table"] if isinstance(row["results_table"], str) else None,
     )
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process id is running on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove_tree(path: Path) -> None:

@@ -211,3 +211,26 @@ def test_asset_checks_pass_and_catch_bad_results(tmp_path):
     problems = meta["problems"].value
     assert not passed and any("8 rows for 9" in p for p in problems)
     assert any("NaN" in p for p in problems)
+
+
+def test_unreachable_backend_is_retried_and_keeps_previous_results(tmp_path):
+    folder = tmp_path / "images"
+    make_folder(folder)
+    runs = [
+        {
+            "brain_key": "sim",
+            "kind": "similarity",
+            "dataset": "pets",
+            "embeddings": "default",
+            "backend": "qdrant",
+            "backend_params": {"url": "http://127.0.0.1:9"},
+        }
+    ]
+    keys = write_keys(tmp_path / "keys.yaml", folder, extra_runs=runs)
+    result = materialize_all(keys, tmp_path / "data", raise_on_error=False)
+    assert not result.success
+    retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retries) == 2  # a transient backend error is retried twice
+    store = Store(tmp_path / "data")
+    assert store.get_run("pets", "sim", missing_ok=True) is None
+    assert len(store.load_results("pets", "uniqueness")) == 9  # the rest of the graph ran

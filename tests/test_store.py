@@ -169,3 +169,25 @@ def test_extra_tables_move_and_go_with_the_run(store):
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'results'"
     )
     assert left.empty and not store.parquet_path("d", "results/m2__objects").exists()
+
+
+def test_run_lock_refuses_a_second_run_and_takes_over_dead_holders(store):
+    _dataset(store)
+    with store.run_lock("d", "u", "run A"):
+        with pytest.raises(StoreError, match="'u' on 'd' is being computed by run A"):
+            with store.run_lock("d", "u", "run B"):
+                pass
+        with store.run_lock("d", "other", "run C"):  # other keys are free
+            pass
+    # a lock left behind by a process that no longer exists is taken over
+    import socket
+
+    with store.connect() as conn:
+        conn.execute(
+            "INSERT INTO brain_locks VALUES ('d', 'u', 'run X', 999999, ?, now())",
+            [socket.gethostname()],
+        )
+    with store.run_lock("d", "u", "run D"):
+        holder = store.query("SELECT holder FROM brain_locks WHERE brain_key = 'u'")
+        assert holder["holder"].tolist() == ["run D"]
+    assert store.query("SELECT * FROM brain_locks").empty
