@@ -105,6 +105,23 @@ class VectorBackend(ABC):
             )
         return X
 
+    def plan_view(
+        self, queries: np.ndarray, k: int, allowed: Sequence[str] | None, max_filter_ids: int
+    ) -> tuple[list[str] | None, tuple[list[list[str]], list[np.ndarray]] | None]:
+        """(ids to filter by, or None for no view; an answer when no backend query is needed).
+
+        An empty view answers with empty results; a view longer than ``max_filter_ids`` is
+        answered by an exact :meth:`scan`, since a filter that long costs more than a scan.
+        """
+        if allowed is None:
+            return None, None
+        view = list(dict.fromkeys(str(s) for s in allowed))
+        if not view:
+            return view, ([[] for _ in queries], [np.empty(0, np.float32) for _ in queries])
+        if len(view) > max_filter_ids:
+            return view, self.scan(queries, k, view)
+        return view, None
+
     def scan(
         self, queries: np.ndarray, k: int, allowed: Sequence[str] | None = None
     ) -> tuple[list[list[str]], list[np.ndarray]]:

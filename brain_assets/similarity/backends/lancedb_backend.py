@@ -275,14 +275,10 @@ class LanceDBBackend(VectorBackend):
         Q = self._check(queries, None, what=f"queries on lancedb table {self.collection!r}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        where = None
-        if allowed is not None:
-            view = list(dict.fromkeys(str(s) for s in allowed))
-            if not view:
-                return [[] for _ in Q], [np.empty(0, np.float32) for _ in Q]
-            if len(view) > self.max_filter_ids:  # a filter this long costs more than a scan
-                return self.scan(Q, k, view)
-            where = f"id IN ({_sql_list(view)})"
+        view, answer = self.plan_view(Q, k, allowed, self.max_filter_ids)
+        if answer is not None:
+            return answer
+        where = None if view is None else f"id IN ({_sql_list(view)})"
         out_ids: list[list[str]] = [[] for _ in Q]
         out_d: list[np.ndarray] = [np.empty(0, np.float32) for _ in Q]
         with self._guard():

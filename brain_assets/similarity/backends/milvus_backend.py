@@ -244,14 +244,10 @@ class MilvusBackend(VectorBackend):
         Q = self._check(queries, None, what=f"queries on milvus collection {self.collection!r}")
         if not 1 <= k <= MAX_TOPK:
             raise ValueError(f"milvus: k must be in [1, {MAX_TOPK}], got {k}")
-        expr = ""
-        if allowed is not None:
-            view = list(dict.fromkeys(str(s) for s in allowed))
-            if not view:
-                return [[] for _ in Q], [np.empty(0, np.float32) for _ in Q]
-            if len(view) > self.max_filter_ids:  # a filter this long costs more than a scan
-                return self.scan(Q, k, view)
-            expr = f"id in {_expr_list(view)}"
+        view, answer = self.plan_view(Q, k, allowed, self.max_filter_ids)
+        if answer is not None:
+            return answer
+        expr = "" if view is None else f"id in {_expr_list(view)}"
         out_ids: list[list[str]] = []
         out_d: list[np.ndarray] = []
         params = {"metric_type": _METRIC_TYPES[self.metric], "params": {}}

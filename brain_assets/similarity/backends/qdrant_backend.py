@@ -241,13 +241,11 @@ class QdrantBackend(VectorBackend):
         Q = self._check(queries, None, what=f"queries on qdrant collection {self.collection!r}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        view, answer = self.plan_view(Q, k, allowed, self.max_filter_ids)
+        if answer is not None:
+            return answer
         query_filter = None
-        if allowed is not None:
-            view = list(dict.fromkeys(str(s) for s in allowed))
-            if not view:
-                return [[] for _ in Q], [np.empty(0, np.float32) for _ in Q]
-            if len(view) > self.max_filter_ids:  # a filter this long costs more than a scan
-                return self.scan(Q, k, view)
+        if view is not None:
             query_filter = models.Filter(
                 must=[models.FieldCondition(key=ID_KEY, match=models.MatchAny(any=view))]
             )
