@@ -13,7 +13,7 @@ fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing dagster-brain and its dependencies (first time: a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+  .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,distributed]'
   echo "$want" > "$stamp"
 else
   echo "[setup] .venv is up to date"
