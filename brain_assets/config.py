@@ -4,7 +4,8 @@ The JSON file defaults to ``~/.dagster_brain/brain_config.json`` and moves with
 ``BRAIN_CONFIG_PATH``. Environment variables:
 
 - ``BRAIN_DATA_DIR``, ``BRAIN_BRAIN_KEYS_PATH``, ``BRAIN_DEFAULT_MODEL``,
-  ``BRAIN_DEFAULT_SIMILARITY_BACKEND``: the top-level fields of the same names;
+  ``BRAIN_DEFAULT_SIMILARITY_BACKEND``, ``BRAIN_EXECUTOR``: the top-level fields of the same
+  names (``executor``: multiprocess, in_process or celery; see ``dagster_brain.execution``);
 - ``BRAIN_SIMILARITY_BACKENDS=a,b``: the backends exposed (hides the others; a name that is
   not built in declares a custom backend whose parameters come from the other settings);
 - ``BRAIN_SIMILARITY_<BACKEND>_<PARAM>=value``: one backend parameter; values are parsed as
@@ -67,9 +68,16 @@ DEFAULTS: dict[str, Any] = {
     "default_model": "efficientnet-lite0",
     "default_similarity_backend": "sklearn",
     "similarity_backends": BUILTIN_BACKENDS,
+    "executor": "multiprocess",  # how runs execute steps (dagster_brain.execution)
 }
 
-TOP_LEVEL_ENV = ("data_dir", "brain_keys_path", "default_model", "default_similarity_backend")
+TOP_LEVEL_ENV = (
+    "data_dir",
+    "brain_keys_path",
+    "default_model",
+    "default_similarity_backend",
+    "executor",
+)
 SECRET_WORDS = ("api_key", "apikey", "password", "token", "secret")
 
 

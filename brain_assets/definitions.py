@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
 from dagster_brain.checks import build_embeddings_check, build_run_check
 from dagster_brain.config import get_brain_config
+from dagster_brain.execution import build_executor
 from dagster_brain.factory import (
+    batch_partitions,
     build_brain_asset,
     build_embeddings_asset,
     build_samples_asset,
@@ -16,6 +19,7 @@ from dagster_brain.factory import (
 from dagster_brain.resources.embedder import EmbedderResource
 from dagster_brain.resources.similarity import similarity_resources
 from dagster_brain.resources.store import BrainStoreResource
+from dagster_brain.sensors.inbox import build_inbox_sensor
 from dagster_brain.sensors.schedules import build_schedules
 from dagster_brain.specs import DEFAULT_SPECS_PATH, BrainKeysFile, load_specs
 
@@ -30,11 +34,49 @@ def specs_path() -> Path:
 
 def build_assets(specs: BrainKeysFile) -> list[dg.AssetsDefinition]:
     """One asset per dataset, embeddings key and brain run."""
+    incremental = {d.name for d in specs.datasets if d.incremental}
     return [
         *(build_samples_asset(d) for d in specs.datasets),
-        *(build_embeddings_asset(e) for e in specs.embeddings),
-        *(build_brain_asset(r) for r in specs.brain_runs),
+        *(build_embeddings_asset(e, e.dataset in incremental) for e in specs.embeddings),
+        *(build_brain_asset(r, r.dataset in incremental) for r in specs.brain_runs),
     ]
+
+
+def batch_job_name(dataset: str) -> str:
+    """The job that takes one inbox batch of ``dataset`` into its store and indexes."""
+    return f"{dataset}_batch"
+
+
+def build_batch_jobs(
+    specs: BrainKeysFile, assets: list[dg.AssetsDefinition]
+) -> tuple[list[Any], list[dg.SensorDefinition]]:
+    """Per inbox dataset: the batch job (its partitioned assets) and the inbox sensor."""
+    jobs, sensors = [], []
+    for d in specs.datasets:
+        if not d.incremental:
+            continue
+        keys = [
+            k
+            for a in assets
+            if a.partitions_def is not None
+            and a.partitions_def.name == batch_partitions(d.name).name
+            for k in a.keys
+        ]
+        job = dg.define_asset_job(
+            batch_job_name(d.name),
+            selection=dg.AssetSelection.assets(*keys),
+            partitions_def=batch_partitions(d.name),
+            description=f"Ingest, embed and index one inbox batch of {d.name!r}",
+        )
+        jobs.append(job)
+        sensors.append(build_inbox_sensor(d, job))
+    return jobs, sensors
+
+
+def whole_dataset_selection(assets: list[dg.AssetsDefinition]) -> dg.AssetSelection:
+    """Every asset that is not partitioned by batch (what brain_all and the refresh run)."""
+    batched = [k for a in assets if a.partitions_def is not None for k in a.keys]
+    return dg.AssetSelection.all() - dg.AssetSelection.assets(*batched)
 
 
 def build_defs(
@@ -43,12 +85,16 @@ def build_defs(
     """All definitions for one brain-keys YAML file and one data directory."""
     config = get_brain_config()
     specs = load_specs(spec_path or specs_path())
+    executor = build_executor(config, specs)  # celery: refuses embedded similarity stores
     assets = build_assets(specs)
+    whole = whole_dataset_selection(assets)
     everything = dg.define_asset_job(
         ALL_JOB,
-        selection=dg.AssetSelection.all(),
-        description="Ingest every dataset, compute every embeddings key and brain run",
+        selection=whole,
+        description="Ingest every dataset, compute every embeddings key and brain run "
+        "(inbox datasets: the whole-dataset runs; their batches come through their sensors)",
     )
+    batch_jobs, sensors = build_batch_jobs(specs, assets)
     checks = [
         *(build_embeddings_check(e, config.default_model) for e in specs.embeddings),
         *(build_run_check(r) for r in specs.brain_runs),
@@ -56,8 +102,10 @@ def build_defs(
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[everything],
-        schedules=build_schedules(),
+        jobs=[everything, *batch_jobs],
+        schedules=build_schedules(whole),
+        sensors=sensors,
+        executor=executor,
         resources={
             "store": BrainStoreResource(data_dir=str(Path(data_dir or config.data_dir).resolve())),
             "embedder": EmbedderResource(model=config.default_model),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,16 +64,46 @@ def load_precomputed(spec: EmbeddingsSpec, store: Store) -> tuple[list[str], np.
         raise ValueError(f"{where}: {err}") from err
 
 
-def compute_embeddings(
+@dataclass(frozen=True)
+class Embedded:
+    """Vectors computed for an embeddings key, before they are written."""
+
+    sample_ids: list[str]
+    vectors: np.ndarray
+    label_ids: list[str] | None = None
+    model: str | None = None
+    model_hash: str | None = None
+    source: str = "model"
+    patches_field: str | None = None
+
+    def write(self, store: Store, spec: EmbeddingsSpec, run_id: str | None, **kw) -> EmbeddingSet:
+        """Replace the key with these vectors (``update=True``: only their samples' rows)."""
+        update = kw.pop("update", False)
+        write = store.update_embeddings if update else store.write_embeddings
+        return write(
+            spec.dataset,
+            spec.key,
+            self.sample_ids,
+            self.vectors,
+            label_ids=self.label_ids,
+            model=self.model,
+            model_hash=self.model_hash,
+            source=self.source,
+            patches_field=self.patches_field,
+            run_id=run_id,
+            **kw,
+        )
+
+
+def embed(
     spec: EmbeddingsSpec,
     store: Store,
     *,
     embedder: Any,
-    run_id: str | None = None,
     log: Any = _LOG,
     ids: list[str] | None = None,
-) -> EmbeddingSet:
-    """Fill an embeddings key (replacing it atomically) and return it.
+) -> Embedded:
+    """Vectors of the key's samples (or only ``ids``) from its model, array, column or key.
 
     ``embedder`` is an :class:`~dagster_brain.resources.embedder.EmbedderResource`; the spec's
     model, batch size and workers override its settings.
@@ -80,9 +111,7 @@ def compute_embeddings(
     store.require_dataset(spec.dataset)
     if spec.source == "key":
         src = store.read_embeddings(spec.dataset, spec.from_key, ids=ids)
-        return store.write_embeddings(
-            spec.dataset,
-            spec.key,
+        return Embedded(
             src.sample_ids,
             src.vectors,
             label_ids=src.label_ids,
@@ -90,7 +119,6 @@ def compute_embeddings(
             model_hash=src.model_hash,
             source=f"key:{spec.from_key}",
             patches_field=src.patches_field,
-            run_id=run_id,
         )
     if spec.source in ("array", "column"):
         sample_ids, vectors = load_precomputed(spec, store)
@@ -107,14 +135,8 @@ def compute_embeddings(
             vectors.shape[1],
             spec.path,
         )
-        return store.write_embeddings(
-            spec.dataset,
-            spec.key,
-            sample_ids,
-            vectors,
-            model=spec.model,
-            source=f"{spec.source}:{Path(spec.path).name}",
-            run_id=run_id,
+        return Embedded(
+            sample_ids, vectors, model=spec.model, source=f"{spec.source}:{Path(spec.path).name}"
         )
     settings = {"batch_size": spec.batch_size, "num_workers": spec.num_workers}
     if spec.model:
@@ -171,17 +193,53 @@ def compute_embeddings(
             len(out.failures),
             dict(list(out.failures.items())[:10]),
         )
-    return store.write_embeddings(
-        spec.dataset,
-        spec.key,
-        sample_ids,
+    return Embedded(
+        list(sample_ids),
         out.vectors,
-        label_ids=label_ids,
+        label_ids=list(label_ids) if label_ids is not None else None,
         model=model.name,
         model_hash=model.weights_hash,
         source="model",
         patches_field=spec.patches_field,
+    )
+
+
+def compute_embeddings(
+    spec: EmbeddingsSpec,
+    store: Store,
+    *,
+    embedder: Any,
+    run_id: str | None = None,
+    log: Any = _LOG,
+    ids: list[str] | None = None,
+) -> EmbeddingSet:
+    """Fill an embeddings key (replacing it atomically) and return it."""
+    return embed(spec, store, embedder=embedder, log=log, ids=ids).write(store, spec, run_id)
+
+
+def update_embeddings(
+    spec: EmbeddingsSpec,
+    store: Store,
+    sample_ids: list[str],
+    *,
+    embedder: Any,
+    drop_samples: list[str] = (),
+    run_id: str | None = None,
+    log: Any = _LOG,
+) -> EmbeddingSet:
+    """Embed only these samples into the key (replacing their rows), drop ``drop_samples``'
+    rows, and keep every other vector: how a new or changed batch reaches an existing key.
+    """
+    if sample_ids:
+        done = embed(spec, store, embedder=embedder, log=log, ids=sample_ids)
+        return done.write(store, spec, run_id, update=True, drop_samples=list(drop_samples))
+    return store.update_embeddings(  # nothing to embed: drop rows (or create an empty key)
+        spec.dataset,
+        spec.key,
+        [],
+        np.zeros((0, 0), np.float32),
         run_id=run_id,
+        drop_samples=list(drop_samples),
     )
 
 

@@ -2,6 +2,11 @@
 
 Graph: ``<dataset>/samples`` -> ``<dataset>/embeddings/<key>`` -> ``<dataset>/brain/<brain_key>``.
 Assets pass data through the store (``deps`` + store reads), never through IO managers.
+
+A dataset with an inbox source is incremental: its samples, embeddings and similarity indexes
+are partitioned by batch (one dynamic partition each, registered by the inbox sensor) and
+updated batch by batch; its other brain runs score the whole dataset and are refreshed by an
+eager automation condition once the batches they read have landed.
 """
 
 from collections.abc import Callable
@@ -14,8 +19,9 @@ import dagster as dg
 from pydantic import Field
 
 from dagster_brain.config import get_brain_config
-from dagster_brain.embeddings import compute_embeddings
-from dagster_brain.ingest.sources import ingest_dataset
+from dagster_brain.embeddings import compute_embeddings, update_embeddings
+from dagster_brain.ingest.inbox import ingest_batch
+from dagster_brain.ingest.sources import data_path, ingest_dataset
 from dagster_brain.metadata import lineage_metadata, rows_table, score_metadata
 from dagster_brain.methods import METHOD_VERSIONS, RunOutcome, code_version, run_brain
 from dagster_brain.resources.embedder import EmbedderResource
@@ -38,6 +44,16 @@ def embeddings_key(dataset: str, key: str) -> dg.AssetKey:
 def brain_key_asset(dataset: str, brain_key: str) -> dg.AssetKey:
     """Asset key of a brain run."""
     return dg.AssetKey([dataset, "brain", brain_key])
+
+
+def batch_partitions(dataset: str) -> dg.DynamicPartitionsDefinition:
+    """The dynamic partitions of an incremental dataset: one per inbox batch."""
+    return dg.DynamicPartitionsDefinition(name=f"{dataset}__batches")
+
+
+def is_batched(kind: str) -> bool:
+    """Whether a brain kind of an incremental dataset is updated batch by batch."""
+    return kind == "similarity"
 
 
 class EmbeddingsRunConfig(dg.Config):
@@ -87,6 +103,8 @@ def with_overrides(spec, config: dg.Config):
 
 def build_samples_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     """``<dataset>/samples``: ingest the dataset's source into the store."""
+    if spec.incremental:
+        return build_batch_samples_asset(spec)
 
     @dg.asset(
         key=samples_key(spec.name),
@@ -118,8 +136,56 @@ def build_samples_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     return _samples
 
 
-def build_embeddings_asset(spec: EmbeddingsSpec) -> dg.AssetsDefinition:
-    """``<dataset>/embeddings/<key>``: vectors from a model, an array, a column or a key."""
+def build_batch_samples_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
+    """``<dataset>/samples`` of an inbox dataset: one partition per batch."""
+
+    @dg.asset(
+        key=samples_key(spec.name),
+        group_name=spec.name,
+        partitions_def=batch_partitions(spec.name),
+        code_version=code_version("ingest", spec.spec_hash()),
+        description=f"Samples and labels of dataset {spec.name!r}, batch by batch from its "
+        f"inbox {spec.source.path!r} ({spec.source.layout} layout)",
+        kinds={"duckdb", "parquet"},
+    )
+    def _batch(context: dg.AssetExecutionContext, store: BrainStoreResource):
+        db = store.get()
+        batch = context.partition_key
+        out = ingest_batch(db, spec, data_path(spec.source.path, db.data_dir), batch, context.log)
+        meta: dict[str, Any] = {
+            "dagster/row_count": len(out.sample_ids),
+            "batch": batch,
+            "event": "removed" if out.removed_batch else "ingested",
+            "fingerprint": out.fingerprint or "",
+            "removed": len(out.removed_ids),
+            "dataset_samples": len(db.sample_ids(spec.name)),
+        }
+        if out.report is not None:
+            rep = out.report
+            meta.update(added=rep.added, updated=rep.updated, skipped=len(rep.skipped))
+            if rep.skipped:
+                context.log.warning(
+                    "batch %r: skipped %d unreadable or invalid files: %s",
+                    batch,
+                    len(rep.skipped),
+                    "; ".join(map(str, rep.skipped[:5])),
+                )
+                meta["skipped_files"] = dg.MetadataValue.json([str(r) for r in rep.skipped[:200]])
+        else:
+            context.log.warning(
+                "batch %r left the inbox: %d samples removed", batch, len(out.removed_ids)
+            )
+        version = db.data_version(spec.name, out.sample_ids) if out.sample_ids else "removed"
+        return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(version))
+
+    return _batch
+
+
+def build_embeddings_asset(spec: EmbeddingsSpec, incremental: bool = False) -> dg.AssetsDefinition:
+    """``<dataset>/embeddings/<key>``: vectors from a model, an array, a column or a key.
+
+    ``incremental``: partitioned by batch; a partition embeds only its batch's samples.
+    """
     deps = [samples_key(spec.dataset)]
     if spec.source == "key":
         deps.append(embeddings_key(spec.dataset, spec.from_key))
@@ -128,6 +194,7 @@ def build_embeddings_asset(spec: EmbeddingsSpec) -> dg.AssetsDefinition:
         key=embeddings_key(spec.dataset, spec.key),
         deps=deps,
         group_name=spec.dataset,
+        partitions_def=batch_partitions(spec.dataset) if incremental else None,
         code_version=code_version("embeddings", spec.spec_hash()),
         description=f"Embeddings {spec.key!r} of {spec.dataset!r} ({spec.source} source"
         + (f", patches of {spec.patches_field!r}" if spec.patches_field else "")
@@ -143,17 +210,22 @@ def build_embeddings_asset(spec: EmbeddingsSpec) -> dg.AssetsDefinition:
     ):
         db = store.get()
         run_spec = with_overrides(spec, config.model_copy(update={"device": None}))
-        emb = compute_embeddings(
-            run_spec,
-            db,
-            embedder=embedder
-            if config.device is None
-            else embedder.model_copy(update={"device": config.device}),
-            run_id=context.run_id,
-            log=context.log,
-        )
+        if config.device is not None:
+            embedder = embedder.model_copy(update={"device": config.device})
+        batch_meta: dict[str, Any] = {}
+        if context.has_partition_key:
+            batch = db.batch_sample_ids(spec.dataset, context.partition_key)
+            emb = update_embeddings(
+                run_spec, db, batch, embedder=embedder, run_id=context.run_id, log=context.log
+            )
+            batch_meta = {"batch": context.partition_key, "batch_vectors": len(batch)}
+        else:
+            emb = compute_embeddings(
+                run_spec, db, embedder=embedder, run_id=context.run_id, log=context.log
+            )
         return dg.MaterializeResult(
             metadata={
+                **batch_meta,
                 "dagster/row_count": len(emb.sample_ids),
                 "model": emb.model or "",
                 "model_hash": emb.model_hash or "",
@@ -438,8 +510,12 @@ KIND_ASSETS: dict[str, KindAsset] = {
 }
 
 
-def build_brain_asset(spec: BrainRunSpec) -> dg.AssetsDefinition:
-    """``<dataset>/brain/<brain_key>``: one brain run, with typed launch-time config."""
+def build_brain_asset(spec: BrainRunSpec, incremental: bool = False) -> dg.AssetsDefinition:
+    """``<dataset>/brain/<brain_key>``: one brain run, with typed launch-time config.
+
+    ``incremental``: a similarity index is partitioned by batch (each partition adds its batch
+    with ``add_to_index``); other kinds score the whole dataset and refresh eagerly.
+    """
     kind = spec.kind  # type: ignore[attr-defined]
     if kind not in KIND_ASSETS:
         raise ValueError(f"brain key {spec.brain_key!r}: no asset for kind {kind!r}")
@@ -451,13 +527,20 @@ def build_brain_asset(spec: BrainRunSpec) -> dg.AssetsDefinition:
 
     def _compute(context: dg.AssetExecutionContext, config):
         db = context.resources.store.get()
+        kwargs = info.run_kwargs(spec, context.resources)
+        if context.has_partition_key:
+            from dagster_brain.similarity.compute import SampleChange
+
+            kwargs["change"] = SampleChange(
+                db.batch_sample_ids(spec.dataset, context.partition_key)
+            )
         try:
             outcome = run_brain(
                 with_overrides(spec, config),
                 db,
                 run_id=context.run_id,
                 log=context.log,
-                **info.run_kwargs(spec, context.resources),
+                **kwargs,
             )
         except BackendUnavailable as err:  # transient: retried, the previous results stay
             raise dg.RetryRequested(max_retries=2, seconds_to_wait=5) from err
@@ -483,4 +566,8 @@ def build_brain_asset(spec: BrainRunSpec) -> dg.AssetsDefinition:
         tags={"brain/kind": kind},
         metadata={"brain_key": spec.brain_key, "method_version": METHOD_VERSIONS[kind]},
         required_resource_keys={"store", *info.resources(spec)},
+        partitions_def=batch_partitions(spec.dataset) if incremental and is_batched(kind) else None,
+        automation_condition=(
+            dg.AutomationCondition.eager() if incremental and not is_batched(kind) else None
+        ),
     )(_compute)

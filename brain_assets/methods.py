@@ -188,20 +188,30 @@ def run_similarity(
     artifacts: list[dict[str, Any]] | None = None,
     params: dict[str, Any] | None = None,
     overwrite: bool = True,
+    change: Any = None,
 ) -> RunOutcome:
-    """``compute_similarity``: index an embeddings key on a backend (see similarity.compute)."""
-    from dagster_brain.similarity.compute import build_index
+    """``compute_similarity``: index an embeddings key on a backend (see similarity.compute).
 
-    index, record, members = build_index(
-        spec,
-        store,
-        run_id=run_id,
-        log=log,
-        ids=ids,
-        params=params,
-        overwrite=overwrite,
-        artifacts=artifacts,
-    )
+    With ``change`` (a :class:`~dagster_brain.similarity.compute.SampleChange`) the existing
+    index is updated in place for those samples instead of rebuilt.
+    """
+    from dagster_brain.similarity.compute import build_index, update_index
+
+    if change is not None:
+        index, record, members = update_index(
+            spec, store, change, run_id=run_id, log=log, params=params, artifacts=artifacts
+        )
+    else:
+        index, record, members = build_index(
+            spec,
+            store,
+            run_id=run_id,
+            log=log,
+            ids=ids,
+            params=params,
+            overwrite=overwrite,
+            artifacts=artifacts,
+        )
     index.close()
     cfg = index.config
     summary = {

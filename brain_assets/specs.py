@@ -77,8 +77,37 @@ class CocoSource(_Spec):
     skip_bad: bool = False
 
 
+class InboxSource(_Spec):
+    """A folder that receives batches: each sub-folder of images (``layout: image_folder``) or
+    each manifest file (``layout: manifest``) directly inside it is one batch.
+
+    Every batch becomes a dynamic partition of the dataset's samples, embeddings and
+    similarity indexes; a sensor registers new, changed and removed batches (see
+    ``dagster_brain.sensors.inbox``). A batch is taken once nothing in it changed for
+    ``settle_seconds`` or it holds a ``_SUCCESS`` file. Unreadable images are skipped and
+    listed, never fatal, unless ``skip_bad`` is false.
+    """
+
+    type: Literal["inbox"]
+    path: str
+    layout: Literal["image_folder", "manifest"] = "image_folder"
+    settle_seconds: float = Field(default=30.0, ge=0)
+    label_field: str | None = Field(default="ground_truth", pattern=NAME)
+    # manifest layout: the same columns as a manifest source
+    id_column: str = "id"
+    filepath_column: str = "filepath"
+    label_column: str | None = None
+    prediction_column: str | None = None
+    confidence_column: str | None = None
+    logits_column: str | None = None
+    classes: list[str] | None = None
+    prediction_field: str = Field(default="predictions", pattern=NAME)
+    skip_bad: bool = True
+
+
 Source = Annotated[
-    DemoSource | ImageFolderSource | ManifestSource | CocoSource, Field(discriminator="type")
+    DemoSource | ImageFolderSource | ManifestSource | CocoSource | InboxSource,
+    Field(discriminator="type"),
 ]
 
 
@@ -87,6 +116,11 @@ class DatasetSpec(_Spec):
 
     name: str = Field(pattern=NAME, max_length=63)
     source: Source
+
+    @property
+    def incremental(self) -> bool:
+        """Whether samples arrive in batches (one dynamic partition per batch)."""
+        return self.source.type == "inbox"
 
 
 # -- embeddings ----------------------------------------------------------------------------

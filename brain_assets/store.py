@@ -203,7 +203,7 @@ def vectors_to_arrow(vectors: np.ndarray) -> pa.Array:
     """An (n, d) float32 array as an Arrow list column without a Python loop."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
-    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * d)
     return pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1)))
 
 
@@ -224,6 +224,33 @@ def hash_strings(values: Sequence[str]) -> str:
         h.update(str(v).encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
+
+
+def rows_digest(ids: Sequence[str], vectors: np.ndarray) -> int:
+    """Order-free digest of (id, vector) rows: the sum of 64-bit row hashes, modulo 2**64.
+
+    Adding or removing rows changes it by their own hashes only, so an embeddings key's data
+    version can be kept current without reading the vectors it keeps.
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    total = 0
+    for i, row in zip(ids, vectors, strict=True):
+        h = hashlib.blake2b(str(i).encode() + b"\0" + row.tobytes(), digest_size=8)
+        total += int.from_bytes(h.digest(), "little")
+    return total % (1 << 64)
+
+
+def embeddings_version(count: int, digest: int) -> str:
+    """An embeddings key's data version from its row count and :func:`rows_digest`."""
+    return f"{count}-{digest:016x}"
+
+
+def _parse_embeddings_version(version: str | None) -> tuple[int, int] | None:
+    try:
+        count, digest = str(version).split("-")
+        return int(count), int(digest, 16)
+    except ValueError:
+        return None
 
 
 def extra_table_name(dataset: str, brain_key: str, name: str) -> str:
@@ -455,6 +482,75 @@ class Store:
             ).fetchall()
         return [r[0] for r in rows]
 
+    def batch_sample_ids(self, dataset: str, batch: str) -> list[str]:
+        """Sample ids of one ingest batch, sorted."""
+        rows = self.query(
+            "SELECT sample_id FROM samples WHERE dataset = ? AND batch = ? ORDER BY 1",
+            [dataset, batch],
+        )
+        return rows["sample_id"].tolist()
+
+    def sample_batches(self, dataset: str, ids: Sequence[str]) -> dict[str, str | None]:
+        """The batch of each of these samples that exists (unknown ids are left out)."""
+        if dataset not in self.list_datasets():
+            return {}
+        with self.connect() as conn:
+            conn.register("want", pd.DataFrame({"sample_id": list(ids)}, dtype=object))
+            rows = conn.execute(
+                "SELECT sample_id, batch FROM samples JOIN want USING (sample_id) "
+                "WHERE dataset = ?",
+                [dataset],
+            ).fetchall()
+        return dict(rows)
+
+    def delete_samples(self, dataset: str, ids: Sequence[str]) -> int:
+        """Remove samples with their labels and vectors (every embeddings key), in one
+        transaction; returns how many samples were removed. Brain results that cover them
+        keep them until those runs are refreshed.
+        """
+        ids = sorted(set(ids))
+        if not ids or dataset not in self.list_datasets():
+            return 0
+        sets = self.embedding_sets(dataset)
+        leaving = {k: self.read_embeddings(dataset, k, ids=ids) for k in sets["embeddings_key"]}
+        with self.transaction() as conn:
+            conn.register("gone", pd.DataFrame({"sample_id": ids}, dtype=object))
+            n = conn.execute(
+                "SELECT count(*) FROM samples WHERE dataset = ? AND sample_id IN "
+                "(SELECT sample_id FROM gone)",
+                [dataset],
+            ).fetchone()[0]
+            for table in ("samples", "labels", "embeddings"):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE dataset = ? AND sample_id IN "
+                    "(SELECT sample_id FROM gone)",
+                    [dataset],
+                )
+            for _, meta in sets.iterrows():
+                key, old = meta["embeddings_key"], leaving[meta["embeddings_key"]]
+                if not old.ids:
+                    continue
+                parsed = _parse_embeddings_version(meta["data_version"])
+                count = int(meta["count"]) - len(old.ids)
+                version = (
+                    embeddings_version(
+                        count, (parsed[1] - rows_digest(old.ids, old.vectors)) % (1 << 64)
+                    )
+                    if parsed is not None
+                    else None
+                )
+                conn.execute(
+                    "UPDATE embedding_sets SET count = ?, data_version = ? "
+                    "WHERE dataset = ? AND embeddings_key = ?",
+                    [count, version, dataset, key],
+                )
+                self._mirror_embeddings(conn, dataset, key)
+            self._mirror(conn, dataset, "samples", "SELECT * FROM samples WHERE dataset = ?")
+        for _, meta in sets.iterrows():
+            if _parse_embeddings_version(meta["data_version"]) is None:
+                self._restamp_embeddings(dataset, meta["embeddings_key"])
+        return int(n)
+
     def label_fields(self, dataset: str) -> pd.DataFrame:
         """(field, kind, classes) of every label field of a dataset."""
         return self.query(
@@ -491,21 +587,15 @@ class Store:
 
     # -- embeddings -----------------------------------------------------------------------
 
-    def write_embeddings(
+    def _embedding_rows(
         self,
         dataset: str,
         key: str,
         sample_ids: Sequence[str],
         vectors: np.ndarray,
-        *,
-        label_ids: Sequence[str] | None = None,
-        model: str | None = None,
-        model_hash: str | None = None,
-        source: str = "model",
-        patches_field: str | None = None,
-        run_id: str | None = None,
-    ) -> EmbeddingSet:
-        """Replace an embeddings key with these vectors, in one transaction."""
+        label_ids: Sequence[str] | None,
+    ) -> tuple[np.ndarray, list[str], pa.Table]:
+        """Validated (vectors, item ids, Arrow rows) for an embeddings key."""
         self.require_dataset(dataset)
         check_name(key, "embeddings key")
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -520,8 +610,7 @@ class Store:
             bad = int(np.flatnonzero(~finite)[0])
             who = label_ids[bad] if label_ids is not None else sample_ids[bad]
             raise StoreError(f"embeddings key {key!r}: non-finite vector for {who!r}")
-        known = set(self.sample_ids(dataset))
-        unknown = [s for s in sample_ids if s not in known]
+        unknown = sorted(set(sample_ids) - set(self.sample_ids(dataset)))
         if unknown:
             raise StoreError(
                 f"embeddings key {key!r}: {len(unknown)} vectors for unknown samples of "
@@ -542,7 +631,34 @@ class Store:
                 "vector": vectors_to_arrow(vectors),
             }
         )
-        version = hash_strings(ids) + hashlib.sha256(vectors.tobytes()).hexdigest()[:16]
+        return vectors, ids, table
+
+    def _mirror_embeddings(self, conn, dataset: str, key: str) -> None:
+        self._mirror(
+            conn,
+            dataset,
+            f"embeddings/{key}",
+            "SELECT sample_id, label_id, vector FROM embeddings WHERE dataset = ? "
+            f"AND embeddings_key = '{key}'",
+        )
+
+    def write_embeddings(
+        self,
+        dataset: str,
+        key: str,
+        sample_ids: Sequence[str],
+        vectors: np.ndarray,
+        *,
+        label_ids: Sequence[str] | None = None,
+        model: str | None = None,
+        model_hash: str | None = None,
+        source: str = "model",
+        patches_field: str | None = None,
+        run_id: str | None = None,
+    ) -> EmbeddingSet:
+        """Replace an embeddings key with these vectors, in one transaction."""
+        vectors, ids, table = self._embedding_rows(dataset, key, sample_ids, vectors, label_ids)
+        version = embeddings_version(len(ids), rows_digest(ids, vectors))
         with self.transaction() as conn:
             conn.execute(
                 "DELETE FROM embeddings WHERE dataset = ? AND embeddings_key = ?", [dataset, key]
@@ -565,14 +681,120 @@ class Store:
                     utcnow(),
                 ],
             )
-            self._mirror(
-                conn,
-                dataset,
-                f"embeddings/{key}",
-                "SELECT sample_id, label_id, vector FROM embeddings WHERE dataset = ? "
-                f"AND embeddings_key = '{key}'",
-            )
+            self._mirror_embeddings(conn, dataset, key)
         return self.read_embeddings(dataset, key)
+
+    def update_embeddings(
+        self,
+        dataset: str,
+        key: str,
+        sample_ids: Sequence[str],
+        vectors: np.ndarray,
+        *,
+        label_ids: Sequence[str] | None = None,
+        model: str | None = None,
+        model_hash: str | None = None,
+        source: str = "model",
+        patches_field: str | None = None,
+        run_id: str | None = None,
+        drop_samples: Sequence[str] = (),
+    ) -> EmbeddingSet:
+        """Replace the vectors of these samples (and drop those of ``drop_samples``), keeping
+        the rest of the key, in one transaction; a key that does not exist yet is created.
+
+        The vectors must come from the key's model, dimension and patches field: a key cannot
+        mix models. The data version is updated from the changed rows alone.
+        """
+        sets = self.embedding_sets(dataset) if dataset in self.list_datasets() else None
+        empty = sets is None or not (sets["embeddings_key"] == key).any()
+        empty = empty or int(sets.loc[sets["embeddings_key"] == key, "count"].iloc[0]) == 0
+        if empty:  # nothing to keep: this is the whole key
+            return self.write_embeddings(
+                dataset,
+                key,
+                sample_ids,
+                vectors,
+                label_ids=label_ids,
+                model=model,
+                model_hash=model_hash,
+                source=source,
+                patches_field=patches_field,
+                run_id=run_id,
+            )
+        meta = sets[sets["embeddings_key"] == key].iloc[0]
+        if len(sample_ids):
+            vectors, ids, table = self._embedding_rows(dataset, key, sample_ids, vectors, label_ids)
+        else:  # only dropping rows
+            vectors, ids, table = np.zeros((0, int(meta["dim"])), np.float32), [], None
+        old = {
+            "model": meta["model"] if isinstance(meta["model"], str) else None,
+            "patches_field": (
+                meta["patches_field"] if isinstance(meta["patches_field"], str) else None
+            ),
+        }
+        for what, value in (("model", model), ("patches_field", patches_field)):
+            if value != old[what] and len(ids):
+                raise StoreError(
+                    f"embeddings key {key!r} of {dataset!r} holds vectors with {what} "
+                    f"{old[what]!r}; these have {value!r}: recompute the whole key instead"
+                )
+        if len(ids) and int(meta["dim"]) and vectors.shape[1] != int(meta["dim"]):
+            raise StoreError(
+                f"embeddings key {key!r} of {dataset!r} holds {int(meta['dim'])}-d vectors; "
+                f"these are {vectors.shape[1]}-d (sample {sample_ids[0]!r})"
+            )
+        touched = sorted(set(sample_ids) | set(drop_samples))
+        leaving = self.read_embeddings(dataset, key, ids=touched)
+        parsed = _parse_embeddings_version(meta["data_version"])
+        with self.transaction() as conn:
+            conn.register("touched", pd.DataFrame({"sample_id": touched}, dtype=object))
+            conn.execute(
+                "DELETE FROM embeddings WHERE dataset = ? AND embeddings_key = ? AND sample_id IN "
+                "(SELECT sample_id FROM touched)",
+                [dataset, key],
+            )
+            if table is not None:
+                conn.register("new_vectors", table)
+                conn.execute("INSERT INTO embeddings SELECT * FROM new_vectors")
+            count = conn.execute(
+                "SELECT count(*) FROM embeddings WHERE dataset = ? AND embeddings_key = ?",
+                [dataset, key],
+            ).fetchone()[0]
+            if parsed is None:  # a version from before row digests: recompute it once
+                version = None
+            else:
+                digest = parsed[1] - rows_digest(leaving.ids, leaving.vectors)
+                version = embeddings_version(
+                    count, (digest + rows_digest(ids, vectors)) % (1 << 64)
+                )
+            conn.execute(
+                "UPDATE embedding_sets SET count = ?, data_version = ?, run_id = ?, "
+                "created_at = ?, dim = CASE WHEN dim = 0 THEN ? ELSE dim END "
+                "WHERE dataset = ? AND embeddings_key = ?",
+                [
+                    count,
+                    version,
+                    run_id,
+                    utcnow(),
+                    int(vectors.shape[1]) if vectors.size else 0,
+                    dataset,
+                    key,
+                ],
+            )
+            self._mirror_embeddings(conn, dataset, key)
+        if parsed is None:
+            self._restamp_embeddings(dataset, key)
+        return self.read_embeddings(dataset, key)
+
+    def _restamp_embeddings(self, dataset: str, key: str) -> None:
+        emb = self.read_embeddings(dataset, key)
+        version = embeddings_version(len(emb.ids), rows_digest(emb.ids, emb.vectors))
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE embedding_sets SET data_version = ? WHERE dataset = ? "
+                "AND embeddings_key = ?",
+                [version, dataset, key],
+            )
 
     def embedding_sets(self, dataset: str) -> pd.DataFrame:
         """One row per embeddings key of a dataset."""

@@ -89,6 +89,7 @@ class IngestReport:
     label_fields: dict[str, int] = field(default_factory=dict)
     embeddings_keys: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    sample_ids: list[str] = field(default_factory=list)  # the samples written
 
     def summary(self, max_skipped: int = 10) -> str:
         """A few lines of text for the CLI and logs."""

@@ -67,10 +67,12 @@ def ingest_image_folder(
     batch: str | None = None,
     recursive: bool = True,
     skip_bad: bool = False,
+    id_prefix: str = "",
 ) -> IngestReport:
     """Add every image under ``root`` as a sample; class sub-folders become classifications.
 
-    The sample id is the path relative to ``root`` (POSIX, without extension). When
+    The sample id is ``id_prefix`` + the path relative to ``root`` (POSIX, without
+    extension). When
     ``label_field`` is set and every image sits inside a sub-folder, the first sub-folder name
     is the image's class; a folder mixing loose images and sub-folders gets no labels.
     """
@@ -97,7 +99,7 @@ def ingest_image_folder(
     first_file: dict[str, str] = {}
     samples, labels = [], []
     for path, rel in zip(files, rels, strict=True):
-        sample_id = str(rel.with_suffix(""))
+        sample_id = id_prefix + str(rel.with_suffix(""))
         if sample_id in first_file:
             policy.reject(
                 IngestError(

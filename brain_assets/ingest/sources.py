@@ -15,6 +15,7 @@ from dagster_brain.specs import (
     DatasetSpec,
     DemoSource,
     ImageFolderSource,
+    InboxSource,
     ManifestSource,
 )
 from dagster_brain.store import Store
@@ -22,7 +23,7 @@ from dagster_brain.store import Store
 _LOG = logging.getLogger("dagster_brain")
 
 
-def _path(value: str, base: Path) -> Path:
+def data_path(value: str, base: Path) -> Path:
     """A path from the YAML: absolute, ``~``, or relative to the store's data directory."""
     p = Path(value).expanduser()
     return p if p.is_absolute() else base / p
@@ -42,7 +43,7 @@ def ingest_dataset(store: Store, spec: DatasetSpec, log: Any = _LOG) -> IngestRe
         report = ingest_image_folder(
             store,
             spec.name,
-            _path(src.path, base),
+            data_path(src.path, base),
             label_field=src.label_field,
             skip_bad=src.skip_bad,
         )
@@ -50,7 +51,7 @@ def ingest_dataset(store: Store, spec: DatasetSpec, log: Any = _LOG) -> IngestRe
         report = ingest_manifest(
             store,
             spec.name,
-            _path(src.path, base),
+            data_path(src.path, base),
             id_column=src.id_column,
             filepath_column=src.filepath_column,
             label_column=src.label_column,
@@ -63,14 +64,19 @@ def ingest_dataset(store: Store, spec: DatasetSpec, log: Any = _LOG) -> IngestRe
             prediction_field=src.prediction_field,
             skip_bad=src.skip_bad,
         )
+    elif isinstance(src, InboxSource):
+        raise ValueError(
+            f"dataset {spec.name!r} takes its samples batch by batch from its inbox "
+            "(dagster_brain.ingest.inbox.ingest_batch), not in one ingest"
+        )
     elif isinstance(src, CocoSource):
         report = ingest_coco(
             store,
             spec.name,
-            _path(src.annotations, base),
-            images_dir=_path(src.images_dir, base) if src.images_dir else None,
+            data_path(src.annotations, base),
+            images_dir=data_path(src.images_dir, base) if src.images_dir else None,
             label_field=src.label_field,
-            predictions_json=_path(src.predictions, base) if src.predictions else None,
+            predictions_json=data_path(src.predictions, base) if src.predictions else None,
             prediction_field=src.prediction_field,
             skip_bad=src.skip_bad,
         )

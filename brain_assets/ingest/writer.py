@@ -129,6 +129,7 @@ def commit(
     )
     for key, (ids, vectors, source) in merged.items():
         store.write_embeddings(dataset, key, ids, vectors, source=source, model=None)
+    report.sample_ids = [s["sample_id"] for s in samples]
     report.added = sum(s["sample_id"] not in before for s in samples)
     report.updated = len(samples) - report.added
     report.label_fields.update({f: len(r.rows) for f, r in labels.items()})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -171,6 +172,102 @@ def build_index(
     index = SimilarityIndex(
         store, spec.dataset, spec.brain_key, index_cfg, backend, members, record=record
     )
+    return index, record, members
+
+
+@dataclass(frozen=True)
+class SampleChange:
+    """Samples whose vectors changed (re-read from the key) and samples that left."""
+
+    sample_ids: list[str]
+    dropped: list[str] = field(default_factory=list)
+
+
+def _key_lineage(store: Store, dataset: str, key: str) -> dict[str, Any]:
+    """What a run records about an embeddings key, without reading its vectors."""
+    sets = store.embedding_sets(dataset)
+    row = sets[sets["embeddings_key"] == key].iloc[0]
+    text = {c: (row[c] if isinstance(row[c], str) else None) for c in row.index}
+    return {
+        "key": key,
+        "model": text["model"],
+        "model_hash": text["model_hash"],
+        "data_version": text["data_version"],
+        "patches_field": text["patches_field"],
+    }
+
+
+def update_index(
+    spec: SimilaritySpec,
+    store: Store,
+    change: SampleChange,
+    *,
+    run_id: str | None = None,
+    log: Any = _LOG,
+    params: dict[str, Any] | None = None,
+    artifacts: list[dict[str, Any]] | None = None,
+) -> tuple[SimilarityIndex, BrainRunRecord, pd.DataFrame]:
+    """Bring an existing index in line with changed samples by ``add_to_index`` and
+    ``remove_from_index`` (no rebuild), then commit the run's new membership and lineage.
+
+    Samples of the index that are no longer in the dataset leave it too. Without a run for the
+    brain key, or with one made from another config or dimension, the index is built instead.
+    A failure between the backend writes and the commit leaves extra vectors that the next
+    update of the same samples overwrites (writes are upserts by id).
+    """
+    from dagster_brain.methods import new_record
+
+    existing = store.get_run(spec.dataset, spec.brain_key, missing_ok=True)
+    rebuild = (
+        existing is None
+        or existing.kind != "similarity"
+        or existing.config.get("spec") != spec.model_dump(mode="json")
+    )
+    emb = store.read_embeddings(spec.dataset, spec.embeddings, ids=change.sample_ids)
+    if not rebuild:
+        index = load_index(store, spec.dataset, spec.brain_key, params)
+        rebuild = len(emb.ids) > 0 and emb.dim != index.config.dim
+        if rebuild:
+            index.close()
+    if rebuild:
+        log.info("%s: no index to update (or its config changed): building it", spec.brain_key)
+        return build_index(spec, store, run_id=run_id, log=log, params=params, artifacts=artifacts)
+    present = set(store.sample_ids(spec.dataset))
+    stale = set(index.members["sample_id"]) - present
+    with index.deferred_persist():
+        removed = index.remove_from_index(
+            sample_ids=sorted(stale | set(change.dropped) | set(change.sample_ids))
+        )
+        added = (
+            index.add_to_index(emb.vectors, emb.sample_ids, label_ids=emb.label_ids)
+            if emb.ids
+            else 0
+        )
+    members = index.members
+    log.info(
+        "%s: index updated in place: %d vectors removed, %d added, %d in all",
+        spec.brain_key,
+        removed,
+        added,
+        len(members),
+    )
+    record = new_record(
+        spec,
+        store,
+        method=index.config.backend,
+        sample_ids=members["sample_id"].tolist(),
+        label_ids=members["label_id"].tolist() if index.is_patches else None,
+        run_id=run_id,
+        upstream={
+            "embeddings": _key_lineage(store, spec.dataset, spec.embeddings),
+            "backend": index.backend.describe(),
+            "update": {"added": added, "removed": removed},
+        },
+        artifacts=artifacts if artifacts is not None else existing.artifacts,
+        packages=(_sdk(index.config.backend),),
+        config=existing.config,
+    )
+    store.commit_run(record, members, event="updated")
     return index, record, members
 
 

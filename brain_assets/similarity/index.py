@@ -11,7 +11,7 @@ import inspect
 import logging
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,6 +251,7 @@ class SimilarityIndex(DuplicatesMixin):
             else pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
         )
         self._view: list[str] | None = None
+        self._defer_persist = False
         self._last_unique: list[str] | None = None
         self._last_duplicates: Any = None
         self._closed = False
@@ -407,9 +408,18 @@ class SimilarityIndex(DuplicatesMixin):
             self._persist()
         return len(ids)
 
+    @contextlib.contextmanager
+    def deferred_persist(self) -> Iterator[None]:
+        """Several adds and removes, with the membership written by the caller afterwards."""
+        self._defer_persist = True
+        try:
+            yield
+        finally:
+            self._defer_persist = False
+
     def _persist(self) -> None:
         """Write the membership to the run's results table (no-op before the run exists)."""
-        if self._record is None:
+        if self._record is None or self._defer_persist:
             return
         self._record.sample_ids = sorted(set(self._members["sample_id"]))
         self._record.label_ids = self._members["label_id"].tolist() if self.is_patches else None

@@ -1,0 +1,206 @@
+"""Batches in an inbox folder: what is there, whether it is complete, and ingesting one.
+
+A batch is a sub-folder of images (``image_folder`` layout) or a manifest file (``manifest``
+layout) directly inside the inbox. Its name is the dynamic partition key; its fingerprint
+(names, sizes and modification times of its files) tells a changed batch from a seen one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dagster_brain.ingest.errors import IngestError, IngestReport
+from dagster_brain.ingest.image_folder import ingest_image_folder
+from dagster_brain.ingest.manifest import ingest_manifest
+from dagster_brain.specs import DatasetSpec, InboxSource
+from dagster_brain.store import Store
+
+BATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MANIFEST_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson")
+READY_MARKER = "_SUCCESS"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch found in the inbox."""
+
+    name: str
+    path: Path
+    fingerprint: str
+    newest_mtime: float
+    marked_ready: bool
+
+    def is_ready(self, settle_seconds: float, now: float | None = None) -> bool:
+        """Complete: marked with ``_SUCCESS`` or unchanged for ``settle_seconds``."""
+        now = time.time() if now is None else now
+        return self.marked_ready or now - self.newest_mtime >= settle_seconds
+
+
+@dataclass
+class InboxListing:
+    """The batches of an inbox, and the entries that cannot be batches (with why)."""
+
+    batches: dict[str, Batch] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
+
+
+def _fingerprint(path: Path) -> tuple[str, float, bool]:
+    digest = hashlib.sha256()
+    newest = path.stat().st_mtime
+    ready = False
+    for f in _files(path):
+        st = f.stat()
+        rel = f.name if path.is_file() else f.relative_to(path).as_posix()
+        ready = ready or rel == READY_MARKER
+        digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        newest = max(newest, st.st_mtime)
+    return digest.hexdigest()[:16], newest, ready
+
+
+def batch_path(source: InboxSource, root: Path, name: str) -> Path | None:
+    """Where batch ``name`` lives in the inbox now, or ``None`` if it is gone."""
+    if source.layout == "image_folder":
+        p = root / name
+        return p if p.is_dir() else None
+    found = [root / f"{name}{s}" for s in MANIFEST_SUFFIXES if (root / f"{name}{s}").is_file()]
+    return found[0] if found else None
+
+
+def list_batches(source: InboxSource, root: Path) -> InboxListing:
+    """Every batch in the inbox ``root`` (missing folder: none)."""
+    listing = InboxListing()
+    if not root.is_dir():
+        return listing
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith((".", "_")):
+            continue
+        if source.layout == "image_folder":
+            if not entry.is_dir():
+                continue
+            name = entry.name
+        else:
+            if not entry.is_file() or entry.suffix.lower() not in MANIFEST_SUFFIXES:
+                continue
+            name = entry.stem
+        if not BATCH_NAME.match(name):
+            listing.rejected[entry.name] = (
+                "a batch name is letters, digits, '.', '_' or '-' (at most 100), starting with "
+                "a letter or digit"
+            )
+            continue
+        if name in listing.batches:
+            listing.rejected[entry.name] = f"two manifests for batch {name!r}"
+            continue
+        fp, newest, ready = _fingerprint(entry)
+        listing.batches[name] = Batch(name, entry, fp, newest, ready)
+    return listing
+
+
+@dataclass
+class BatchReport:
+    """What ingesting (or removing) one batch did."""
+
+    batch: str
+    fingerprint: str | None
+    sample_ids: list[str]
+    removed_ids: list[str]
+    report: IngestReport | None
+
+    @property
+    def removed_batch(self) -> bool:
+        """The batch is gone from the inbox: its samples were removed."""
+        return self.fingerprint is None
+
+
+def _id_prefix(batch: str) -> str:
+    return f"{batch}/"
+
+
+def ingest_batch(
+    store: Store, spec: DatasetSpec, root: Path, batch: str, log: Any = None
+) -> BatchReport:
+    """Bring the store in line with batch ``batch`` of the inbox.
+
+    New and changed images are upserted (sample ids ``<batch>/<path in the batch>`` for
+    image folders; the manifest's ids otherwise), samples the batch no longer holds are
+    removed with their labels and vectors, and a batch that left the inbox takes all its
+    samples with it. A manifest id that already belongs to another batch is refused.
+    """
+    source = spec.source
+    if not isinstance(source, InboxSource):
+        raise TypeError(f"dataset {spec.name!r} has no inbox source")
+    store.create_dataset(spec.name)
+    before = store.batch_sample_ids(spec.name, batch)
+    path = batch_path(source, root, batch)
+    if path is None:
+        store.delete_samples(spec.name, before)
+        return BatchReport(batch, None, [], before, None)
+    fingerprint, _, _ = _fingerprint(path)
+    if source.layout == "image_folder":
+        report = ingest_image_folder(
+            store,
+            spec.name,
+            path,
+            label_field=source.label_field,
+            batch=batch,
+            id_prefix=_id_prefix(batch),
+            skip_bad=source.skip_bad,
+        )
+    else:
+        _refuse_foreign_ids(store, spec.name, batch, path, source)
+        report = ingest_manifest(
+            store,
+            spec.name,
+            path,
+            id_column=source.id_column,
+            filepath_column=source.filepath_column,
+            label_column=source.label_column,
+            prediction_column=source.prediction_column,
+            confidence_column=source.confidence_column,
+            logits_column=source.logits_column,
+            classes=source.classes,
+            label_field=source.label_field or "ground_truth",
+            prediction_field=source.prediction_field,
+            batch=batch,
+            skip_bad=source.skip_bad,
+        )
+    now = set(store.batch_sample_ids(spec.name, batch))
+    written = set(report.sample_ids)
+    gone = sorted(set(before) - written)
+    store.delete_samples(spec.name, gone)
+    return BatchReport(batch, fingerprint, sorted(now - set(gone)), gone, report)
+
+
+def _refuse_foreign_ids(
+    store: Store, dataset: str, batch: str, path: Path, source: InboxSource
+) -> None:
+    from dagster_brain.embeddings import read_table
+
+    ids = read_table(path)
+    if source.id_column not in ids:
+        return  # the manifest importer names the missing column
+    owners = store.sample_batches(dataset, ids[source.id_column].astype(str).tolist())
+    foreign = {s: b for s, b in owners.items() if b != batch}
+    if foreign:
+        sid, other = next(iter(sorted(foreign.items())))
+        raise IngestError(
+            f"{len(foreign)} sample ids of batch {batch!r} already belong to another batch, "
+            f"e.g. {sid!r} (batch {other!r}); ids must be unique across batches",
+            file=path.name,
+            sample_id=sid,
+        )

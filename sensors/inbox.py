@@ -1,0 +1,174 @@
+"""The inbox sensor: new, changed and removed batches become partition runs.
+
+The cursor maps each batch taken to its fingerprint, and counts each batch's removals. Dagster
+stores it together with the tick's run requests and new partitions, so a sensor stopped
+mid-tick stores nothing and its next tick plans the same runs again; each run request carries
+``<batch>@<fingerprint>#<removals>`` as its run key, which Dagster launches once (a batch
+removed and dropped in again gets a new key). If the cursor is lost, it is rebuilt from what
+the batch partitions recorded when they were materialised, so no batch is taken twice.
+"""
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from dagster_brain.factory import batch_partitions, samples_key
+from dagster_brain.ingest.inbox import InboxListing, list_batches
+from dagster_brain.ingest.sources import data_path
+from dagster_brain.resources.store import BrainStoreResource
+from dagster_brain.specs import DatasetSpec
+
+REMOVED = "removed"
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    """One run to request: the batch, why, and the content it is for."""
+
+    batch: str
+    event: str  # added | changed | removed
+    fingerprint: str
+    epoch: int = 0  # removals of this batch before
+
+    @property
+    def run_key(self) -> str:
+        """Unique per batch content and removal count: the same content is run once."""
+        return f"{self.batch}@{self.fingerprint}#{self.epoch}"
+
+
+@dataclass
+class InboxCursor:
+    """Fingerprints of the batches taken, and how often each batch was removed."""
+
+    seen: dict[str, str] = field(default_factory=dict)
+    removals: dict[str, int] = field(default_factory=dict)
+
+    def dumps(self) -> str:
+        return json.dumps({"seen": self.seen, "removals": self.removals}, sort_keys=True)
+
+    @classmethod
+    def loads(cls, text: str) -> "InboxCursor":
+        data = json.loads(text)
+        return cls(dict(data.get("seen", {})), dict(data.get("removals", {})))
+
+
+@dataclass
+class TickPlan:
+    """What one sensor tick does."""
+
+    runs: list[BatchRun] = field(default_factory=list)
+    new_partitions: list[str] = field(default_factory=list)
+    cursor: InboxCursor = field(default_factory=InboxCursor)
+    waiting: list[str] = field(default_factory=list)
+
+
+def plan_tick(
+    listing: InboxListing,
+    cursor: InboxCursor,
+    partitions: set[str],
+    settle_seconds: float,
+    now: float | None = None,
+) -> TickPlan:
+    """Runs for batches that are complete and new or changed, and for batches that left.
+
+    ``partitions`` are the registered partition keys. A batch still being written waits for
+    a later tick.
+    """
+    now = time.time() if now is None else now
+    seen = cursor.seen
+    plan = TickPlan(cursor=InboxCursor(dict(seen), dict(cursor.removals)))
+    for name, batch in sorted(listing.batches.items()):
+        if seen.get(name) == batch.fingerprint:
+            continue
+        if not batch.is_ready(settle_seconds, now):
+            plan.waiting.append(name)
+            continue
+        epoch = cursor.removals.get(name, 0)
+        event = "changed" if name in seen else "added"
+        plan.runs.append(BatchRun(name, event, batch.fingerprint, epoch))
+        plan.cursor.seen[name] = batch.fingerprint
+        if name not in partitions:
+            plan.new_partitions.append(name)
+    for name in sorted(set(seen) - set(listing.batches)):
+        epoch = cursor.removals.get(name, 0)
+        plan.runs.append(BatchRun(name, REMOVED, f"{REMOVED}-{seen[name]}", epoch))
+        del plan.cursor.seen[name]
+        plan.cursor.removals[name] = epoch + 1
+    return plan
+
+
+def recorded_cursor(instance: dg.DagsterInstance, dataset: str) -> InboxCursor:
+    """The cursor as the batch partitions of ``dataset`` recorded it (cursor recovery)."""
+    key = samples_key(dataset)
+    cursor = InboxCursor()
+    for part in instance.get_dynamic_partitions(batch_partitions(dataset).name):
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[part]), limit=1000
+        ).records
+        events = [r.asset_materialization.metadata for r in records]  # newest first
+        removals = sum(1 for m in events if m.get("event") and m["event"].value == REMOVED)
+        if removals:
+            cursor.removals[part] = removals
+        latest = events[0] if events else None
+        if latest is not None and latest.get("fingerprint") and latest["fingerprint"].value:
+            cursor.seen[part] = str(latest["fingerprint"].value)
+    return cursor
+
+
+def build_inbox_sensor(
+    spec: DatasetSpec, job: Any, interval_s: int = 30
+) -> dg.SensorDefinition:
+    """``<dataset>_inbox``: watches the dataset's inbox and requests a run per batch."""
+    source = spec.source
+
+    @dg.sensor(
+        name=f"{spec.name}_inbox",
+        job=job,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"New, changed and removed batches in the inbox of {spec.name!r}",
+    )
+    def _inbox(context: dg.SensorEvaluationContext, store: BrainStoreResource):
+        root = data_path(source.path, Path(store.data_dir))
+        listing = list_batches(source, root)
+        for entry, why in listing.rejected.items():
+            context.log.warning("inbox %s: %s is not a batch: %s", root, entry, why)
+        cursor = (
+            InboxCursor.loads(context.cursor)
+            if context.cursor
+            else recorded_cursor(context.instance, spec.name)
+        )
+        partitions = set(context.instance.get_dynamic_partitions(batch_partitions(spec.name).name))
+        plan = plan_tick(listing, cursor, partitions, source.settle_seconds)
+        requests = [
+            dg.RunRequest(
+                run_key=run.run_key,
+                partition_key=run.batch,
+                tags={"brain/batch": run.batch, "brain/batch_event": run.event},
+            )
+            for run in plan.runs
+        ]
+        dynamic = (
+            [batch_partitions(spec.name).build_add_request(plan.new_partitions)]
+            if plan.new_partitions
+            else []
+        )
+        skip = None
+        if not requests:
+            skip = f"no new batches in {root}" + (
+                f" ({len(plan.waiting)} still being written: {plan.waiting[:5]})"
+                if plan.waiting
+                else ""
+            )
+        return dg.SensorResult(
+            run_requests=requests,
+            dynamic_partitions_requests=dynamic,
+            cursor=plan.cursor.dumps(),
+            skip_reason=skip,
+        )
+
+    return _inbox

@@ -1,0 +1,298 @@
+"""Batches dropped into an inbox: sensor -> partitions -> add_to_index -> eager refresh."""
+
+import os
+import shutil
+
+import dagster as dg
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from dagster_brain.definitions import batch_job_name, build_defs
+from dagster_brain.factory import batch_partitions, brain_key_asset, embeddings_key
+from dagster_brain.ingest.inbox import list_batches
+from dagster_brain.resources.store import BrainStoreResource
+from dagster_brain.sensors.inbox import InboxCursor, plan_tick
+from dagster_brain.similarity.compute import load_index
+from dagster_brain.specs import InboxSource
+from dagster_brain.store import Store
+
+DATASET = "stream"
+
+
+def write_batch(inbox, name, n, seed, bad=0, copy_of=None):
+    """A batch folder of ``n`` random images (+ ``bad`` unreadable files)."""
+    folder = inbox / name
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        arr = rng.integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"img{i}.png")
+    for i in range(bad):
+        (folder / f"broken{i}.png").write_bytes(b"not an image")
+    if copy_of is not None:
+        shutil.copy(copy_of, folder / "copy.png")
+    return folder
+
+
+@pytest.fixture
+def project(tmp_path):
+    data = tmp_path / "data"
+    (data / "inbox").mkdir(parents=True)
+    keys = tmp_path / "brain_keys.yaml"
+    keys.write_text(
+        yaml.safe_dump(
+            {
+                "datasets": [
+                    {
+                        "name": DATASET,
+                        "source": {"type": "inbox", "path": "inbox", "settle_seconds": 0},
+                    }
+                ],
+                "embeddings": [
+                    {"key": "default", "dataset": DATASET, "num_workers": 0, "batch_size": 8}
+                ],
+                "brain_runs": [
+                    {
+                        "brain_key": "sim",
+                        "kind": "similarity",
+                        "dataset": DATASET,
+                        "embeddings": "default",
+                    },
+                    {
+                        "brain_key": "uniqueness",
+                        "kind": "uniqueness",
+                        "dataset": DATASET,
+                        "embeddings": "default",
+                    },
+                    {
+                        "brain_key": "dups",
+                        "kind": "duplicates",
+                        "dataset": DATASET,
+                        "similarity": "sim",
+                        "verify": True,
+                    },
+                ],
+            }
+        )
+    )
+    defs = build_defs(keys, data)
+    with dg.instance_for_test() as instance:
+        yield defs, instance, data, Store(data)
+
+
+class Inbox:
+    """Drives the sensor the way the daemon does: tick, register partitions, launch runs."""
+
+    def __init__(self, defs, instance, data):
+        self.defs, self.instance, self.data = defs, instance, data
+        self.sensor = defs.resolve_sensor_def(f"{DATASET}_inbox")
+        self.job = defs.resolve_job_def(batch_job_name(DATASET))
+        self.cursor = None
+        self.run_keys: list[str] = []
+        self.automation_cursor = None
+        self.refresh()  # the automation daemon's first evaluation, on an empty inbox
+
+    def tick(self, cursor=...):
+        ctx = dg.build_sensor_context(
+            instance=self.instance,
+            cursor=self.cursor if cursor is ... else cursor,
+            resources={"store": BrainStoreResource(data_dir=str(self.data))},
+            definitions=self.defs,
+        )
+        return self.sensor(ctx)
+
+    def run(self, result):
+        """Apply a tick's result (what the daemon commits) and run its requests."""
+        for req in result.dynamic_partitions_requests:
+            self.instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
+        outcomes = []
+        for req in result.run_requests:
+            assert req.run_key not in self.run_keys, f"run key {req.run_key} requested twice"
+            self.run_keys.append(req.run_key)
+            outcomes.append(
+                self.job.execute_in_process(
+                    instance=self.instance, partition_key=req.partition_key, tags=req.tags
+                )
+            )
+        self.cursor = result.cursor
+        return outcomes
+
+    def refresh(self):
+        """Evaluate the automation conditions and run what they request."""
+        evaluation = dg.evaluate_automation_conditions(
+            defs=self.defs, instance=self.instance, cursor=self.automation_cursor
+        )
+        self.automation_cursor = evaluation.cursor
+        requested = {
+            r.key for r in evaluation.results if evaluation.get_num_requested(r.key) > 0
+        }
+        if requested:
+            run = self.defs.resolve_job_def("brain_all").execute_in_process(
+                instance=self.instance, asset_selection=list(requested)
+            )
+            assert run.success
+        return requested
+
+
+def batch_metadata(instance, key, partition):
+    rec = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+    ).records[0]
+    return {k: v.value for k, v in rec.asset_materialization.metadata.items()}
+
+
+def test_three_batches_end_to_end(project):
+    defs, instance, data, store = project
+    inbox = Inbox(defs, instance, data)
+    assert inbox.tick().run_requests == []  # empty inbox: nothing
+    sizes = {"b1": 8, "b2": 6, "b3": 7}
+    first = None
+    for seed, (name, n) in enumerate(sizes.items()):
+        folder = write_batch(data / "inbox", name, n, seed, copy_of=first)
+        first = first or folder / "img0.png"
+        result = inbox.tick()
+        assert [r.partition_key for r in result.run_requests] == [name]
+        assert all(o.success for o in inbox.run(result))
+        assert inbox.tick().run_requests == []  # the same batch is never taken twice
+
+    total = sum(sizes.values()) + 2  # b2 and b3 each carry a copy of b1/img0
+    assert sorted(instance.get_dynamic_partitions(batch_partitions(DATASET).name)) == [
+        "b1",
+        "b2",
+        "b3",
+    ]
+    assert len(store.sample_ids(DATASET)) == total
+    # every sample embedded once: each partition embedded only its own batch
+    emb_key = embeddings_key(DATASET, "default")
+    per_batch = [batch_metadata(instance, emb_key, b)["batch_vectors"] for b in sizes]
+    assert per_batch == [8, 7, 8] and sum(per_batch) == total
+    assert store.embedding_sets(DATASET)["count"].tolist() == [total]
+    # the index was updated in place (history: built once, then updated), size = total
+    history = store.query(
+        "SELECT event FROM brain_run_history WHERE brain_key = 'sim' ORDER BY event_at"
+    )["event"].tolist()
+    assert history[0] == "materialized" and history[1:] and set(history[1:]) == {"updated"}
+    index = load_index(store, DATASET, "sim")
+    assert index.total_index_size == total and index.backend.count() == total
+    collection = index.config.collection
+    index.close()
+
+    # whole-dataset scores: requested by the eager condition, then covering every sample
+    requested = inbox.refresh()
+    assert brain_key_asset(DATASET, "uniqueness") in requested
+    assert brain_key_asset(DATASET, "dups") in requested
+    uniq = store.load_results(DATASET, "uniqueness")
+    assert sorted(uniq["sample_id"]) == store.sample_ids(DATASET)
+    dups = store.load_results(DATASET, "dups")
+    assert {"b1/img0", "b2/copy", "b3/copy"} <= set(dups["sample_id"])
+    assert inbox.refresh() == set()  # nothing new: nothing requested
+
+    # a removed batch leaves the samples, vectors, index and (after refresh) the scores
+    shutil.rmtree(data / "inbox" / "b2")
+    result = inbox.tick()
+    assert [(r.partition_key, r.tags["brain/batch_event"]) for r in result.run_requests] == [
+        ("b2", "removed")
+    ]
+    assert all(o.success for o in inbox.run(result))
+    left = total - 7
+    assert len(store.sample_ids(DATASET)) == left
+    assert not any(s.startswith("b2/") for s in store.sample_ids(DATASET))
+    index = load_index(store, DATASET, "sim")
+    assert index.total_index_size == left and index.backend.count() == left
+    assert index.config.collection == collection  # same collection: updated, not rebuilt
+    index.close()
+    assert brain_key_asset(DATASET, "uniqueness") in inbox.refresh()
+    assert sorted(store.load_results(DATASET, "uniqueness")["sample_id"]) == store.sample_ids(
+        DATASET
+    )
+
+    # a replaced batch: one image gone, one new; its stale sample leaves everything
+    os.remove(data / "inbox" / "b3" / "img1.png")
+    write_batch(data / "inbox" / "b3", "extra", 1, seed=9)
+    result = inbox.tick()
+    assert [(r.partition_key, r.tags["brain/batch_event"]) for r in result.run_requests] == [
+        ("b3", "changed")
+    ]
+    assert all(o.success for o in inbox.run(result))
+    ids = store.sample_ids(DATASET)
+    assert "b3/img1" not in ids and "b3/extra/img0" in ids
+    index = load_index(store, DATASET, "sim")
+    assert sorted(index.members["sample_id"]) == ids
+    index.close()
+
+    # a restarted sensor that lost its cursor rebuilds it: nothing is taken twice
+    again = inbox.tick(cursor=None)
+    assert again.run_requests == []
+    assert InboxCursor.loads(again.cursor).seen == InboxCursor.loads(inbox.cursor).seen
+    # a batch removed and dropped in again with the same content runs again (new run key)
+    shutil.copytree(data / "inbox" / "b3", data / "b3_saved")
+    shutil.rmtree(data / "inbox" / "b3")
+    inbox.run(inbox.tick())
+    shutil.copytree(data / "b3_saved", data / "inbox" / "b3")
+    result = inbox.tick()
+    assert [r.tags["brain/batch_event"] for r in result.run_requests] == ["added"]
+    assert all(o.success for o in inbox.run(result))
+    assert len(store.batch_sample_ids(DATASET, "b3")) == 8
+
+
+def test_unreadable_images_are_skipped_and_listed(project):
+    defs, instance, data, store = project
+    inbox = Inbox(defs, instance, data)
+    write_batch(data / "inbox", "b1", 5, seed=1, bad=2)
+    outcomes = inbox.run(inbox.tick())
+    assert all(o.success for o in outcomes)
+    meta = batch_metadata(instance, dg.AssetKey([DATASET, "samples"]), "b1")
+    assert meta["skipped"] == 2 and meta["dagster/row_count"] == 5
+    assert sorted(f.split(" ")[0] for f in meta["skipped_files"]) == [
+        "broken0.png",
+        "broken1.png",
+    ]
+    assert len(store.sample_ids(DATASET)) == 5
+
+
+def test_tick_waits_for_a_batch_being_written(tmp_path):
+    source = InboxSource(type="inbox", path=str(tmp_path), settle_seconds=60)
+    write_batch(tmp_path, "early", 2, seed=0)
+    listing = list_batches(source, tmp_path)
+    batch = listing.batches["early"]
+    plan = plan_tick(listing, InboxCursor(), set(), 60, now=batch.newest_mtime + 5)
+    assert plan.runs == [] and plan.waiting == ["early"] and plan.cursor.seen == {}
+    (tmp_path / "early" / "_SUCCESS").touch()  # the writer says it is done
+    listing = list_batches(source, tmp_path)
+    plan = plan_tick(listing, InboxCursor(), set(), 60, now=batch.newest_mtime + 5)
+    assert [r.batch for r in plan.runs] == ["early"] and plan.new_partitions == ["early"]
+    later = plan_tick(listing, plan.cursor, {"early"}, 60)
+    assert later.runs == []
+
+
+def test_bad_batch_names_are_reported(tmp_path):
+    source = InboxSource(type="inbox", path=str(tmp_path))
+    write_batch(tmp_path, "ok-1", 1, seed=0)
+    write_batch(tmp_path, "has space", 1, seed=1)
+    listing = list_batches(source, tmp_path)
+    assert list(listing.batches) == ["ok-1"]
+    assert "has space" in listing.rejected
+
+
+def test_manifest_ids_owned_by_another_batch_are_refused(tmp_path):
+    from dagster_brain.ingest.errors import IngestError
+    from dagster_brain.ingest.inbox import ingest_batch
+    from dagster_brain.specs import DatasetSpec
+
+    images = write_batch(tmp_path, "imgs", 2, seed=0)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name, ids in (("m1", ["a", "b"]), ("m2", ["b"])):
+        rows = [f"{i},{images / 'img0.png'}" for i in ids]
+        (inbox / f"{name}.csv").write_text("id,filepath\n" + "\n".join(rows) + "\n")
+    spec = DatasetSpec(
+        name="m",
+        source={"type": "inbox", "path": str(inbox), "layout": "manifest", "label_field": None},
+    )
+    store = Store(tmp_path / "data")
+    assert ingest_batch(store, spec, inbox, "m1").sample_ids == ["a", "b"]
+    with pytest.raises(IngestError, match=r"m2\.csv.*'b'.*batch 'm1'"):
+        ingest_batch(store, spec, inbox, "m2")
+    assert store.batch_sample_ids("m", "m1") == ["a", "b"]  # nothing lost
