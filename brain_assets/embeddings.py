@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dagster_brain.embedding.pipeline import validate_precomputed
 from dagster_brain.specs import EmbeddingsSpec
 from dagster_brain.store import EmbeddingSet, Store
 
@@ -36,6 +35,8 @@ def _decode(value: Any) -> Any:
 
 def load_precomputed(spec: EmbeddingsSpec, store: Store) -> tuple[list[str], np.ndarray]:
     """(sample ids, vectors) from ``spec.path``: .npz (ids + embeddings), .npy, or a table."""
+    from dagster_brain.embedding.pipeline import validate_precomputed  # imports torch
+
     path = Path(spec.path).expanduser()
     if not path.is_absolute():
         path = store.data_dir / path

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from dagster_brain.config import get_brain_config
 from dagster_brain.embeddings import compute_embeddings, update_embeddings
+from dagster_brain.execution import refuse_embedded_step, step_executor
 from dagster_brain.ingest.inbox import ingest_batch
 from dagster_brain.ingest.sources import data_path, ingest_dataset
 from dagster_brain.metadata import lineage_metadata, rows_table, score_metadata
@@ -528,6 +529,7 @@ def build_brain_asset(spec: BrainRunSpec, incremental: bool = False) -> dg.Asset
     def _compute(context: dg.AssetExecutionContext, config):
         db = context.resources.store.get()
         kwargs = info.run_kwargs(spec, context.resources)
+        refuse_embedded_step(step_executor(context), spec, kwargs.get("params"))
         if context.has_partition_key:
             from dagster_brain.similarity.compute import SampleChange
 

@@ -7,27 +7,33 @@ import io
 from typing import Any
 
 import dagster as dg
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # headless workers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from dagster_brain.store import BrainRunRecord
 
-from dagster_brain.store import BrainRunRecord  # noqa: E402
+
+def _pyplot():
+    """matplotlib's pyplot on the headless Agg backend (imported on first plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless workers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def png_markdown(fig, alt: str) -> dg.MetadataValue:
     """A matplotlib figure embedded as a Markdown image (shows inline in the UI)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    _pyplot().close(fig)
     b64 = base64.b64encode(buf.getvalue()).decode()
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{b64})")
 
 
 def histogram(values: pd.Series, title: str) -> dg.MetadataValue:
     """Histogram of a score column."""
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = _pyplot().subplots(figsize=(5, 3))
     ax.hist(values.dropna(), bins=30, color="#4f6bed")
     ax.set_title(title)
     ax.set_xlabel(values.name)

@@ -3,28 +3,29 @@
 import logging
 from collections.abc import Mapping, Sequence
 from functools import cache
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from dagster_brain.embedding.models import (
-    DEFAULT_MODEL,
-    EmbeddingModel,
-    canonical_name,
-    load_model,
-)
-from dagster_brain.embedding.pipeline import Embedded, ProgressFn, embed_files, embed_patches
+from dagster_brain.embedding.names import DEFAULT_MODEL, canonical_name
+
+if TYPE_CHECKING:  # torch is imported on first use, not when the definitions load
+    from dagster_brain.embedding.models import EmbeddingModel
+    from dagster_brain.embedding.pipeline import Embedded, ProgressFn
 
 
 @cache
-def _cached_model(name: str, device: str) -> EmbeddingModel:
+def _cached_model(name: str, device: str) -> "EmbeddingModel":
     # Per process: the multiprocess executor loads once per step process, in-process runs once.
+    from dagster_brain.embedding.models import load_model
+
     return load_model(name, device)
 
 
-def _progress(log: logging.Logger | dg.DagsterLogManager | None, unit: str) -> ProgressFn | None:
+def _progress(log: logging.Logger | dg.DagsterLogManager | None, unit: str) -> "ProgressFn | None":
     if log is None:
         return None
 
@@ -49,7 +50,7 @@ class EmbedderResource(dg.ConfigurableResource):
     num_workers: int = Field(default=2, ge=0, description="decode processes; 0 = in-process")
     progress_every_s: float = Field(default=10.0, gt=0, description="progress log interval")
 
-    def load(self) -> EmbeddingModel:
+    def load(self) -> "EmbeddingModel":
         """The model, loaded on first use and cached for the life of the process."""
         return _cached_model(canonical_name(self.model), self.device)
 
@@ -59,8 +60,10 @@ class EmbedderResource(dg.ConfigurableResource):
         ids: Sequence[str],
         log: logging.Logger | dg.DagsterLogManager | None = None,
         skip_failures: bool = False,
-    ) -> Embedded:
+    ) -> "Embedded":
         """Vectors for image files, aligned with ``ids`` (see ``pipeline.embed_files``)."""
+        from dagster_brain.embedding.pipeline import embed_files
+
         return embed_files(
             self.load(),
             filepaths,
@@ -80,8 +83,10 @@ class EmbedderResource(dg.ConfigurableResource):
         force_square: bool = False,
         log: logging.Logger | dg.DagsterLogManager | None = None,
         skip_failures: bool = False,
-    ) -> Embedded:
+    ) -> "Embedded":
         """Vectors per ``boxes`` row (label id), see ``pipeline.embed_patches``."""
+        from dagster_brain.embedding.pipeline import embed_patches
+
         return embed_patches(
             self.load(),
             filepaths_by_sample,

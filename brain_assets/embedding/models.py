@@ -18,13 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-DEFAULT_MODEL = "efficientnet-lite0"
-ALIASES = {
-    "default": DEFAULT_MODEL,
-    "efficientnet-lite0": DEFAULT_MODEL,
-    "efficientnet_lite0": DEFAULT_MODEL,
-    "efficientnet-lite0-imagenet": DEFAULT_MODEL,
-}
+from dagster_brain.embedding.names import ALIASES, DEFAULT_MODEL, canonical_name  # noqa: F401
 
 
 class ModelLoadError(RuntimeError):
@@ -116,11 +110,6 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
         h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def canonical_name(name: str) -> str:
-    """Map aliases of the default model to ``DEFAULT_MODEL``; other names pass through."""
-    return ALIASES.get(name.strip().lower(), name.strip())
 
 
 def load_model(name: str = DEFAULT_MODEL, device: str = "auto") -> EmbeddingModel:
