@@ -50,7 +50,8 @@ def batch_job_name(dataset: str) -> str:
 def build_batch_jobs(
     specs: BrainKeysFile, assets: list[dg.AssetsDefinition]
 ) -> tuple[list[Any], list[dg.SensorDefinition]]:
-    """Per inbox dataset: the batch job (its partitioned assets) and the inbox sensor."""
+    """Per inbox dataset: the batch job (its partitioned assets), the inbox sensor, and the
+    automation sensor that refreshes its whole-dataset runs."""
     jobs, sensors = [], []
     for d in specs.datasets:
         if not d.incremental:
@@ -70,6 +71,24 @@ def build_batch_jobs(
         )
         jobs.append(job)
         sensors.append(build_inbox_sensor(d, job))
+        refreshed = [
+            k
+            for a in assets
+            if a.partitions_def is None and a.group_names_by_key.get(a.key) == d.name
+            for k in a.keys
+            if a.automation_conditions_by_key.get(k) is not None
+        ]
+        if refreshed:
+            sensors.append(
+                dg.AutomationConditionSensorDefinition(
+                    f"{d.name}_refresh",
+                    target=dg.AssetSelection.assets(*refreshed),
+                    default_status=dg.DefaultSensorStatus.RUNNING,
+                    minimum_interval_seconds=30,
+                    description=f"Refreshes the whole-dataset brain runs of {d.name!r} once "
+                    "new batches have landed",
+                )
+            )
     return jobs, sensors
 
 
