@@ -7,8 +7,9 @@ resized to 640x480 and saved as JPEG (quality 90) to a temporary folder. Every c
 in a fresh subprocess so its peak RSS is its own: ``peak_rss_mb`` is the main process's peak plus
 ``workers`` times the largest decode worker's peak (forked workers share pages, so this
 over-counts a little). Each configuration embeds all N images after one warm-up batch; worker
-start-up is included. Batch sizes 1/16/64 x decode workers 1/2 end to end, plus decode alone
-(1/2 workers) and model alone (batch 1/16/32/64, pre-decoded tensors). With N=256 a full run
+start-up is included. Batch sizes 1/16/64 x decode workers 1/2 (and on a GPU all cores but
+one) end to end, plus decode alone with the same workers and model alone (batch 1/16/32/64,
+pre-decoded tensors). With N=256 a full run
 took 86 s on 2 quiet cores (about 3.5 minutes while other jobs shared them). The ratio column
 compares images/s with the reference 35-45 img/s (EfficientNet-Lite0, 224 px, batch 32,
 channels_last, 2 cores; midpoint 40). The 1-minute load average is recorded per row: these
@@ -106,14 +107,23 @@ def run_one(cfg: dict) -> dict:
     }
 
 
+def worker_counts(device: str) -> list[int]:
+    """1, 2 and the pipeline's automatic count on this device (all cores but one on a GPU)."""
+    from dagster_brain.embedding.models import resolve_device
+    from dagster_brain.embedding.pipeline import auto_workers
+
+    return sorted({*WORKERS, auto_workers(str(resolve_device(device)))} - {0})
+
+
 def configs(model: str, device: str, paths_file: str) -> list[dict]:
     base = {"model": model, "device": device, "paths_file": paths_file}
+    workers = worker_counts(device)
     rows = [
         {**base, "kind": "end_to_end", "batch_size": bs, "workers": w}
         for bs in BATCH_SIZES
-        for w in WORKERS
+        for w in workers
     ]
-    rows += [{**base, "kind": "decode_only", "batch_size": 0, "workers": w} for w in WORKERS]
+    rows += [{**base, "kind": "decode_only", "batch_size": 0, "workers": w} for w in workers]
     # model alone also at batch 32, the batch size of the reference figure
     model_sizes = sorted({*BATCH_SIZES, 32})
     rows += [{**base, "kind": "model_only", "batch_size": bs, "workers": 0} for bs in model_sizes]

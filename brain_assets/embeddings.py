@@ -139,7 +139,9 @@ def embed(
         return Embedded(
             sample_ids, vectors, model=spec.model, source=f"{spec.source}:{Path(spec.path).name}"
         )
-    settings = {"batch_size": spec.batch_size, "num_workers": spec.num_workers}
+    settings: dict[str, Any] = {"batch_size": spec.batch_size}
+    if spec.num_workers is not None:
+        settings["num_workers"] = spec.num_workers
     if spec.model:
         settings["model"] = spec.model
     embedder = embedder.model_copy(update=settings)

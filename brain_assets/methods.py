@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dagster_brain.algorithms.uniqueness import uniqueness_scores
+from dagster_brain.algorithms.knn_graph import KnnGraph, build_knn_graph, update_knn_graph
+from dagster_brain.algorithms.uniqueness import uniqueness_from_graph
 from dagster_brain.embeddings import check_model
 from dagster_brain.specs import BrainRunSpec, SimilaritySpec, UniquenessSpec
-from dagster_brain.store import BrainRunRecord, EmbeddingSet, Store, hash_strings
+from dagster_brain.store import BrainRunRecord, EmbeddingSet, Store, hash_strings, row_hashes
 
 # Bumped when a method's algorithm changes its output; part of each asset's code version.
 METHOD_VERSIONS: dict[str, str] = {
@@ -116,6 +117,41 @@ class RunOutcome:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+# Above this share of changed items an update costs about as much as a rebuild.
+MAX_UPDATE_SHARE = 0.5
+
+
+@dataclass
+class GraphChange:
+    """How the items of a uniqueness run changed since its stored kNN graph."""
+
+    graph: KnnGraph
+    removed: list[str]
+    added: list[str]  # new items and items whose vector changed
+
+
+def _graph_change(spec: UniquenessSpec, store: Store, emb: EmbeddingSet, hashes: list[int]):
+    """The stored kNN graph of the previous run and what changed since, or ``None`` when the
+    run must be computed afresh (no previous run, another config or model, too many changes).
+    """
+    prev = store.get_run(spec.dataset, spec.brain_key, missing_ok=True)
+    if prev is None or prev.kind != "uniqueness" or prev.config != spec.model_dump(mode="json"):
+        return None
+    tables = {a.get("name") for a in prev.artifacts if a.get("type") == "table"}
+    before = prev.upstream.get("embeddings", {})
+    if "knn" not in tables or (before.get("model"), before.get("key")) != (emb.model, emb.key):
+        return None
+    frame = store.load_extra(spec.dataset, spec.brain_key, "knn")
+    old = dict(zip(frame["item_id"], frame["row_hash"], strict=True))
+    now = dict(zip(emb.ids, hashes, strict=True))
+    removed = [i for i in old if i not in now]
+    added = [i for i in emb.ids if old.get(i) != now[i]]
+    if len(removed) + len(added) > MAX_UPDATE_SHARE * len(emb.ids):
+        return None
+    graph = KnnGraph.from_frame(frame, k=spec.k, metric=spec.metric)
+    return GraphChange(graph, removed, added)
+
+
 def run_uniqueness(
     spec: UniquenessSpec,
     store: Store,
@@ -127,6 +163,9 @@ def run_uniqueness(
 ) -> RunOutcome:
     """``compute_uniqueness`` on an embeddings key; writes ``uniqueness`` per sample/patch.
 
+    The run keeps its exact kNN graph (table ``knn``). When the run is refreshed with the same
+    config and model and few items changed, only the added, changed and removed items'
+    neighbourhoods are recomputed (``update_knn_graph``): the scores equal a full run's.
     ``artifacts`` lists what else the run wrote (e.g. embeddings it computed), deleted with it.
     """
     emb = store.read_embeddings(spec.dataset, spec.embeddings, ids=ids)
@@ -137,27 +176,55 @@ def run_uniqueness(
             f"brain key {spec.brain_key!r}: uniqueness needs at least 2 embedded items in "
             f"embeddings key {spec.embeddings!r}, found {len(item_ids)}"
         )
-    log.info(
-        "%s: uniqueness of %d %s from embeddings %r (k=%d, %s)",
-        spec.brain_key,
-        len(item_ids),
-        "patches" if emb.label_ids else "samples",
-        spec.embeddings,
-        spec.k,
-        spec.metric,
-    )
+    hashes = row_hashes(item_ids, emb.vectors)
+    change = _graph_change(spec, store, emb, hashes) if ids is None else None
     try:
-        scores, nearest, nearest_dist = uniqueness_scores(
-            emb.vectors, item_ids, k=spec.k, weights=spec.weights, metric=spec.metric
-        )
+        if change is None:
+            log.info(
+                "%s: uniqueness of %d %s from embeddings %r (k=%d, %s)",
+                spec.brain_key,
+                len(item_ids),
+                "patches" if emb.label_ids else "samples",
+                spec.embeddings,
+                spec.k,
+                spec.metric,
+            )
+            graph = build_knn_graph(emb.vectors, item_ids, spec.k, spec.metric)
+        else:
+            log.info(
+                "%s: uniqueness updated from the stored kNN graph: %d items added or changed, "
+                "%d removed, %d in all",
+                spec.brain_key,
+                len(change.added),
+                len(change.removed),
+                len(item_ids),
+            )
+            pos = pd.Index(item_ids)
+            at = pos.get_indexer(change.graph.ids)  # -1: removed since
+            X_old = np.where((at >= 0)[:, None], emb.vectors[at], 0.0).astype(np.float32)
+            add_at = pos.get_indexer(change.added)
+            graph, _ = update_knn_graph(
+                change.graph,
+                X_old,
+                remove_ids=change.removed,
+                add_ids=change.added,
+                X_add=emb.vectors[add_at],
+            )
+        scores = uniqueness_from_graph(graph, spec.weights)
     except ValueError as err:
         raise ValueError(f"brain key {spec.brain_key!r}: {err}") from err
+    order = pd.Index(graph.ids).get_indexer(item_ids)  # graph rows in the key's order
+    graph_ids = np.asarray(graph.ids, dtype=object)
     results = pd.DataFrame({"sample_id": emb.sample_ids})
     if emb.label_ids is not None:
         results["label_id"] = emb.label_ids
-    results["uniqueness"] = scores
-    results["nearest_id"] = [item_ids[i] for i in nearest]
-    results["nearest_distance"] = nearest_dist
+    results["uniqueness"] = scores[order]
+    results["nearest_id"] = graph_ids[graph.neighbors[order, 0]]
+    results["nearest_distance"] = graph.distances[order, 0].astype(np.float64)
+    knn = graph.to_frame()
+    knn["row_hash"] = pd.Series(dict(zip(item_ids, hashes, strict=True)))[graph.ids].to_numpy(
+        dtype=np.uint64
+    )
     record = new_record(
         spec,
         store,
@@ -165,15 +232,21 @@ def run_uniqueness(
         sample_ids=emb.sample_ids,
         label_ids=emb.label_ids,
         run_id=run_id,
-        upstream={"embeddings": embeddings_lineage(emb)},
+        upstream={
+            "embeddings": embeddings_lineage(emb),
+            "update": None
+            if change is None
+            else {"added": len(change.added), "removed": len(change.removed)},
+        },
         artifacts=artifacts,
         packages=("scikit-learn",),
     )
-    store.commit_run(record, results)
+    store.commit_run(record, results, extra={"knn": knn})
     summary = {
         "items": len(results),
         "mean": float(np.mean(scores)),
         "min": float(np.min(scores)),
+        "incremental": change is not None,
     }
     return RunOutcome(record, results, frame_version(results), summary)
 

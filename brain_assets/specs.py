@@ -139,7 +139,7 @@ class EmbeddingsSpec(_Spec):
     column: str | None = None  # column: the vector column
     from_key: str | None = Field(default=None, pattern=NAME)  # key: an existing key
     batch_size: int = Field(default=16, ge=1)
-    num_workers: int = Field(default=2, ge=0)
+    num_workers: int | None = Field(default=None, ge=0)  # None: auto (all cores on a GPU)
     alpha: float = Field(default=0.0, ge=0.0)  # patches: grow boxes by this fraction
     force_square: bool = False
     skip_failures: bool = False

@@ -232,12 +232,19 @@ def rows_digest(ids: Sequence[str], vectors: np.ndarray) -> int:
     Adding or removing rows changes it by their own hashes only, so an embeddings key's data
     version can be kept current without reading the vectors it keeps.
     """
+    return sum(row_hashes(ids, vectors)) % (1 << 64)
+
+
+def row_hashes(ids: Sequence[str], vectors: np.ndarray) -> list[int]:
+    """A 64-bit hash of each (id, vector) row: tells a changed vector from a kept one."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    total = 0
-    for i, row in zip(ids, vectors, strict=True):
-        h = hashlib.blake2b(str(i).encode() + b"\0" + row.tobytes(), digest_size=8)
-        total += int.from_bytes(h.digest(), "little")
-    return total % (1 << 64)
+    return [
+        int.from_bytes(
+            hashlib.blake2b(str(i).encode() + b"\0" + row.tobytes(), digest_size=8).digest(),
+            "little",
+        )
+        for i, row in zip(ids, vectors, strict=True)
+    ]
 
 
 def embeddings_version(count: int, digest: int) -> str:

@@ -47,7 +47,12 @@ class EmbedderResource(dg.ConfigurableResource):
     model: str = Field(default=DEFAULT_MODEL, description="model name or local folder")
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     batch_size: int = Field(default=16, ge=1, description="images per forward pass")
-    num_workers: int = Field(default=2, ge=0, description="decode processes; 0 = in-process")
+    num_workers: int | None = Field(
+        default=None,
+        ge=0,
+        description="decode processes; 0 = in-process; unset = auto (GPU: all cores but one, "
+        "CPU: 2)",
+    )
     progress_every_s: float = Field(default=10.0, gt=0, description="progress log interval")
 
     def load(self) -> "EmbeddingModel":

@@ -296,3 +296,41 @@ def test_manifest_ids_owned_by_another_batch_are_refused(tmp_path):
     with pytest.raises(IngestError, match=r"m2\.csv.*'b'.*batch 'm1'"):
         ingest_batch(store, spec, inbox, "m2")
     assert store.batch_sample_ids("m", "m1") == ["a", "b"]  # nothing lost
+
+
+def test_uniqueness_refresh_updates_its_graph_and_equals_a_full_run(tmp_path):
+    import pandas as pd
+
+    from dagster_brain.algorithms.uniqueness import uniqueness_scores
+    from dagster_brain.methods import run_uniqueness
+    from dagster_brain.specs import UniquenessSpec
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 16)).astype(np.float32)
+    X[17] = X[15]  # a planted exact copy
+    ids = [f"s{i:03d}" for i in range(300)]
+    samples = pd.DataFrame({"sample_id": ids, "filepath": [f"/x/{i}.png" for i in ids]})
+    samples["content_hash"] = ids
+    store = Store(tmp_path)
+    store.write_samples("d", samples[:250])
+    store.write_embeddings("d", "e", ids[:250], X[:250], model="m")
+    spec = UniquenessSpec(brain_key="u", kind="uniqueness", dataset="d", embeddings="e")
+    assert not run_uniqueness(spec, store).summary["incremental"]
+
+    store.write_samples("d", samples[250:])  # a batch of 50 arrives
+    store.update_embeddings("d", "e", ids[250:], X[250:], model="m")
+    store.delete_samples("d", ids[:10])  # 10 leave
+    X[20:25] += 0.5  # 5 are re-embedded with new vectors
+    store.update_embeddings("d", "e", ids[20:25], X[20:25], model="m")
+    out = run_uniqueness(spec, store)
+    assert out.summary["incremental"]
+    assert out.record.upstream["update"] == {"added": 55, "removed": 10}
+
+    scores, nearest, nearest_dist = uniqueness_scores(X[10:], ids[10:], k=3)
+    res = out.results.set_index("sample_id").loc[ids[10:]]
+    np.testing.assert_allclose(res["uniqueness"], scores, atol=1e-6)
+    np.testing.assert_allclose(res["nearest_distance"], nearest_dist, atol=1e-6)
+    assert res.loc["s015", "nearest_id"] == "s017" and res.loc["s015", "nearest_distance"] < 1e-6
+    # the stored graph is what a rebuild stores
+    knn = store.load_extra("d", "u", "knn")
+    assert sorted(knn["item_id"]) == ids[10:]

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dagster_brain.algorithms.knn import Metric, check_vectors, exact_knn
+from dagster_brain.algorithms.knn import Metric, check_vectors
+from dagster_brain.algorithms.knn_graph import KnnGraph, build_knn_graph
 
 DEFAULT_WEIGHTS = (0.6, 0.3, 0.1)
 
@@ -47,12 +48,21 @@ def uniqueness_scores(
     X = check_vectors(X, ids)
     if len(ids) < 2:
         raise ValueError(f"uniqueness needs at least 2 samples, got {len(ids)}")
-    if len(set(ids)) != len(ids):
-        raise ValueError("uniqueness: duplicate ids in the input")
-    k = min(k, len(ids) - 1)
+    graph = build_knn_graph(X, ids, k, metric)
+    scores = uniqueness_from_graph(graph, weights)
+    return scores, graph.neighbors[:, 0], graph.distances[:, 0].astype(np.float64)
+
+
+def uniqueness_from_graph(graph: KnnGraph, weights: Sequence[float] | None = None) -> np.ndarray:
+    """Uniqueness scores in [0, 1] of the items of a kNN graph, in ``graph.ids`` order.
+
+    Same scores as ``uniqueness_scores`` on the graph's collection; weights beyond the
+    graph's width (``min(k, n - 1)``) are dropped.
+    """
+    n, k = len(graph.ids), graph.width
+    if n < 2:
+        raise ValueError(f"uniqueness needs at least 2 samples, got {n}")
     w = neighbour_weights(k, weights if weights is None or len(weights) == k else weights[:k])
-    dist, idx = exact_knn(X, k, metric=metric)
-    raw = dist.astype(np.float64) @ w
+    raw = graph.distances.astype(np.float64) @ w
     top = raw.max()
-    scores = raw / top if top > 0 else np.zeros_like(raw)
-    return scores.astype(np.float64), idx[:, 0], dist[:, 0].astype(np.float64)
+    return raw / top if top > 0 else np.zeros_like(raw)

@@ -10,6 +10,7 @@ full-resolution image, each image decoded once for all its boxes.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -129,12 +130,30 @@ def pixel_box(rel: np.ndarray, size: tuple[int, int]) -> tuple[int, int, int, in
     return x0, y0, x1, y1
 
 
+def usable_cpus() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def auto_workers(device: str) -> int:
+    """Decode processes when none are configured: on a GPU, every core but the one feeding
+    it (the model no longer needs them); on the CPU, at most 2, which leaves the model the
+    rest (measured best on 2 cores in ``benchmarks/embeddings.py``)."""
+    cpus = usable_cpus()
+    if torch.device(device).type == "cuda":
+        return max(1, min(cpus - 1, 32))
+    return min(2, max(cpus - 1, 0))
+
+
 def _run(
     model: EmbeddingModel,
     dataset: Dataset,
     total: int,
     batch_size: int,
-    num_workers: int,
+    num_workers: int | None,
     progress: ProgressFn | None,
     progress_every_s: float,
     on_error: Callable[[int, str], None],
@@ -142,6 +161,8 @@ def _run(
 ) -> tuple[list[int], np.ndarray]:
     """Embed every item; returns (item index per vector, vectors)."""
     forward_batch = forward_batch or batch_size
+    if num_workers is None:
+        num_workers = auto_workers(str(model.device))
     if batch_size < 1 or num_workers < 0:
         raise ValueError(
             f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}"
@@ -193,7 +214,7 @@ def embed_files(
     ids: Sequence[str],
     *,
     batch_size: int = 32,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     progress: ProgressFn | None = None,
     progress_every_s: float = 5.0,
     skip_failures: bool = False,
@@ -229,7 +250,7 @@ def embed_patches(
     alpha: float = 0.0,
     force_square: bool = False,
     batch_size: int = 32,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     progress: ProgressFn | None = None,
     progress_every_s: float = 5.0,
     skip_failures: bool = False,
