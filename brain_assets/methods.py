@@ -15,8 +15,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from dagster_brain.algorithms.knn_graph import KnnGraph, build_knn_graph, update_knn_graph
+from dagster_brain.algorithms.knn_graph import (
+    KnnGraph,
+    build_knn_graph,
+    graph_from_arrow,
+    graph_to_arrow,
+    update_knn_graph,
+)
 from dagster_brain.algorithms.uniqueness import uniqueness_from_graph
 from dagster_brain.embeddings import check_model
 from dagster_brain.specs import BrainRunSpec, SimilaritySpec, UniquenessSpec
@@ -130,7 +137,9 @@ class GraphChange:
     added: list[str]  # new items and items whose vector changed
 
 
-def _graph_change(spec: UniquenessSpec, store: Store, emb: EmbeddingSet, hashes: list[int]):
+def _graph_change(
+    spec: UniquenessSpec, store: Store, emb: EmbeddingSet, hashes: np.ndarray
+) -> GraphChange | None:
     """The stored kNN graph of the previous run and what changed since, or ``None`` when the
     run must be computed afresh (no previous run, another config or model, too many changes).
     """
@@ -141,14 +150,15 @@ def _graph_change(spec: UniquenessSpec, store: Store, emb: EmbeddingSet, hashes:
     before = prev.upstream.get("embeddings", {})
     if "knn" not in tables or (before.get("model"), before.get("key")) != (emb.model, emb.key):
         return None
-    frame = store.load_extra(spec.dataset, spec.brain_key, "knn")
-    old = dict(zip(frame["item_id"], frame["row_hash"], strict=True))
-    now = dict(zip(emb.ids, hashes, strict=True))
-    removed = [i for i in old if i not in now]
-    added = [i for i in emb.ids if old.get(i) != now[i]]
+    table = store.load_extra(spec.dataset, spec.brain_key, "knn", arrow=True)
+    old = pd.Series(table.column("row_hash").to_numpy(), index=table.column("item_id").to_pylist())
+    now = pd.Series(hashes, index=emb.ids)
+    removed = old.index.difference(now.index, sort=False).tolist()
+    before = old.reindex(now.index)
+    added = now.index[before.isna().to_numpy() | (before.to_numpy() != now.to_numpy())].tolist()
     if len(removed) + len(added) > MAX_UPDATE_SHARE * len(emb.ids):
         return None
-    graph = KnnGraph.from_frame(frame, k=spec.k, metric=spec.metric)
+    graph = graph_from_arrow(table, k=spec.k, metric=spec.metric)
     return GraphChange(graph, removed, added)
 
 
@@ -221,9 +231,8 @@ def run_uniqueness(
     results["uniqueness"] = scores[order]
     results["nearest_id"] = graph_ids[graph.neighbors[order, 0]]
     results["nearest_distance"] = graph.distances[order, 0].astype(np.float64)
-    knn = graph.to_frame()
-    knn["row_hash"] = pd.Series(dict(zip(item_ids, hashes, strict=True)))[graph.ids].to_numpy(
-        dtype=np.uint64
+    knn = graph_to_arrow(graph).append_column(
+        "row_hash", pa.array(pd.Series(hashes, index=item_ids).loc[graph.ids].to_numpy())
     )
     record = new_record(
         spec,

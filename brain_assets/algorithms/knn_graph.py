@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from dagster_brain.algorithms.knn import (
     METRICS,
@@ -127,6 +128,51 @@ class KnnGraph:
             metric=metric,
             k=k,
         )
+
+
+def graph_to_arrow(graph: KnnGraph) -> pa.Table:
+    """The ``to_frame`` columns as an Arrow table, without a Python loop (for storage)."""
+    n, w = len(graph.ids), graph.width
+    names = pa.array(graph.ids, pa.string())
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * w)
+    return pa.table(
+        {
+            "item_id": names,
+            "neighbor_ids": pa.ListArray.from_arrays(
+                offsets, names.take(pa.array(graph.neighbors.reshape(-1)))
+            ),
+            "distances": pa.ListArray.from_arrays(
+                offsets, pa.array(graph.distances.reshape(-1).astype(np.float32))
+            ),
+        }
+    )
+
+
+def graph_from_arrow(table: pa.Table, *, k: int, metric: Metric) -> KnnGraph:
+    """The graph stored by :func:`graph_to_arrow` (e.g. reloaded from DuckDB)."""
+    missing = {"item_id", "neighbor_ids", "distances"} - set(table.column_names)
+    if missing:
+        raise ValueError(f"knn graph table: missing columns {sorted(missing)}")
+    ids = [str(i) for i in table.column("item_id").to_pylist()]
+    n, w = len(ids), _width(k, len(ids))
+    nb = table.column("neighbor_ids").combine_chunks()
+    ds = table.column("distances").combine_chunks()
+    for what, col in (("neighbours", nb), ("distances", ds)):
+        lengths = col.value_lengths().to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(lengths != w)
+        if bad.size:
+            raise ValueError(
+                f"knn graph table: {ids[bad[0]]!r} has {lengths[bad[0]]} {what}, expected {w} "
+                f"(k={k}, {n} items)"
+            )
+    flat = nb.flatten().to_numpy(zero_copy_only=False)
+    pos = pd.Index(ids).get_indexer(flat) if flat.size else np.empty(0, dtype=np.int64)
+    if (pos < 0).any():
+        raise ValueError(f"knn graph table: unknown neighbour id {flat[pos < 0][0]!r}")
+    dist = ds.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    return KnnGraph(
+        ids=ids, neighbors=pos.reshape(n, w), distances=dist.reshape(n, w), metric=metric, k=k
+    )
 
 
 def build_knn_graph(
