@@ -334,3 +334,41 @@ def test_uniqueness_refresh_updates_its_graph_and_equals_a_full_run(tmp_path):
     # the stored graph is what a rebuild stores
     knn = store.load_extra("d", "u", "knn")
     assert sorted(knn["item_id"]) == ids[10:]
+
+
+def test_backend_down_during_an_update_keeps_the_index(tmp_path, monkeypatch):
+    import pandas as pd
+
+    import dagster_brain.config as config_module
+    from dagster_brain.config import BrainConfig
+    from dagster_brain.methods import run_brain
+    from dagster_brain.similarity.backends.base import BackendUnavailable
+    from dagster_brain.similarity.compute import SampleChange
+    from dagster_brain.specs import SimilaritySpec
+
+    config = BrainConfig(env={"BRAIN_CONFIG_PATH": str(tmp_path / "none.json")})
+    monkeypatch.setattr(config_module, "_brain_config", config)
+    ids = [f"s{i:02d}" for i in range(30)]
+    X = np.random.default_rng(1).normal(size=(30, 8)).astype(np.float32)
+    store = Store(tmp_path / "data")
+    store.write_samples("d", pd.DataFrame({"sample_id": ids, "filepath": ids}))
+    store.write_embeddings("d", "e", ids[:20], X[:20])
+    spec = SimilaritySpec(
+        brain_key="sim", kind="similarity", dataset="d", embeddings="e", backend="qdrant"
+    )
+    before = run_brain(spec, store, run_id="first").record
+    store.update_embeddings("d", "e", ids[20:], X[20:])  # a batch arrives
+    with pytest.raises(BackendUnavailable, match=r"qdrant.*127\.0\.0\.1:9"):
+        run_brain(
+            spec, store, change=SampleChange(ids[20:]), params={"url": "http://127.0.0.1:9"}
+        )
+    after = store.get_run("d", "sim")
+    assert after.run_id == "first" and after.sample_ids == before.sample_ids
+    index = load_index(store, "d", "sim")  # still the local collection, still answering
+    try:
+        assert index.config.collection == before.config["index"]["collection"]
+        assert index.total_index_size == index.backend.count() == 20
+    finally:
+        index.close()
+    updated = run_brain(spec, store, change=SampleChange(ids[20:]), run_id="second").record
+    assert updated.run_id == "second" and len(updated.sample_ids) == 30
