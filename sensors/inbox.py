@@ -119,9 +119,7 @@ def recorded_cursor(instance: dg.DagsterInstance, dataset: str) -> InboxCursor:
     return cursor
 
 
-def build_inbox_sensor(
-    spec: DatasetSpec, job: Any, interval_s: int = 30
-) -> dg.SensorDefinition:
+def build_inbox_sensor(spec: DatasetSpec, job: Any, interval_s: int = 30) -> dg.SensorDefinition:
     """``<dataset>_inbox``: watches the dataset's inbox and requests a run per batch."""
     source = spec.source
 

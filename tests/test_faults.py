@@ -9,11 +9,11 @@ from pathlib import Path
 
 import dagster as dg
 import yaml
+from test_incremental import DATASET, write_batch
 
 from dagster_brain.factory import batch_partitions
 from dagster_brain.similarity.compute import load_index
 from dagster_brain.store import Store
-from test_incremental import DATASET, write_batch
 
 STEP = "stream__embeddings__default"
 
@@ -78,9 +78,13 @@ def _launch(env: dict[str, str]) -> subprocess.Popen:
 
 
 def _step_started(instance: dg.DagsterInstance) -> bool:
-    records = instance.get_records_for_run(
-        run_id=instance.get_runs(limit=1)[0].run_id, of_type=dg.DagsterEventType.STEP_START
-    ).records if instance.get_runs(limit=1) else []
+    records = (
+        instance.get_records_for_run(
+            run_id=instance.get_runs(limit=1)[0].run_id, of_type=dg.DagsterEventType.STEP_START
+        ).records
+        if instance.get_runs(limit=1)
+        else []
+    )
     return any(r.event_log_entry.step_key == STEP for r in records)
 
 

@@ -125,9 +125,7 @@ class Inbox:
             defs=self.defs, instance=self.instance, cursor=self.automation_cursor
         )
         self.automation_cursor = evaluation.cursor
-        requested = {
-            r.key for r in evaluation.results if evaluation.get_num_requested(r.key) > 0
-        }
+        requested = {r.key for r in evaluation.results if evaluation.get_num_requested(r.key) > 0}
         if requested:
             run = self.defs.resolve_job_def("brain_all").execute_in_process(
                 instance=self.instance, asset_selection=list(requested)
@@ -359,9 +357,7 @@ def test_backend_down_during_an_update_keeps_the_index(tmp_path, monkeypatch):
     before = run_brain(spec, store, run_id="first").record
     store.update_embeddings("d", "e", ids[20:], X[20:])  # a batch arrives
     with pytest.raises(BackendUnavailable, match=r"qdrant.*127\.0\.0\.1:9"):
-        run_brain(
-            spec, store, change=SampleChange(ids[20:]), params={"url": "http://127.0.0.1:9"}
-        )
+        run_brain(spec, store, change=SampleChange(ids[20:]), params={"url": "http://127.0.0.1:9"})
     after = store.get_run("d", "sim")
     assert after.run_id == "first" and after.sample_ids == before.sample_ids
     index = load_index(store, "d", "sim")  # still the local collection, still answering
