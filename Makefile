@@ -17,3 +17,4 @@ lint:
 
 bench:
 	.venv/bin/python benchmarks/embeddings.py --json artifacts/embeddings.json
+	.venv/bin/python benchmarks/incremental.py --json artifacts/incremental.json
