@@ -109,13 +109,21 @@ def datasets_cmd(data_dir: Path | None) -> None:
     default=None,
     help="Brain-keys YAML (default: brain config brain_keys_path, else the demo).",
 )
+@click.option(
+    "--batch",
+    default=None,
+    help="Inbox datasets: take this batch (a folder or manifest in the inbox) into the "
+    "selected batch assets, as the inbox sensor would.",
+)
 @data_dir_option
 @user_errors
-def materialize_cmd(selection: str, brain_keys: Path | None, data_dir: Path | None) -> None:
+def materialize_cmd(
+    selection: str, brain_keys: Path | None, batch: str | None, data_dir: Path | None
+) -> None:
     """Materialise brain assets in this process, recorded in the Dagster instance."""
     import dagster as dg
 
-    from dagster_brain.definitions import ALL_JOB, build_defs
+    from dagster_brain.definitions import ALL_JOB, batch_job_name, build_defs
 
     defs = build_defs(brain_keys, data_dir)
     instance = dg.DagsterInstance.get() if _has_dagster_home() else dg.DagsterInstance.ephemeral()
@@ -123,17 +131,50 @@ def materialize_cmd(selection: str, brain_keys: Path | None, data_dir: Path | No
     keys = dg.AssetSelection.from_string(selection).resolve(graph)
     if not keys:
         raise ValueError(f"asset selection {selection!r} matches no asset")
-    result = defs.resolve_job_def(ALL_JOB).execute_in_process(
-        instance=instance, asset_selection=list(keys), raise_on_error=False
-    )
+    batched = {k for k in keys if graph.get(k).partitions_def is not None}
+    if batch is not None:
+        if not batched:
+            raise ValueError(f"--batch {batch!r}: {selection!r} selects no inbox batch asset")
+        keys = batched
+        results = []
+        for dataset in sorted({k.path[0] for k in batched}):
+            part = graph.get(next(k for k in batched if k.path[0] == dataset)).partitions_def
+            instance.add_dynamic_partitions(part.name, [batch])
+            results.append(
+                defs.resolve_job_def(batch_job_name(dataset)).execute_in_process(
+                    instance=instance,
+                    partition_key=batch,
+                    asset_selection=[k for k in batched if k.path[0] == dataset],
+                    raise_on_error=False,
+                )
+            )
+    else:
+        if batched:
+            click.echo(
+                f"skipped {len(batched)} batch assets of inbox datasets (their sensors take "
+                "each batch; or pass --batch NAME)"
+            )
+            keys = keys - batched
+        if not keys:
+            raise ValueError(f"asset selection {selection!r} matches only batch assets")
+        results = [
+            defs.resolve_job_def(ALL_JOB).execute_in_process(
+                instance=instance, asset_selection=list(keys), raise_on_error=False
+            )
+        ]
     store = _store(data_dir)
     click.echo("")
     click.echo(f"{'asset':<40} status")
-    for step in result.all_node_events:
-        if step.is_step_failure:
-            click.echo(f"{step.step_key:<40} FAILED: {step.event_specific_data.error.message}")
+    for result in results:
+        for step in result.all_node_events:
+            if step.is_step_failure:
+                click.echo(f"{step.step_key:<40} FAILED: {step.event_specific_data.error.message}")
     for key in sorted(keys, key=lambda k: k.to_user_string()):
-        mats = result.asset_materializations_for_node(key.to_python_identifier())
+        mats = any(
+            r.asset_materializations_for_node(key.to_python_identifier())
+            for r in results
+            if key.to_python_identifier() in {n.name for n in r.job_def.nodes}
+        )
         click.echo(f"{key.to_user_string():<40} {'materialized' if mats else 'not materialized'}")
     click.echo("")
     click.echo(
@@ -149,7 +190,7 @@ def materialize_cmd(selection: str, brain_keys: Path | None, data_dir: Path | No
 
     for line in demo_report(store):
         click.echo(f"found:    {line}")
-    if not result.success:
+    if not all(r.success for r in results):
         sys.exit(1)
 
 

@@ -368,3 +368,23 @@ def test_backend_down_during_an_update_keeps_the_index(tmp_path, monkeypatch):
         index.close()
     updated = run_brain(spec, store, change=SampleChange(ids[20:]), run_id="second").record
     assert updated.run_id == "second" and len(updated.sample_ids) == 30
+
+
+def test_cli_materialize_takes_a_batch_then_the_whole_dataset_runs(project, tmp_path):
+    from click.testing import CliRunner
+
+    from dagster_brain.cli import main
+
+    _, _, data, store = project
+    write_batch(data / "inbox", "b1", 6, seed=4)
+    base = ["materialize", "--brain-keys", str(tmp_path / "brain_keys.yaml")]
+    base += ["--data-dir", str(data)]
+    env = {"DAGSTER_HOME": "", "BRAIN_CONFIG_PATH": str(tmp_path / "none.json")}
+    out = CliRunner().invoke(main, [*base, "--batch", "b1"], env=env, catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert "stream/brain/sim" in out.output and "not materialized" not in out.output
+    assert len(store.batch_sample_ids(DATASET, "b1")) == 6
+    out = CliRunner().invoke(main, base, env=env, catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert "skipped 3 batch assets" in out.output
+    assert len(store.load_results(DATASET, "uniqueness")) == 6
