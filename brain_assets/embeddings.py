@@ -232,6 +232,7 @@ def update_embeddings(
 ) -> EmbeddingSet:
     """Embed only these samples into the key (replacing their rows), drop ``drop_samples``'
     rows, and keep every other vector: how a new or changed batch reaches an existing key.
+    Returns the rows written (``count_all``: the whole key's size).
     """
     if sample_ids:
         done = embed(spec, store, embedder=embedder, log=log, ids=sample_ids)

@@ -227,7 +227,7 @@ def build_embeddings_asset(spec: EmbeddingsSpec, incremental: bool = False) -> d
         return dg.MaterializeResult(
             metadata={
                 **batch_meta,
-                "dagster/row_count": len(emb.sample_ids),
+                "dagster/row_count": emb.count_all,
                 "model": emb.model or "",
                 "model_hash": emb.model_hash or "",
                 "dim": emb.dim,

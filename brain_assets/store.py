@@ -148,6 +148,7 @@ class EmbeddingSet:
     patches_field: str | None = None
     model_hash: str | None = None
     data_version: str | None = None
+    count_all: int | None = None  # vectors in the whole key (these may be a subset)
 
     @property
     def ids(self) -> list[str]:
@@ -733,7 +734,8 @@ class Store:
         the rest of the key, in one transaction; a key that does not exist yet is created.
 
         The vectors must come from the key's model, dimension and patches field: a key cannot
-        mix models. The data version is updated from the changed rows alone.
+        mix models. The data version is updated from the changed rows alone. Returns the rows
+        of these samples (``count_all`` and ``data_version`` are the whole key's).
         """
         sets = self.embedding_sets(dataset) if dataset in self.list_datasets() else None
         empty = sets is None or not (sets["embeddings_key"] == key).any()
@@ -814,7 +816,7 @@ class Store:
             self._mirror_embeddings(conn, dataset, key)
         if parsed is None:
             self._restamp_embeddings(dataset, key)
-        return self.read_embeddings(dataset, key)
+        return self.read_embeddings(dataset, key, ids=sorted(set(sample_ids)))
 
     def _restamp_embeddings(self, dataset: str, key: str) -> None:
         emb = self.read_embeddings(dataset, key)
@@ -871,6 +873,7 @@ class Store:
             patches_field=patches,
             model_hash=m["model_hash"] if isinstance(m["model_hash"], str) else None,
             data_version=m["data_version"],
+            count_all=int(m["count"]),
         )
 
     def delete_embeddings(self, dataset: str, key: str) -> None:
