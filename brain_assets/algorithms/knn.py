@@ -105,7 +105,7 @@ def _partition_rows(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(vals, order, axis=1), np.take_along_axis(part, order, axis=1)
 
 
-def _select_rows(
+def select_top_k_rows(
     S: np.ndarray, M: np.ndarray, k: int, out_s: np.ndarray, out_i: np.ndarray
 ) -> None:
     """Write the top-k (scores, columns) of each row of ``S`` (largest first) into the outputs.
@@ -194,12 +194,12 @@ def top_k_scores(
                 r = np.arange(b)
                 Sb[r, start + r] = -np.inf
             if pool is None or b < 2 * threads:
-                _select_rows(Sb, Mb, k, out_s[start:stop], out_i[start:stop])
+                select_top_k_rows(Sb, Mb, k, out_s[start:stop], out_i[start:stop])
                 continue
             edges = np.linspace(0, b, threads + 1).astype(int)
             jobs = [
                 pool.submit(
-                    _select_rows,
+                    select_top_k_rows,
                     Sb[lo:hi],
                     Mb[lo:hi],
                     k,

@@ -32,10 +32,10 @@ import pyarrow as pa
 from dagster_brain.algorithms.knn import (
     METRICS,
     Metric,
-    _select_rows,  # the row top-k of exact_knn, reused on blocks this module computes
     check_vectors,
     exact_knn,
     normalize_rows,
+    select_top_k_rows,
 )
 
 # Candidates fetched beyond k before the float64 re-ranking (doubled for unproven rows).
@@ -412,7 +412,7 @@ def _scan_added(
         mb = min(m, c1 - c0)
         block_s = np.empty((n_add, mb), dtype=np.float32)
         block_i = np.empty((n_add, mb), dtype=np.int64)
-        _select_rows(Sb, M[:, : c1 - c0], mb, block_s, block_i)
+        select_top_k_rows(Sb, M[:, : c1 - c0], mb, block_s, block_i)
         all_s = np.concatenate([best_s, block_s], axis=1)
         all_i = np.concatenate([best_i, block_i + c0], axis=1)
         order = np.argsort(-all_s, axis=1, kind="stable")[:, :m]
