@@ -108,7 +108,7 @@ def test_failed_run_keeps_previous_results(project, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("simulated crash in the middle of the run")
 
-    monkeypatch.setattr(methods, "uniqueness_scores", broken)
+    monkeypatch.setattr(methods, "uniqueness_from_graph", broken)
     result = materialize_all(
         keys, data_dir, raise_on_error=False, selection=[brain_key_asset("pets", "uniqueness")]
     )
