@@ -47,6 +47,10 @@ def brain_key_asset(dataset: str, brain_key: str) -> dg.AssetKey:
     return dg.AssetKey([dataset, "brain", brain_key])
 
 
+# How long a batch's index update waits for another batch's update of the same index.
+BATCH_LOCK_WAIT_S = 1800.0
+
+
 def batch_partitions(dataset: str) -> dg.DynamicPartitionsDefinition:
     """The dynamic partitions of an incremental dataset: one per inbox batch."""
     return dg.DynamicPartitionsDefinition(name=f"{dataset}__batches")
@@ -536,6 +540,8 @@ def build_brain_asset(spec: BrainRunSpec, incremental: bool = False) -> dg.Asset
             kwargs["change"] = SampleChange(
                 db.batch_sample_ids(spec.dataset, context.partition_key)
             )
+            # batches of one dataset update its index one after the other, never refused
+            kwargs["lock_wait_s"] = BATCH_LOCK_WAIT_S
         try:
             outcome = run_brain(
                 with_overrides(spec, config),

@@ -342,11 +342,14 @@ def delete_brain_run(store: Store, dataset: str, brain_key: str) -> BrainRunReco
     return store.delete_run(dataset, brain_key)
 
 
-def run_brain(spec: BrainRunSpec, store: Store, **kwargs: Any) -> RunOutcome:
-    """Run the method of a brain-run spec, holding its brain key for the whole run."""
+def run_brain(
+    spec: BrainRunSpec, store: Store, *, lock_wait_s: float = 0.0, **kwargs: Any
+) -> RunOutcome:
+    """Run the method of a brain-run spec, holding its brain key for the whole run (a run
+    already holding it is waited for up to ``lock_wait_s`` seconds, then refused)."""
     kind = spec.kind  # type: ignore[attr-defined]
     if kind not in RUNNERS:
         raise ValueError(f"brain key {spec.brain_key!r}: no method for kind {kind!r}")
     holder = f"run {kwargs.get('run_id') or 'api'}"
-    with store.run_lock(spec.dataset, spec.brain_key, holder):
+    with store.run_lock(spec.dataset, spec.brain_key, holder, wait_s=lock_wait_s):
         return RUNNERS[kind](spec, store, **kwargs)

@@ -1110,28 +1110,40 @@ class Store:
     # -- one run per brain key at a time -------------------------------------------------
 
     @contextlib.contextmanager
-    def run_lock(self, dataset: str, brain_key: str, holder: str) -> Iterator[None]:
-        """Hold the brain key for one run; a second concurrent run is refused, naming the
-        holder. A lock left by a process that died on this host is taken over."""
+    def run_lock(
+        self, dataset: str, brain_key: str, holder: str, wait_s: float = 0.0
+    ) -> Iterator[None]:
+        """Hold the brain key for one run. A second concurrent run waits up to ``wait_s``
+        seconds for it, then is refused, naming the holder. A lock left by a process that
+        died on this host is taken over."""
         import socket
 
         check_name(brain_key, "brain key")
         host = socket.gethostname()
-        with self.transaction() as conn:
-            row = conn.execute(
-                "SELECT holder, pid, host, acquired_at FROM brain_locks "
-                "WHERE dataset = ? AND brain_key = ?",
-                [dataset, brain_key],
-            ).fetchone()
-            if row is not None and not (row[2] == host and not _pid_alive(row[1])):
+        deadline = time.monotonic() + wait_s
+        delay = 0.2
+        while True:
+            with self.transaction() as conn:
+                row = conn.execute(
+                    "SELECT holder, pid, host, acquired_at FROM brain_locks "
+                    "WHERE dataset = ? AND brain_key = ?",
+                    [dataset, brain_key],
+                ).fetchone()
+                free = row is None or (row[2] == host and not _pid_alive(row[1]))
+                if free:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO brain_locks VALUES (?, ?, ?, ?, ?, ?)",
+                        [dataset, brain_key, holder, os.getpid(), host, utcnow()],
+                    )
+            if free:
+                break
+            if time.monotonic() >= deadline:
                 raise StoreError(
                     f"brain key {brain_key!r} on {dataset!r} is being computed by {row[0]} "
                     f"(pid {row[1]} on {row[2]}, since {row[3]}); wait for it to finish"
                 )
-            conn.execute(
-                "INSERT OR REPLACE INTO brain_locks VALUES (?, ?, ?, ?, ?, ?)",
-                [dataset, brain_key, holder, os.getpid(), host, utcnow()],
-            )
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 5.0)
         try:
             yield
         finally:

@@ -191,3 +191,29 @@ def test_run_lock_refuses_a_second_run_and_takes_over_dead_holders(store):
         holder = store.query("SELECT holder FROM brain_locks WHERE brain_key = 'u'")
         assert holder["holder"].tolist() == ["run D"]
     assert store.query("SELECT * FROM brain_locks").empty
+
+
+def test_run_lock_waits_for_the_holder_when_asked(store):
+    import threading
+    import time
+
+    store.create_dataset("d")
+    order = []
+
+    def first():
+        with store.run_lock("d", "u", "run A"):
+            order.append("A in")
+            time.sleep(1.0)
+            order.append("A out")
+
+    t = threading.Thread(target=first)
+    t.start()
+    while not order:
+        time.sleep(0.01)
+    with pytest.raises(StoreError, match="being computed by run A"):
+        with store.run_lock("d", "u", "run B", wait_s=0.2):
+            pass
+    with store.run_lock("d", "u", "run C", wait_s=30):
+        order.append("C in")
+    t.join()
+    assert order == ["A in", "A out", "C in"]
