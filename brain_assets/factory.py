@@ -223,7 +223,7 @@ def build_embeddings_asset(spec: EmbeddingsSpec, incremental: bool = False) -> d
             emb = update_embeddings(
                 run_spec, db, batch, embedder=embedder, run_id=context.run_id, log=context.log
             )
-            batch_meta = {"batch": context.partition_key, "batch_vectors": len(batch)}
+            batch_meta = {"batch": context.partition_key, "batch_vectors": len(emb.ids)}
         else:
             emb = compute_embeddings(
                 run_spec, db, embedder=embedder, run_id=context.run_id, log=context.log
