@@ -81,8 +81,10 @@ class InboxSource(_Spec):
     """A folder that receives batches: each sub-folder of images (``layout: image_folder``) or
     each manifest file (``layout: manifest``) directly inside it is one batch.
 
-    Every batch becomes a dynamic partition of the dataset's samples, embeddings and
-    similarity indexes; a sensor registers new, changed and removed batches (see
+    Tables in the ``predictions_dir`` sub-folder are batches of predictions on samples already
+    there (``predictions-<stem>``). Every batch becomes a dynamic partition of the dataset's
+    samples, embeddings and similarity indexes; a sensor registers new, changed and removed
+    batches (see
     ``dagster_brain.sensors.inbox``). A batch is taken once nothing in it changed for
     ``settle_seconds`` or it holds a ``_SUCCESS`` file. Unreadable images are skipped and
     listed, never fatal, unless ``skip_bad`` is false.
@@ -103,6 +105,11 @@ class InboxSource(_Spec):
     classes: list[str] | None = None
     prediction_field: str = Field(default="predictions", pattern=NAME)
     skip_bad: bool = True
+    # predictions files for samples already ingested: each table in this sub-folder of the
+    # inbox is a batch named ``predictions-<file stem>`` (joined by id or file path)
+    predictions_dir: str = "predictions"
+    predictions_join_on: Literal["id", "filepath"] = "id"
+    predictions_label_column: str | None = "label"
 
 
 Source = Annotated[

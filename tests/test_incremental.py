@@ -388,3 +388,22 @@ def test_cli_materialize_takes_a_batch_then_the_whole_dataset_runs(project, tmp_
     assert out.exit_code == 0, out.output
     assert "skipped 3 batch assets" in out.output
     assert len(store.load_results(DATASET, "uniqueness")) == 6
+
+
+def test_a_predictions_file_is_a_batch_on_existing_samples(project):
+    defs, instance, data, store = project
+    inbox = Inbox(defs, instance, data)
+    write_batch(data / "inbox", "b1", 4, seed=5)
+    inbox.run(inbox.tick())
+    preds = data / "inbox" / "predictions"
+    preds.mkdir()
+    rows = [f"b1/img{i},cat,0.{i + 5}" for i in range(4)] + ["nowhere/img9,dog,0.9"]
+    (preds / "run1.csv").write_text("id,label,confidence\n" + "\n".join(rows) + "\n")
+    result = inbox.tick()
+    assert [r.partition_key for r in result.run_requests] == ["predictions-run1"]
+    assert all(o.success for o in inbox.run(result))
+    labels = store.labels(DATASET, "predictions")
+    assert sorted(labels["sample_id"]) == [f"b1/img{i}" for i in range(4)]
+    meta = batch_metadata(instance, dg.AssetKey([DATASET, "samples"]), "predictions-run1")
+    assert meta["skipped"] == 1 and "nowhere/img9" in meta["skipped_files"][0]
+    assert len(store.sample_ids(DATASET)) == 4  # a predictions batch owns no samples

@@ -1,8 +1,10 @@
 """Batches in an inbox folder: what is there, whether it is complete, and ingesting one.
 
 A batch is a sub-folder of images (``image_folder`` layout) or a manifest file (``manifest``
-layout) directly inside the inbox. Its name is the dynamic partition key; its fingerprint
-(names, sizes and modification times of its files) tells a changed batch from a seen one.
+layout) directly inside the inbox, or a predictions table in its ``predictions`` sub-folder
+(batch ``predictions-<stem>``: predictions on samples already there). Its name is the
+dynamic partition key; its fingerprint (names, sizes and modification times of its files)
+tells a changed batch from a seen one.
 """
 
 from __future__ import annotations
@@ -72,13 +74,32 @@ def _fingerprint(path: Path) -> tuple[str, float, bool]:
     return digest.hexdigest()[:16], newest, ready
 
 
+PREDICTIONS_PREFIX = "predictions-"
+
+
+def _table(folder: Path, stem: str) -> Path | None:
+    found = [folder / f"{stem}{s}" for s in MANIFEST_SUFFIXES if (folder / f"{stem}{s}").is_file()]
+    return found[0] if found else None
+
+
 def batch_path(source: InboxSource, root: Path, name: str) -> Path | None:
     """Where batch ``name`` lives in the inbox now, or ``None`` if it is gone."""
+    if name.startswith(PREDICTIONS_PREFIX):
+        return _table(root / source.predictions_dir, name[len(PREDICTIONS_PREFIX) :])
     if source.layout == "image_folder":
         p = root / name
         return p if p.is_dir() else None
-    found = [root / f"{name}{s}" for s in MANIFEST_SUFFIXES if (root / f"{name}{s}").is_file()]
-    return found[0] if found else None
+    return _table(root, name)
+
+
+def _tables(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return [
+        e
+        for e in sorted(folder.iterdir())
+        if e.is_file() and e.suffix.lower() in MANIFEST_SUFFIXES and not e.name.startswith(".")
+    ]
 
 
 def list_batches(source: InboxSource, root: Path) -> InboxListing:
@@ -86,17 +107,15 @@ def list_batches(source: InboxSource, root: Path) -> InboxListing:
     listing = InboxListing()
     if not root.is_dir():
         return listing
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith((".", "_")):
-            continue
-        if source.layout == "image_folder":
-            if not entry.is_dir():
-                continue
-            name = entry.name
-        else:
-            if not entry.is_file() or entry.suffix.lower() not in MANIFEST_SUFFIXES:
-                continue
-            name = entry.stem
+    entries = [
+        (e, e.name if source.layout == "image_folder" else e.stem)
+        for e in sorted(root.iterdir())
+        if not e.name.startswith((".", "_"))
+        and e.name != source.predictions_dir
+        and (e.is_dir() if source.layout == "image_folder" else e in _tables(root))
+    ]
+    entries += [(e, PREDICTIONS_PREFIX + e.stem) for e in _tables(root / source.predictions_dir)]
+    for entry, name in entries:
         if not BATCH_NAME.match(name):
             listing.rejected[entry.name] = (
                 "a batch name is letters, digits, '.', '_' or '-' (at most 100), starting with "
@@ -139,7 +158,9 @@ def ingest_batch(
     New and changed images are upserted (sample ids ``<batch>/<path in the batch>`` for
     image folders; the manifest's ids otherwise), samples the batch no longer holds are
     removed with their labels and vectors, and a batch that left the inbox takes all its
-    samples with it. A manifest id that already belongs to another batch is refused.
+    samples with it. A manifest id that already belongs to another batch is refused. A
+    predictions batch writes its predictions field on existing samples and owns none (its
+    removal leaves the predictions it wrote).
     """
     source = spec.source
     if not isinstance(source, InboxSource):
@@ -151,6 +172,9 @@ def ingest_batch(
         store.delete_samples(spec.name, before)
         return BatchReport(batch, None, [], before, None)
     fingerprint, _, _ = _fingerprint(path)
+    if batch.startswith(PREDICTIONS_PREFIX):
+        report = _ingest_predictions(store, spec, path)
+        return BatchReport(batch, fingerprint, [], [], report)
     if source.layout == "image_folder":
         report = ingest_image_folder(
             store,
@@ -184,6 +208,28 @@ def ingest_batch(
     gone = sorted(set(before) - written)
     store.delete_samples(spec.name, gone)
     return BatchReport(batch, fingerprint, sorted(now - set(gone)), gone, report)
+
+
+def _ingest_predictions(store: Store, spec: DatasetSpec, path: Path) -> IngestReport:
+    """Predictions on samples already in the dataset; rows for unknown samples are skipped
+    and listed (or refused, naming them, when the source does not skip bad rows)."""
+    from dagster_brain.ingest.predictions import ingest_predictions
+
+    source = spec.source
+    return ingest_predictions(
+        store,
+        spec.name,
+        path,
+        field=source.prediction_field,
+        join_on=source.predictions_join_on,
+        id_column=source.id_column,
+        filepath_column=source.filepath_column,
+        label_column=source.predictions_label_column,
+        confidence_column=source.confidence_column,
+        logits_column=source.logits_column,
+        classes=source.classes,
+        skip_bad=source.skip_bad,
+    )
 
 
 def _refuse_foreign_ids(
