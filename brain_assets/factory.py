@@ -56,6 +56,14 @@ def batch_partitions(dataset: str) -> dg.DynamicPartitionsDefinition:
     return dg.DynamicPartitionsDefinition(name=f"{dataset}__batches")
 
 
+def refresh_condition(spec: BrainRunSpec) -> dg.AutomationCondition:
+    """When a whole-dataset run of an inbox dataset refreshes: as soon as new batches have
+    landed (eager), or on its ``refresh_cron`` once they have."""
+    if spec.refresh_cron:
+        return dg.AutomationCondition.on_cron(spec.refresh_cron)
+    return dg.AutomationCondition.eager()
+
+
 def is_batched(kind: str) -> bool:
     """Whether a brain kind of an incremental dataset is updated batch by batch."""
     return kind == "similarity"
@@ -575,7 +583,7 @@ def build_brain_asset(spec: BrainRunSpec, incremental: bool = False) -> dg.Asset
         metadata={"brain_key": spec.brain_key, "method_version": METHOD_VERSIONS[kind]},
         required_resource_keys={"store", *info.resources(spec)},
         partitions_def=batch_partitions(spec.dataset) if incremental and is_batched(kind) else None,
-        automation_condition=(
-            dg.AutomationCondition.eager() if incremental and not is_batched(kind) else None
-        ),
+        automation_condition=refresh_condition(spec)
+        if incremental and not is_batched(kind)
+        else None,
     )(_compute)

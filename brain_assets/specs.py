@@ -164,10 +164,24 @@ class EmbeddingsSpec(_Spec):
 
 
 class BrainRunSpec(_Spec):
-    """Fields every brain run has."""
+    """Fields every brain run has.
+
+    ``refresh_cron`` (runs on inbox datasets): refresh on this cron (UTC) after new batches
+    landed, instead of as soon as they land.
+    """
 
     brain_key: str = Field(pattern=NAME, max_length=60)
     dataset: str = Field(pattern=NAME)
+    refresh_cron: str | None = None
+
+    @model_validator(mode="after")
+    def _cron(self) -> BrainRunSpec:
+        if self.refresh_cron is not None:
+            from dagster._utils.schedules import is_valid_cron_string
+
+            if not is_valid_cron_string(self.refresh_cron):
+                raise ValueError(f"refresh_cron {self.refresh_cron!r} is not a cron expression")
+        return self
 
 
 class UniquenessSpec(BrainRunSpec):
@@ -348,9 +362,16 @@ class BrainKeysFile(_Spec):
             if e.source == "key" and (e.dataset, e.from_key) not in emb:
                 raise ValueError(f"embeddings {e.key!r}: from_key {e.from_key!r} is not declared")
         seen = set()
+        inboxes = {d.name for d in self.datasets if d.incremental}
         for r in self.brain_runs:
             if r.dataset not in datasets:
                 raise ValueError(f"brain run {r.brain_key!r}: unknown dataset {r.dataset!r}")
+            if r.refresh_cron is not None and (r.dataset not in inboxes or r.kind == "similarity"):
+                raise ValueError(
+                    f"brain run {r.brain_key!r}: refresh_cron applies to whole-dataset runs on "
+                    "inbox datasets (others refresh with the nightly schedule; similarity "
+                    "indexes are updated batch by batch)"
+                )
             if (r.dataset, r.brain_key) in seen:
                 raise ValueError(f"brain run {r.brain_key!r}: declared twice on {r.dataset!r}")
             seen.add((r.dataset, r.brain_key))

@@ -407,3 +407,29 @@ def test_a_predictions_file_is_a_batch_on_existing_samples(project):
     meta = batch_metadata(instance, dg.AssetKey([DATASET, "samples"]), "predictions-run1")
     assert meta["skipped"] == 1 and "nowhere/img9" in meta["skipped_files"][0]
     assert len(store.sample_ids(DATASET)) == 4  # a predictions batch owns no samples
+
+
+def test_refresh_cron_replaces_the_eager_refresh(tmp_path):
+    from dagster_brain.specs import SpecError, parse_specs
+
+    def keys(run_extra, source=None):
+        return {
+            "datasets": [{"name": "s", "source": source or {"type": "inbox", "path": "in"}}],
+            "embeddings": [{"key": "e", "dataset": "s"}],
+            "brain_runs": [
+                {"brain_key": "u", "kind": "uniqueness", "dataset": "s", "embeddings": "e"}
+                | run_extra,
+                {"brain_key": "h", "kind": "hardness", "dataset": "s", "label_field": "p"},
+            ],
+        }
+
+    path = tmp_path / "k.yaml"
+    path.write_text(yaml.safe_dump(keys({"refresh_cron": "0 * * * *"})))
+    graph = build_defs(path, tmp_path).resolve_asset_graph()
+    cond = {k.path[-1]: graph.get(k).automation_condition for k in graph.get_all_asset_keys()}
+    assert "on_cron(0 * * * *" in cond["u"].get_label()
+    assert cond["h"].get_label() == dg.AutomationCondition.eager().get_label()
+    with pytest.raises(SpecError, match="not a cron expression"):
+        parse_specs(keys({"refresh_cron": "every hour"}))
+    with pytest.raises(SpecError, match="refresh_cron applies to whole-dataset runs on inbox"):
+        parse_specs(keys({"refresh_cron": "0 * * * *"}, {"type": "image_folder", "path": "x"}))
