@@ -41,13 +41,28 @@ def _expected_rows(store: Store, spec: BrainRunSpec) -> int | None:
     return None
 
 
-def check_results(store: Store, spec: BrainRunSpec) -> tuple[bool, dict[str, Any]]:
-    """(passed, metadata) for one brain run's committed results."""
+def check_results(
+    store: Store, spec: BrainRunSpec, batch: str | None = None
+) -> tuple[bool, dict[str, Any]]:
+    """(passed, metadata) for one brain run's committed results.
+
+    ``batch``: an inbox batch's update of an index, checked for that batch (its vectors are
+    indexed) rather than against the whole key, which other batches may be changing.
+    """
     kind = spec.kind  # type: ignore[attr-defined]
     results = store.load_results(spec.dataset, spec.brain_key)
     problems: list[str] = []
     meta: dict[str, Any] = {"rows": len(results)}
-    expected = _expected_rows(store, spec)
+    if batch is not None:
+        mine = set(store.batch_sample_ids(spec.dataset, batch))
+        embedded = mine & set(store.embedded_sample_ids(spec.dataset, spec.embeddings))
+        missing = sorted(embedded - set(results["sample_id"]))
+        meta["batch"], meta["batch_indexed"] = batch, len(embedded) - len(missing)
+        if missing:
+            problems.append(
+                f"{len(missing)} vectors of batch {batch!r} not indexed, e.g. {missing[:3]}"
+            )
+    expected = None if batch is not None else _expected_rows(store, spec)
     if expected is not None:
         meta["expected_rows"] = expected
         if len(results) != expected:
@@ -83,11 +98,17 @@ def check_results(store: Store, spec: BrainRunSpec) -> tuple[bool, dict[str, Any
     return not problems, meta
 
 
-def check_embeddings(store: Store, spec: EmbeddingsSpec, default_model: str) -> tuple[bool, dict]:
-    """(passed, metadata): count, dimension, model and finiteness of an embeddings key."""
-    emb = store.read_embeddings(spec.dataset, spec.key)
+def check_embeddings(
+    store: Store, spec: EmbeddingsSpec, default_model: str, batch: str | None = None
+) -> tuple[bool, dict]:
+    """(passed, metadata): count, dimension, model and finiteness of an embeddings key (of
+    one inbox batch's samples when ``batch`` is given)."""
+    ids = store.batch_sample_ids(spec.dataset, batch) if batch is not None else None
+    emb = store.read_embeddings(spec.dataset, spec.key, ids=ids)
     problems: list[str] = []
     meta: dict[str, Any] = {"rows": len(emb.sample_ids), "dim": emb.dim, "model": emb.model or ""}
+    if batch is not None:
+        meta["batch"] = batch
     if emb.vectors.shape != (len(emb.sample_ids), emb.dim):
         problems.append(f"vectors {emb.vectors.shape} do not match dimension {emb.dim}")
     if not np.isfinite(emb.vectors).all():
@@ -98,18 +119,28 @@ def check_embeddings(store: Store, spec: EmbeddingsSpec, default_model: str) -> 
         want = canonical_name(spec.model or default_model)
         if emb.model is None or canonical_name(emb.model) != want:
             problems.append(f"computed by {emb.model!r}, the spec asks for {want!r}")
-        if spec.patches_field is None:
-            n = len(store.sample_ids(spec.dataset))
+        if not emb.sample_ids and ids is not None and not ids:
+            pass  # a batch without samples (removed): nothing to check
+        elif spec.patches_field is None:
+            n = len(ids) if ids is not None else len(store.sample_ids(spec.dataset))
             meta["samples"] = n
             if len(emb.sample_ids) != n and not spec.skip_failures:
                 problems.append(f"{len(emb.sample_ids)} vectors for {n} samples")
         else:
             labels = store.labels(spec.dataset, spec.patches_field)
+            if ids is not None:
+                labels = labels[labels["sample_id"].isin(set(ids))]
             meta["objects"] = len(labels)
             if len(emb.sample_ids) != len(labels) and not spec.skip_failures:
                 problems.append(f"{len(emb.sample_ids)} vectors for {len(labels)} objects")
     meta["problems"] = dg.MetadataValue.json(problems)
     return not problems, meta
+
+
+def _batch(context: dg.AssetCheckExecutionContext) -> str | None:
+    """The inbox batch a check runs for (batch runs are partitioned), else ``None``."""
+    op = context.op_execution_context
+    return op.partition_key if op.has_partition_key else None
 
 
 def build_run_check(spec: BrainRunSpec) -> dg.AssetChecksDefinition:
@@ -121,8 +152,8 @@ def build_run_check(spec: BrainRunSpec) -> dg.AssetChecksDefinition:
         blocking=True,
         description="rows match the input, no NaN, scores in range, index size = embeddings",
     )
-    def _check(store: BrainStoreResource) -> dg.AssetCheckResult:
-        passed, meta = check_results(store.get(), spec)
+    def _check(context: dg.AssetCheckExecutionContext, store: BrainStoreResource):
+        passed, meta = check_results(store.get(), spec, _batch(context))
         return dg.AssetCheckResult(passed=passed, metadata=meta)
 
     return _check
@@ -137,8 +168,8 @@ def build_embeddings_check(spec: EmbeddingsSpec, default_model: str) -> dg.Asset
         blocking=True,
         description="one finite vector per sample/object, of the spec's model and dimension",
     )
-    def _check(store: BrainStoreResource) -> dg.AssetCheckResult:
-        passed, meta = check_embeddings(store.get(), spec, default_model)
+    def _check(context: dg.AssetCheckExecutionContext, store: BrainStoreResource):
+        passed, meta = check_embeddings(store.get(), spec, default_model, _batch(context))
         return dg.AssetCheckResult(passed=passed, metadata=meta)
 
     return _check

@@ -531,15 +531,15 @@ class Store:
         ids = sorted(set(ids))
         if not ids or dataset not in self.list_datasets():
             return 0
-        sets = self.embedding_sets(dataset)
-        leaving = {k: self.read_embeddings(dataset, k, ids=ids) for k in sets["embeddings_key"]}
-        with self.transaction() as conn:
+        with self.transaction() as conn:  # holds the file lock: reads and writes agree
+            sets = self.embedding_sets(dataset)
+            leaving = {k: self.read_embeddings(dataset, k, ids=ids) for k in sets["embeddings_key"]}
             conn.register("gone", pd.DataFrame({"sample_id": ids}, dtype=object))
             n = conn.execute(
                 "SELECT count(*) FROM samples WHERE dataset = ? AND sample_id IN "
                 "(SELECT sample_id FROM gone)",
                 [dataset],
-            ).fetchone()[0]
+            ).fetchall()[0][0]
             for table in ("samples", "labels", "embeddings"):
                 conn.execute(
                     f"DELETE FROM {table} WHERE dataset = ? AND sample_id IN "
@@ -551,7 +551,10 @@ class Store:
                 if not old.ids:
                     continue
                 parsed = _parse_embeddings_version(meta["data_version"])
-                count = int(meta["count"]) - len(old.ids)
+                count = conn.execute(
+                    "SELECT count(*) FROM embeddings WHERE dataset = ? AND embeddings_key = ?",
+                    [dataset, key],
+                ).fetchall()[0][0]
                 version = (
                     embeddings_version(
                         count, (parsed[1] - rows_digest(old.ids, old.vectors)) % (1 << 64)
@@ -689,31 +692,40 @@ class Store:
     ) -> EmbeddingSet:
         """Replace an embeddings key with these vectors, in one transaction."""
         vectors, ids, table = self._embedding_rows(dataset, key, sample_ids, vectors, label_ids)
-        version = embeddings_version(len(ids), rows_digest(ids, vectors))
         with self.transaction() as conn:
-            conn.execute(
-                "DELETE FROM embeddings WHERE dataset = ? AND embeddings_key = ?", [dataset, key]
-            )
-            conn.register("new_vectors", table)
-            conn.execute("INSERT INTO embeddings SELECT * FROM new_vectors")
-            conn.execute(
-                "INSERT OR REPLACE INTO embedding_sets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    dataset,
-                    key,
-                    model,
-                    model_hash,
-                    int(vectors.shape[1]) if vectors.size else 0,
-                    patches_field,
-                    source,
-                    len(sample_ids),
-                    version,
-                    run_id,
-                    utcnow(),
-                ],
-            )
-            self._mirror_embeddings(conn, dataset, key)
+            self._replace_key(
+                conn, dataset, key, ids, vectors, table, model, model_hash, source,
+                patches_field, run_id,
+            )  # fmt: skip
         return self.read_embeddings(dataset, key)
+
+    def _replace_key(
+        self, conn, dataset, key, ids, vectors, table, model, model_hash, source, patches_field,
+        run_id,
+    ) -> None:  # fmt: skip
+        """Inside a transaction: the key's rows and metadata become exactly these."""
+        conn.execute(
+            "DELETE FROM embeddings WHERE dataset = ? AND embeddings_key = ?", [dataset, key]
+        )
+        conn.register("new_vectors", table)
+        conn.execute("INSERT INTO embeddings SELECT * FROM new_vectors")
+        conn.execute(
+            "INSERT OR REPLACE INTO embedding_sets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                dataset,
+                key,
+                model,
+                model_hash,
+                int(vectors.shape[1]) if vectors.size else 0,
+                patches_field,
+                source,
+                len(ids),
+                embeddings_version(len(ids), rows_digest(ids, vectors)),
+                run_id,
+                utcnow(),
+            ],
+        )
+        self._mirror_embeddings(conn, dataset, key)
 
     def update_embeddings(
         self,
@@ -737,83 +749,84 @@ class Store:
         mix models. The data version is updated from the changed rows alone. Returns the rows
         of these samples (``count_all`` and ``data_version`` are the whole key's).
         """
-        sets = self.embedding_sets(dataset) if dataset in self.list_datasets() else None
-        empty = sets is None or not (sets["embeddings_key"] == key).any()
-        empty = empty or int(sets.loc[sets["embeddings_key"] == key, "count"].iloc[0]) == 0
-        if empty:  # nothing to keep: this is the whole key
-            return self.write_embeddings(
-                dataset,
-                key,
-                sample_ids,
-                vectors,
-                label_ids=label_ids,
-                model=model,
-                model_hash=model_hash,
-                source=source,
-                patches_field=patches_field,
-                run_id=run_id,
-            )
-        meta = sets[sets["embeddings_key"] == key].iloc[0]
+        self.create_dataset(dataset)
         if len(sample_ids):
             vectors, ids, table = self._embedding_rows(dataset, key, sample_ids, vectors, label_ids)
         else:  # only dropping rows
-            vectors, ids, table = np.zeros((0, int(meta["dim"])), np.float32), [], None
-        old = {
-            "model": meta["model"] if isinstance(meta["model"], str) else None,
-            "patches_field": (
-                meta["patches_field"] if isinstance(meta["patches_field"], str) else None
-            ),
-        }
-        for what, value in (("model", model), ("patches_field", patches_field)):
-            if value != old[what] and len(ids):
-                raise StoreError(
-                    f"embeddings key {key!r} of {dataset!r} holds vectors with {what} "
-                    f"{old[what]!r}; these have {value!r}: recompute the whole key instead"
-                )
-        if len(ids) and int(meta["dim"]) and vectors.shape[1] != int(meta["dim"]):
-            raise StoreError(
-                f"embeddings key {key!r} of {dataset!r} holds {int(meta['dim'])}-d vectors; "
-                f"these are {vectors.shape[1]}-d (sample {sample_ids[0]!r})"
-            )
+            ids, table = [], None
         touched = sorted(set(sample_ids) | set(drop_samples))
-        leaving = self.read_embeddings(dataset, key, ids=touched)
-        parsed = _parse_embeddings_version(meta["data_version"])
+        # Everything below reads and writes under one transaction, which holds the store's
+        # file lock: another process cannot change the key in between.
         with self.transaction() as conn:
-            conn.register("touched", pd.DataFrame({"sample_id": touched}, dtype=object))
-            conn.execute(
-                "DELETE FROM embeddings WHERE dataset = ? AND embeddings_key = ? AND sample_id IN "
-                "(SELECT sample_id FROM touched)",
-                [dataset, key],
-            )
-            if table is not None:
-                conn.register("new_vectors", table)
-                conn.execute("INSERT INTO embeddings SELECT * FROM new_vectors")
-            count = conn.execute(
-                "SELECT count(*) FROM embeddings WHERE dataset = ? AND embeddings_key = ?",
-                [dataset, key],
-            ).fetchone()[0]
-            if parsed is None:  # a version from before row digests: recompute it once
-                version = None
-            else:
-                digest = parsed[1] - rows_digest(leaving.ids, leaving.vectors)
-                version = embeddings_version(
-                    count, (digest + rows_digest(ids, vectors)) % (1 << 64)
-                )
-            conn.execute(
-                "UPDATE embedding_sets SET count = ?, data_version = ?, run_id = ?, "
-                "created_at = ?, dim = CASE WHEN dim = 0 THEN ? ELSE dim END "
+            rows = conn.execute(
+                "SELECT model, patches_field, dim, count, data_version FROM embedding_sets "
                 "WHERE dataset = ? AND embeddings_key = ?",
-                [
-                    count,
-                    version,
-                    run_id,
-                    utcnow(),
-                    int(vectors.shape[1]) if vectors.size else 0,
-                    dataset,
-                    key,
-                ],
-            )
-            self._mirror_embeddings(conn, dataset, key)
+                [dataset, key],
+            ).fetchall()
+            row = rows[0] if rows else None
+            if row is None or row[3] == 0:  # nothing to keep: this is the whole key
+                if table is None:
+                    vectors = np.zeros((0, 0), np.float32)
+                    _, ids, table = self._embedding_rows(dataset, key, [], vectors, None)
+                self._replace_key(
+                    conn, dataset, key, ids, vectors, table, model, model_hash, source,
+                    patches_field, run_id,
+                )  # fmt: skip
+                parsed = (0, 0)
+            else:
+                old_model, old_patches, dim, _, old_version = row
+                if table is None:
+                    vectors = np.zeros((0, int(dim)), np.float32)
+                for what, old, value in (
+                    ("model", old_model, model),
+                    ("patches_field", old_patches, patches_field),
+                ):
+                    if value != old and len(ids):
+                        raise StoreError(
+                            f"embeddings key {key!r} of {dataset!r} holds vectors with {what} "
+                            f"{old!r}; these have {value!r}: recompute the whole key instead"
+                        )
+                if len(ids) and int(dim) and vectors.shape[1] != int(dim):
+                    raise StoreError(
+                        f"embeddings key {key!r} of {dataset!r} holds {int(dim)}-d vectors; "
+                        f"these are {vectors.shape[1]}-d (sample {sample_ids[0]!r})"
+                    )
+                leaving = self.read_embeddings(dataset, key, ids=touched)
+                parsed = _parse_embeddings_version(old_version)
+                conn.register("touched", pd.DataFrame({"sample_id": touched}, dtype=object))
+                conn.execute(
+                    "DELETE FROM embeddings WHERE dataset = ? AND embeddings_key = ? AND "
+                    "sample_id IN (SELECT sample_id FROM touched)",
+                    [dataset, key],
+                )
+                if table is not None:
+                    conn.register("new_vectors", table)
+                    conn.execute("INSERT INTO embeddings SELECT * FROM new_vectors")
+                count = conn.execute(
+                    "SELECT count(*) FROM embeddings WHERE dataset = ? AND embeddings_key = ?",
+                    [dataset, key],
+                ).fetchall()[0][0]
+                version = None  # a version from before row digests: recomputed below
+                if parsed is not None:
+                    digest = parsed[1] - rows_digest(leaving.ids, leaving.vectors)
+                    version = embeddings_version(
+                        count, (digest + rows_digest(ids, vectors)) % (1 << 64)
+                    )
+                conn.execute(
+                    "UPDATE embedding_sets SET count = ?, data_version = ?, run_id = ?, "
+                    "created_at = ?, dim = CASE WHEN dim = 0 THEN ? ELSE dim END "
+                    "WHERE dataset = ? AND embeddings_key = ?",
+                    [
+                        count,
+                        version,
+                        run_id,
+                        utcnow(),
+                        int(vectors.shape[1]) if vectors.size else 0,
+                        dataset,
+                        key,
+                    ],
+                )
+                self._mirror_embeddings(conn, dataset, key)
         if parsed is None:
             self._restamp_embeddings(dataset, key)
         return self.read_embeddings(dataset, key, ids=sorted(set(sample_ids)))
@@ -827,6 +840,15 @@ class Store:
                 "AND embeddings_key = ?",
                 [version, dataset, key],
             )
+
+    def embedded_sample_ids(self, dataset: str, key: str) -> list[str]:
+        """Sample ids that have vectors under an embeddings key (without reading them)."""
+        rows = self.query(
+            "SELECT DISTINCT sample_id FROM embeddings WHERE dataset = ? AND embeddings_key = ? "
+            "ORDER BY 1",
+            [dataset, key],
+        )
+        return rows["sample_id"].tolist()
 
     def embedding_sets(self, dataset: str) -> pd.DataFrame:
         """One row per embeddings key of a dataset."""

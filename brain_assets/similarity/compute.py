@@ -210,8 +210,9 @@ def update_index(
     """Bring an existing index in line with changed samples by ``add_to_index`` and
     ``remove_from_index`` (no rebuild), then commit the run's new membership and lineage.
 
-    Samples of the index that are no longer in the dataset leave it too. Without a run for the
-    brain key, or with one made from another config or dimension, the index is built instead.
+    The index follows the embeddings key: samples the key holds but the index lacks are added
+    too, samples the key lost are removed. Without a run for the brain key, or with one made
+    from another config, model or dimension, the index is built instead.
     A failure between the backend writes and the commit leaves extra vectors that the next
     update of the same samples overwrites (writes are upserts by id).
     """
@@ -223,20 +224,33 @@ def update_index(
         or existing.kind != "similarity"
         or existing.config.get("spec") != spec.model_dump(mode="json")
     )
-    emb = store.read_embeddings(spec.dataset, spec.embeddings, ids=change.sample_ids)
+    key = _key_lineage(store, spec.dataset, spec.embeddings)
     if not rebuild:
-        index = load_index(store, spec.dataset, spec.brain_key, params)
-        rebuild = len(emb.ids) > 0 and emb.dim != index.config.dim
-        if rebuild:
+        before = existing.upstream.get("embeddings", {})
+        rebuild = (before.get("model"), before.get("model_hash")) != (
+            key["model"],
+            key["model_hash"],
+        )
+    index = None if rebuild else load_index(store, spec.dataset, spec.brain_key, params)
+    # The index follows the key: the changed samples, plus any sample the key holds that the
+    # index lacks (a batch whose update failed or overlapped), minus samples the key lost.
+    if index is not None:
+        in_key = set(store.embedded_sample_ids(spec.dataset, spec.embeddings))
+        indexed = set(index.members["sample_id"])
+        wanted = sorted((set(change.sample_ids) & in_key) | (in_key - indexed))
+        emb = store.read_embeddings(spec.dataset, spec.embeddings, ids=wanted)
+        if len(emb.ids) and emb.dim != index.config.dim:
             index.close()
-    if rebuild:
-        log.info("%s: no index to update (or its config changed): building it", spec.brain_key)
+            index = None
+    if index is None:
+        log.info(
+            "%s: no index to update (or its config, model or dimension changed): building it",
+            spec.brain_key,
+        )
         return build_index(spec, store, run_id=run_id, log=log, params=params, artifacts=artifacts)
-    present = set(store.sample_ids(spec.dataset))
-    stale = set(index.members["sample_id"]) - present
     with index.deferred_persist():
         removed = index.remove_from_index(
-            sample_ids=sorted(stale | set(change.dropped) | set(change.sample_ids))
+            sample_ids=sorted((indexed - in_key) | set(change.dropped) | set(change.sample_ids))
         )
         added = (
             index.add_to_index(emb.vectors, emb.sample_ids, label_ids=emb.label_ids)
@@ -259,7 +273,7 @@ def update_index(
         label_ids=members["label_id"].tolist() if index.is_patches else None,
         run_id=run_id,
         upstream={
-            "embeddings": _key_lineage(store, spec.dataset, spec.embeddings),
+            "embeddings": key,
             "backend": index.backend.describe(),
             "update": {"added": added, "removed": removed},
         },
