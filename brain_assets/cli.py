@@ -135,6 +135,9 @@ def materialize_cmd(
     if batch is not None:
         if not batched:
             raise ValueError(f"--batch {batch!r}: {selection!r} selects no inbox batch asset")
+        _check_batch(
+            brain_keys, defs.resources["store"].data_dir, {k.path[0] for k in batched}, batch
+        )
         keys = batched
         results = []
         for dataset in sorted({k.path[0] for k in batched}):
@@ -192,6 +195,25 @@ def materialize_cmd(
         click.echo(f"found:    {line}")
     if not all(r.success for r in results):
         sys.exit(1)
+
+
+def _check_batch(brain_keys: Path | None, data_dir: str, datasets: set[str], batch: str) -> None:
+    """Refuse a batch name that is not in the inbox of each of these inbox datasets."""
+    from dagster_brain.definitions import specs_path
+    from dagster_brain.ingest.inbox import list_batches
+    from dagster_brain.ingest.sources import data_path
+    from dagster_brain.specs import load_specs
+
+    for spec in load_specs(brain_keys or specs_path()).datasets:
+        if spec.name not in datasets:
+            continue
+        root = data_path(spec.source.path, Path(data_dir))
+        found = sorted(list_batches(spec.source, root).batches)
+        if batch not in found:
+            raise ValueError(
+                f"--batch {batch!r}: no such batch in the inbox of {spec.name!r} ({root}); "
+                f"batches there: {found[:20]}"
+            )
 
 
 def _has_dagster_home() -> bool:

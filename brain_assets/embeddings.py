@@ -236,7 +236,9 @@ def update_embeddings(
     """
     if sample_ids:
         done = embed(spec, store, embedder=embedder, log=log, ids=sample_ids)
-        return done.write(store, spec, run_id, update=True, drop_samples=list(drop_samples))
+        # every requested sample's old rows go, also where its new image failed to embed
+        drop = sorted(set(drop_samples) | set(sample_ids))
+        return done.write(store, spec, run_id, update=True, drop_samples=drop)
     return store.update_embeddings(  # nothing to embed: drop rows (or create an empty key)
         spec.dataset,
         spec.key,

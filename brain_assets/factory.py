@@ -61,7 +61,13 @@ def refresh_condition(spec: BrainRunSpec) -> dg.AutomationCondition:
     landed (eager), or on its ``refresh_cron`` once they have."""
     if spec.refresh_cron:
         return dg.AutomationCondition.on_cron(spec.refresh_cron)
-    return dg.AutomationCondition.eager()
+    # eager, except that a batch whose run failed (a missing partition) does not hold back
+    # the refresh for the batches that did land
+    return (
+        dg.AutomationCondition.eager()
+        .without(~dg.AutomationCondition.any_deps_missing())
+        .with_label("eager (past failed batches)")
+    )
 
 
 def is_batched(kind: str) -> bool:
@@ -194,6 +200,22 @@ def build_batch_samples_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     return _batch
 
 
+def _same_model(db, spec: EmbeddingsSpec, embedder: EmbedderResource) -> bool:
+    """Whether a batch may join the key: it holds no vectors yet, or vectors of the model
+    this spec uses (after a model change the whole key is computed again)."""
+    if spec.source != "model":
+        return True
+    from dagster_brain.embedding.names import canonical_name
+
+    sets = db.embedding_sets(spec.dataset)
+    row = sets[sets["embeddings_key"] == spec.key]
+    if row.empty or int(row["count"].iloc[0]) == 0:
+        return True
+    stored = row["model"].iloc[0]
+    want = canonical_name(spec.model or embedder.model)
+    return isinstance(stored, str) and canonical_name(stored) == want
+
+
 def build_embeddings_asset(spec: EmbeddingsSpec, incremental: bool = False) -> dg.AssetsDefinition:
     """``<dataset>/embeddings/<key>``: vectors from a model, an array, a column or a key.
 
@@ -226,13 +248,20 @@ def build_embeddings_asset(spec: EmbeddingsSpec, incremental: bool = False) -> d
         if config.device is not None:
             embedder = embedder.model_copy(update={"device": config.device})
         batch_meta: dict[str, Any] = {}
-        if context.has_partition_key:
+        if context.has_partition_key and _same_model(db, run_spec, embedder):
             batch = db.batch_sample_ids(spec.dataset, context.partition_key)
             emb = update_embeddings(
                 run_spec, db, batch, embedder=embedder, run_id=context.run_id, log=context.log
             )
             batch_meta = {"batch": context.partition_key, "batch_vectors": len(emb.ids)}
         else:
+            if context.has_partition_key:
+                context.log.warning(
+                    "embeddings %r hold another model's vectors: computing the key for the "
+                    "whole dataset with %s",
+                    spec.key,
+                    run_spec.model or embedder.model,
+                )
             emb = compute_embeddings(
                 run_spec, db, embedder=embedder, run_id=context.run_id, log=context.log
             )

@@ -1,11 +1,12 @@
 """The inbox sensor: new, changed and removed batches become partition runs.
 
-The cursor maps each batch taken to its fingerprint, and counts each batch's removals. Dagster
-stores it together with the tick's run requests and new partitions, so a sensor stopped
+The cursor maps each batch taken to its fingerprint, and counts the runs requested per batch.
+Dagster stores it together with the tick's run requests and new partitions, so a sensor stopped
 mid-tick stores nothing and its next tick plans the same runs again; each run request carries
-``<batch>@<fingerprint>#<removals>`` as its run key, which Dagster launches once (a batch
-removed and dropped in again gets a new key). If the cursor is lost, it is rebuilt from what
-the batch partitions recorded when they were materialised, so no batch is taken twice.
+``<batch>@<fingerprint>#<runs before>`` as its run key, which Dagster launches once (content
+that comes back, like a batch removed and dropped in again, gets a new key). If the cursor is
+lost, it is rebuilt from what the batch partitions and their runs recorded, so no batch is
+taken twice.
 """
 
 import json
@@ -17,7 +18,7 @@ from typing import Any
 import dagster as dg
 
 from dagster_brain.factory import batch_partitions, samples_key
-from dagster_brain.ingest.inbox import InboxListing, list_batches
+from dagster_brain.ingest.inbox import PREDICTIONS_PREFIX, InboxListing, list_batches
 from dagster_brain.ingest.sources import data_path
 from dagster_brain.resources.store import BrainStoreResource
 from dagster_brain.specs import DatasetSpec
@@ -32,28 +33,29 @@ class BatchRun:
     batch: str
     event: str  # added | changed | removed
     fingerprint: str
-    epoch: int = 0  # removals of this batch before
+    attempt: int = 0  # runs requested for this batch before
 
     @property
     def run_key(self) -> str:
-        """Unique per batch content and removal count: the same content is run once."""
-        return f"{self.batch}@{self.fingerprint}#{self.epoch}"
+        """Unique per request: a batch whose content comes back (a file moved out and back,
+        a batch removed and dropped in again) gets a new key, so Dagster runs it again."""
+        return f"{self.batch}@{self.fingerprint}#{self.attempt}"
 
 
 @dataclass
 class InboxCursor:
-    """Fingerprints of the batches taken, and how often each batch was removed."""
+    """Fingerprints of the batches taken, and how many runs each batch was given."""
 
     seen: dict[str, str] = field(default_factory=dict)
-    removals: dict[str, int] = field(default_factory=dict)
+    runs: dict[str, int] = field(default_factory=dict)
 
     def dumps(self) -> str:
-        return json.dumps({"seen": self.seen, "removals": self.removals}, sort_keys=True)
+        return json.dumps({"seen": self.seen, "runs": self.runs}, sort_keys=True)
 
     @classmethod
     def loads(cls, text: str) -> "InboxCursor":
         data = json.loads(text)
-        return cls(dict(data.get("seen", {})), dict(data.get("removals", {})))
+        return cls(dict(data.get("seen", {})), dict(data.get("runs", {})))
 
 
 @dataclass
@@ -65,6 +67,11 @@ class TickPlan:
     cursor: InboxCursor = field(default_factory=InboxCursor)
     waiting: list[str] = field(default_factory=list)
 
+    def request(self, name: str, event: str, fingerprint: str) -> None:
+        attempt = self.cursor.runs.get(name, 0)
+        self.runs.append(BatchRun(name, event, fingerprint, attempt))
+        self.cursor.runs[name] = attempt + 1
+
 
 def plan_tick(
     listing: InboxListing,
@@ -73,47 +80,55 @@ def plan_tick(
     settle_seconds: float,
     now: float | None = None,
 ) -> TickPlan:
-    """Runs for batches that are complete and new or changed, and for batches that left.
+    """Runs for batches that left, then for batches that are complete and new or changed.
 
-    ``partitions`` are the registered partition keys. A batch still being written waits for
-    a later tick.
+    Removals come first, so that a manifest renamed in the inbox gives its samples to the new
+    name. ``partitions`` are the registered partition keys. A batch still being written waits
+    for a later tick, and so do predictions batches while image batches are being taken
+    (their samples must exist first).
     """
     now = time.time() if now is None else now
     seen = cursor.seen
-    plan = TickPlan(cursor=InboxCursor(dict(seen), dict(cursor.removals)))
+    plan = TickPlan(cursor=InboxCursor(dict(seen), dict(cursor.runs)))
+    for name in sorted(set(seen) - set(listing.batches)):
+        plan.request(name, REMOVED, f"{REMOVED}-{seen[name]}")
+        del plan.cursor.seen[name]
+    todo = []
     for name, batch in sorted(listing.batches.items()):
         if seen.get(name) == batch.fingerprint:
             continue
         if not batch.is_ready(settle_seconds, now):
             plan.waiting.append(name)
             continue
-        epoch = cursor.removals.get(name, 0)
-        event = "changed" if name in seen else "added"
-        plan.runs.append(BatchRun(name, event, batch.fingerprint, epoch))
+        todo.append((name, batch))
+    samples_first = any(not n.startswith(PREDICTIONS_PREFIX) for n, _ in todo) or any(
+        not n.startswith(PREDICTIONS_PREFIX) for n in plan.waiting
+    )
+    for name, batch in todo:
+        if samples_first and name.startswith(PREDICTIONS_PREFIX):
+            plan.waiting.append(name)
+            continue
+        plan.request(name, "changed" if name in seen else "added", batch.fingerprint)
         plan.cursor.seen[name] = batch.fingerprint
         if name not in partitions:
             plan.new_partitions.append(name)
-    for name in sorted(set(seen) - set(listing.batches)):
-        epoch = cursor.removals.get(name, 0)
-        plan.runs.append(BatchRun(name, REMOVED, f"{REMOVED}-{seen[name]}", epoch))
-        del plan.cursor.seen[name]
-        plan.cursor.removals[name] = epoch + 1
     return plan
 
 
 def recorded_cursor(instance: dg.DagsterInstance, dataset: str) -> InboxCursor:
-    """The cursor as the batch partitions of ``dataset`` recorded it (cursor recovery)."""
+    """The cursor as the batch partitions of ``dataset`` and their runs recorded it (cursor
+    recovery)."""
     key = samples_key(dataset)
     cursor = InboxCursor()
     for part in instance.get_dynamic_partitions(batch_partitions(dataset).name):
+        runs = instance.get_runs_count(
+            filters=dg.RunsFilter(tags={"brain/dataset": dataset, "brain/batch": part})
+        )
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[part]), limit=1000
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[part]), limit=1
         ).records
-        events = [r.asset_materialization.metadata for r in records]  # newest first
-        removals = sum(1 for m in events if m.get("event") and m["event"].value == REMOVED)
-        if removals:
-            cursor.removals[part] = removals
-        latest = events[0] if events else None
+        cursor.runs[part] = max(runs, len(records))
+        latest = records[0].asset_materialization.metadata if records else None
         if latest is not None and latest.get("fingerprint") and latest["fingerprint"].value:
             cursor.seen[part] = str(latest["fingerprint"].value)
     return cursor
@@ -146,7 +161,11 @@ def build_inbox_sensor(spec: DatasetSpec, job: Any, interval_s: int = 30) -> dg.
             dg.RunRequest(
                 run_key=run.run_key,
                 partition_key=run.batch,
-                tags={"brain/batch": run.batch, "brain/batch_event": run.event},
+                tags={
+                    "brain/dataset": spec.name,
+                    "brain/batch": run.batch,
+                    "brain/batch_event": run.event,
+                },
             )
             for run in plan.runs
         ]

@@ -428,8 +428,43 @@ def test_refresh_cron_replaces_the_eager_refresh(tmp_path):
     graph = build_defs(path, tmp_path).resolve_asset_graph()
     cond = {k.path[-1]: graph.get(k).automation_condition for k in graph.get_all_asset_keys()}
     assert "on_cron(0 * * * *" in cond["u"].get_label()
-    assert cond["h"].get_label() == dg.AutomationCondition.eager().get_label()
+    assert cond["h"].get_label() == "eager (past failed batches)"
     with pytest.raises(SpecError, match="not a cron expression"):
         parse_specs(keys({"refresh_cron": "every hour"}))
     with pytest.raises(SpecError, match="refresh_cron applies to whole-dataset runs on inbox"):
         parse_specs(keys({"refresh_cron": "0 * * * *"}, {"type": "image_folder", "path": "x"}))
+
+
+def test_renamed_manifest_and_content_that_comes_back(tmp_path):
+    from dagster_brain.ingest.inbox import Batch, InboxListing
+
+    def listing(**batches):
+        return InboxListing({n: Batch(n, tmp_path, fp, 0.0, True) for n, fp in batches.items()})
+
+    first = plan_tick(listing(m1="f1"), InboxCursor(), set(), 0)
+    renamed = plan_tick(listing(m2="f1"), first.cursor, {"m1"}, 0)
+    # the old name's removal comes first, so the new name can take its samples over
+    assert [(r.batch, r.event) for r in renamed.runs] == [("m1", "removed"), ("m2", "added")]
+    # a file moved out of a batch and back: the old fingerprint again, but a new run key
+    out = plan_tick(listing(m2="f2"), renamed.cursor, {"m1", "m2"}, 0)
+    back = plan_tick(listing(m2="f1"), out.cursor, {"m1", "m2"}, 0)
+    keys = [r.run_key for p in (first, renamed, out, back) for r in p.runs]
+    assert len(keys) == len(set(keys)) == 5
+    # predictions wait while image batches are taken in the same tick
+    both = plan_tick(listing(b9="x", **{"predictions-p": "y"}), InboxCursor(), set(), 0)
+    assert [r.batch for r in both.runs] == ["b9"] and both.waiting == ["predictions-p"]
+    after = plan_tick(listing(b9="x", **{"predictions-p": "y"}), both.cursor, {"b9"}, 0)
+    assert [r.batch for r in after.runs] == ["predictions-p"]
+
+
+def test_cli_refuses_a_batch_that_is_not_in_the_inbox(project, tmp_path):
+    from click.testing import CliRunner
+
+    from dagster_brain.cli import main
+
+    _, _, data, _ = project
+    args = ["materialize", "--brain-keys", str(tmp_path / "brain_keys.yaml")]
+    args += ["--data-dir", str(data), "--batch", "b1x"]
+    env = {"DAGSTER_HOME": "", "BRAIN_CONFIG_PATH": str(tmp_path / "none.json")}
+    out = CliRunner().invoke(main, args, env=env)
+    assert out.exit_code != 0 and "no such batch in the inbox of 'stream'" in out.output

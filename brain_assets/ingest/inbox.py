@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dagster_brain.ingest.errors import IngestError, IngestReport
-from dagster_brain.ingest.image_folder import ingest_image_folder
+from dagster_brain.ingest.image_folder import find_images, ingest_image_folder
 from dagster_brain.ingest.manifest import ingest_manifest
 from dagster_brain.specs import DatasetSpec, InboxSource
 from dagster_brain.store import Store
@@ -78,8 +78,8 @@ PREDICTIONS_PREFIX = "predictions-"
 
 
 def _table(folder: Path, stem: str) -> Path | None:
-    found = [folder / f"{stem}{s}" for s in MANIFEST_SUFFIXES if (folder / f"{stem}{s}").is_file()]
-    return found[0] if found else None
+    """The table ``<stem>.<csv|parquet|jsonl|ndjson>`` (any case), as the listing picks it."""
+    return next((t for t in _tables(folder) if t.stem == stem), None)
 
 
 def batch_path(source: InboxSource, root: Path, name: str) -> Path | None:
@@ -107,15 +107,22 @@ def list_batches(source: InboxSource, root: Path) -> InboxListing:
     listing = InboxListing()
     if not root.is_dir():
         return listing
+    tables = set(_tables(root))
     entries = [
         (e, e.name if source.layout == "image_folder" else e.stem)
         for e in sorted(root.iterdir())
         if not e.name.startswith((".", "_"))
         and e.name != source.predictions_dir
-        and (e.is_dir() if source.layout == "image_folder" else e in _tables(root))
+        and (e.is_dir() if source.layout == "image_folder" else e in tables)
     ]
     entries += [(e, PREDICTIONS_PREFIX + e.stem) for e in _tables(root / source.predictions_dir)]
     for entry, name in entries:
+        if entry.parent == root and name.startswith(PREDICTIONS_PREFIX):
+            listing.rejected[entry.name] = (
+                f"names starting with {PREDICTIONS_PREFIX!r} are kept for the tables in "
+                f"{source.predictions_dir}/"
+            )
+            continue
         if not BATCH_NAME.match(name):
             listing.rejected[entry.name] = (
                 "a batch name is letters, digits, '.', '_' or '-' (at most 100), starting with "
@@ -175,6 +182,10 @@ def ingest_batch(
     if batch.startswith(PREDICTIONS_PREFIX):
         report = _ingest_predictions(store, spec, path)
         return BatchReport(batch, fingerprint, [], [], report)
+    if source.layout == "image_folder" and not find_images(path):
+        store.delete_samples(spec.name, before)  # emptied: like a batch that left
+        report = IngestReport(dataset=spec.name, notes=[f"batch {batch!r} holds no images"])
+        return BatchReport(batch, fingerprint, [], before, report)
     if source.layout == "image_folder":
         report = ingest_image_folder(
             store,
@@ -186,7 +197,7 @@ def ingest_batch(
             skip_bad=source.skip_bad,
         )
     else:
-        _refuse_foreign_ids(store, spec.name, batch, path, source)
+        _refuse_foreign_ids(store, spec.name, batch, path, source, root)
         report = ingest_manifest(
             store,
             spec.name,
@@ -233,15 +244,21 @@ def _ingest_predictions(store: Store, spec: DatasetSpec, path: Path) -> IngestRe
 
 
 def _refuse_foreign_ids(
-    store: Store, dataset: str, batch: str, path: Path, source: InboxSource
+    store: Store, dataset: str, batch: str, path: Path, source: InboxSource, root: Path
 ) -> None:
+    """Refuse ids that belong to another batch still in the inbox (ids of a batch that left
+    it, e.g. a renamed manifest, move to this one)."""
     from dagster_brain.embeddings import read_table
 
     ids = read_table(path)
     if source.id_column not in ids:
         return  # the manifest importer names the missing column
     owners = store.sample_batches(dataset, ids[source.id_column].astype(str).tolist())
-    foreign = {s: b for s, b in owners.items() if b != batch}
+    foreign = {
+        s: b
+        for s, b in owners.items()
+        if b != batch and (b is None or batch_path(source, root, b) is not None)
+    }
     if foreign:
         sid, other = next(iter(sorted(foreign.items())))
         raise IngestError(
