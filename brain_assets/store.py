@@ -325,7 +325,8 @@ class Store:
         """One transaction: everything inside commits together or not at all.
 
         Parquet copies written inside it (:meth:`_mirror`) replace the old files only after
-        the commit; on rollback they are removed.
+        the commit, while the connection (and so the store's file lock) is still held: two
+        writers' copies land in the order of their commits. On rollback they are removed.
         """
         renames: list[tuple[Path, Path]] = []
         self._renames = renames
@@ -338,14 +339,14 @@ class Store:
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
+                for tmp, final in renames:
+                    os.replace(tmp, final)
         except BaseException:
             for tmp, _ in renames:
                 tmp.unlink(missing_ok=True)
             raise
         finally:
             self._renames = None
-        for tmp, final in renames:
-            os.replace(tmp, final)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
         """Run read-only SQL and return a DataFrame."""
