@@ -127,8 +127,14 @@ CREATE TABLE IF NOT EXISTS brain_locks (
     acquired_at TIMESTAMP NOT NULL,
     PRIMARY KEY (dataset, brain_key)
 );
+ALTER TABLE brain_locks ADD COLUMN IF NOT EXISTS heartbeat_at TIMESTAMP;
 CREATE SCHEMA IF NOT EXISTS results;
 """
+
+# A run holding a brain key refreshes its lock this often; a lock from another host whose
+# heartbeat is older than LOCK_STALE_S belongs to a worker that died, and is taken over.
+LOCK_HEARTBEAT_S = 30.0
+LOCK_STALE_S = 300.0
 
 
 class StoreError(RuntimeError):
@@ -1138,25 +1144,36 @@ class Store:
     ) -> Iterator[None]:
         """Hold the brain key for one run. A second concurrent run waits up to ``wait_s``
         seconds for it, then is refused, naming the holder. A lock left by a process that
-        died on this host is taken over."""
+        died is taken over: on this host when its pid is gone, from another host (a worker)
+        when its heartbeat (every ``LOCK_HEARTBEAT_S``) is older than ``LOCK_STALE_S``."""
         import socket
+        import threading
 
         check_name(brain_key, "brain key")
-        host = socket.gethostname()
+        host, pid = socket.gethostname(), os.getpid()
         deadline = time.monotonic() + wait_s
         delay = 0.2
         while True:
             with self.transaction() as conn:
-                row = conn.execute(
-                    "SELECT holder, pid, host, acquired_at FROM brain_locks "
+                rows = conn.execute(
+                    "SELECT holder, pid, host, acquired_at, "
+                    "coalesce(heartbeat_at, acquired_at) FROM brain_locks "
                     "WHERE dataset = ? AND brain_key = ?",
                     [dataset, brain_key],
-                ).fetchone()
-                free = row is None or (row[2] == host and not _pid_alive(row[1]))
+                ).fetchall()
+                row = rows[0] if rows else None
+                free = row is None or (
+                    not _pid_alive(row[1])
+                    if row[2] == host
+                    else (utcnow() - row[4]).total_seconds() > LOCK_STALE_S
+                )
                 if free:
+                    now = utcnow()
                     conn.execute(
-                        "INSERT OR REPLACE INTO brain_locks VALUES (?, ?, ?, ?, ?, ?)",
-                        [dataset, brain_key, holder, os.getpid(), host, utcnow()],
+                        "INSERT OR REPLACE INTO brain_locks "
+                        "(dataset, brain_key, holder, pid, host, acquired_at, heartbeat_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [dataset, brain_key, holder, pid, host, now, now],
                     )
             if free:
                 break
@@ -1167,13 +1184,33 @@ class Store:
                 )
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 5.0)
+
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(LOCK_HEARTBEAT_S):
+                try:
+                    with self.connect() as hb:
+                        hb.execute(
+                            "UPDATE brain_locks SET heartbeat_at = ? WHERE dataset = ? AND "
+                            "brain_key = ? AND pid = ? AND host = ?",
+                            [utcnow(), dataset, brain_key, pid, host],
+                        )
+                except Exception:  # a missed beat only shortens the lock's grace
+                    continue
+
+        beater = threading.Thread(target=beat, name=f"lock {brain_key}", daemon=True)
+        beater.start()
         try:
             yield
         finally:
+            done.set()
+            beater.join()
             with self.connect() as conn:
                 conn.execute(
-                    "DELETE FROM brain_locks WHERE dataset = ? AND brain_key = ? AND pid = ?",
-                    [dataset, brain_key, os.getpid()],
+                    "DELETE FROM brain_locks WHERE dataset = ? AND brain_key = ? AND pid = ? "
+                    "AND host = ?",
+                    [dataset, brain_key, pid, host],
                 )
 
     # -- saved views ----------------------------------------------------------------------

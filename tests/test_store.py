@@ -184,7 +184,8 @@ def test_run_lock_refuses_a_second_run_and_takes_over_dead_holders(store):
 
     with store.connect() as conn:
         conn.execute(
-            "INSERT INTO brain_locks VALUES ('d', 'u', 'run X', 999999, ?, now())",
+            "INSERT INTO brain_locks (dataset, brain_key, holder, pid, host, acquired_at) "
+            "VALUES ('d', 'u', 'run X', 999999, ?, now())",
             [socket.gethostname()],
         )
     with store.run_lock("d", "u", "run D"):
@@ -217,3 +218,33 @@ def test_run_lock_waits_for_the_holder_when_asked(store):
         order.append("C in")
     t.join()
     assert order == ["A in", "A out", "C in"]
+
+
+def test_run_lock_takes_over_a_dead_worker_on_another_host(store, monkeypatch):
+    import time
+
+    import dagster_brain.store as store_module
+
+    _dataset(store)
+
+    def plant(age_s):
+        with store.connect() as conn:
+            conn.execute("DELETE FROM brain_locks")
+            conn.execute(
+                "INSERT INTO brain_locks VALUES ('d', 'u', 'run W', 1, 'worker-7', "
+                "now() - to_seconds(?), now() - to_seconds(?))",
+                [age_s, age_s],
+            )
+
+    plant(10)  # a live worker elsewhere: refused
+    with pytest.raises(StoreError, match="run W.*worker-7"):
+        with store.run_lock("d", "u", "run A"):
+            pass
+    plant(store_module.LOCK_STALE_S + 60)  # its heartbeat stopped: taken over
+    monkeypatch.setattr(store_module, "LOCK_HEARTBEAT_S", 0.05)
+    with store.run_lock("d", "u", "run B"):
+        first = store.query("SELECT heartbeat_at FROM brain_locks")["heartbeat_at"].iloc[0]
+        time.sleep(0.5)
+        later = store.query("SELECT holder, heartbeat_at FROM brain_locks").iloc[0]
+        assert later["holder"] == "run B" and later["heartbeat_at"] > first  # it beats
+    assert store.query("SELECT * FROM brain_locks").empty
