@@ -24,6 +24,7 @@ from dagster_brain.resources.store import BrainStoreResource
 from dagster_brain.specs import DatasetSpec
 
 REMOVED = "removed"
+BATCH_RUN_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,10 @@ def build_inbox_sensor(spec: DatasetSpec, job: Any, interval_s: int = 30) -> dg.
                     "brain/dataset": spec.name,
                     "brain/batch": run.batch,
                     "brain/batch_event": run.event,
+                    # a failed batch run is re-executed from its failed step by the daemon
+                    # (run retries in dagster.yaml), step failures included
+                    "dagster/max_retries": str(BATCH_RUN_RETRIES),
+                    "dagster/retry_on_asset_or_op_failure": "true",
                 },
             )
             for run in plan.runs

@@ -152,6 +152,7 @@ def test_three_batches_end_to_end(project):
         first = first or folder / "img0.png"
         result = inbox.tick()
         assert [r.partition_key for r in result.run_requests] == [name]
+        assert result.run_requests[0].tags["dagster/retry_on_asset_or_op_failure"] == "true"
         assert all(o.success for o in inbox.run(result))
         assert inbox.tick().run_requests == []  # the same batch is never taken twice
 
