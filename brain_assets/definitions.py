@@ -19,7 +19,7 @@ from dagster_brain.factory import (
 from dagster_brain.resources.embedder import EmbedderResource
 from dagster_brain.resources.similarity import similarity_resources
 from dagster_brain.resources.store import BrainStoreResource
-from dagster_brain.sensors.inbox import build_inbox_sensor
+from dagster_brain.sensors.inbox import build_inbox_sensor, sensor_interval_s
 from dagster_brain.sensors.schedules import build_schedules
 from dagster_brain.specs import DEFAULT_SPECS_PATH, BrainKeysFile, load_specs
 
@@ -84,7 +84,7 @@ def build_batch_jobs(
                     f"{d.name}_refresh",
                     target=dg.AssetSelection.assets(*refreshed),
                     default_status=dg.DefaultSensorStatus.RUNNING,
-                    minimum_interval_seconds=30,
+                    minimum_interval_seconds=sensor_interval_s(),
                     description=f"Refreshes the whole-dataset brain runs of {d.name!r} once "
                     "new batches have landed",
                 )

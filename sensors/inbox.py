@@ -10,6 +10,7 @@ taken twice.
 """
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,14 +136,21 @@ def recorded_cursor(instance: dg.DagsterInstance, dataset: str) -> InboxCursor:
     return cursor
 
 
-def build_inbox_sensor(spec: DatasetSpec, job: Any, interval_s: int = 30) -> dg.SensorDefinition:
+def sensor_interval_s() -> int:
+    """Seconds between inbox and refresh sensor ticks: ``BRAIN_SENSOR_INTERVAL_S`` (30)."""
+    return int(os.environ.get("BRAIN_SENSOR_INTERVAL_S", "30"))
+
+
+def build_inbox_sensor(
+    spec: DatasetSpec, job: Any, interval_s: int | None = None
+) -> dg.SensorDefinition:
     """``<dataset>_inbox``: watches the dataset's inbox and requests a run per batch."""
     source = spec.source
 
     @dg.sensor(
         name=f"{spec.name}_inbox",
         job=job,
-        minimum_interval_seconds=interval_s,
+        minimum_interval_seconds=interval_s or sensor_interval_s(),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"New, changed and removed batches in the inbox of {spec.name!r}",
     )
