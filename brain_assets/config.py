@@ -4,8 +4,9 @@ The JSON file defaults to ``~/.dagster_brain/brain_config.json`` and moves with
 ``BRAIN_CONFIG_PATH``. Environment variables:
 
 - ``BRAIN_DATA_DIR``, ``BRAIN_BRAIN_KEYS_PATH``, ``BRAIN_DEFAULT_MODEL``,
-  ``BRAIN_DEFAULT_SIMILARITY_BACKEND``, ``BRAIN_EXECUTOR``: the top-level fields of the same
-  names (``executor``: multiprocess, in_process or celery; see ``dagster_brain.execution``);
+  ``BRAIN_DEFAULT_SIMILARITY_BACKEND``, ``BRAIN_EXECUTOR``, ``BRAIN_REFRESH_CRON``: the
+  top-level fields of the same names (``executor``: multiprocess, in_process or celery; see
+  ``dagster_brain.execution``; ``refresh_cron``: the nightly refresh schedule, UTC);
 - ``BRAIN_SIMILARITY_BACKENDS=a,b``: the backends exposed (hides the others; a name that is
   not built in declares a custom backend whose parameters come from the other settings);
 - ``BRAIN_SIMILARITY_<BACKEND>_<PARAM>=value``: one backend parameter; values are parsed as
@@ -69,6 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "default_similarity_backend": "sklearn",
     "similarity_backends": BUILTIN_BACKENDS,
     "executor": "multiprocess",  # how runs execute steps (dagster_brain.execution)
+    "refresh_cron": "0 3 * * *",  # the nightly_brain_refresh schedule (UTC)
 }
 
 TOP_LEVEL_ENV = (
@@ -77,6 +79,7 @@ TOP_LEVEL_ENV = (
     "default_model",
     "default_similarity_backend",
     "executor",
+    "refresh_cron",
 )
 SECRET_WORDS = ("api_key", "apikey", "password", "token", "secret")
 

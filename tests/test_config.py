@@ -91,3 +91,24 @@ def test_bad_file_and_unknown_fields(tmp_path):
         BrainConfig(
             env={"BRAIN_CONFIG_PATH": str(tmp_path / "n.json"), "BRAIN_SIMILARITY_NOPE_URL": "x"}
         )
+
+
+def test_refresh_cron_comes_from_the_brain_config(tmp_path, monkeypatch):
+    import json
+
+    import dagster_brain.config as config_module
+    from dagster_brain.config import BrainConfig, BrainConfigError
+    from dagster_brain.sensors.schedules import build_schedules
+
+    path = tmp_path / "brain_config.json"
+    path.write_text(json.dumps({"refresh_cron": "30 1 * * *"}))
+    for env, want in (
+        ({"BRAIN_CONFIG_PATH": str(path)}, "30 1 * * *"),  # the JSON file
+        ({"BRAIN_CONFIG_PATH": str(path), "BRAIN_REFRESH_CRON": "*/15 * * * *"}, "*/15 * * * *"),
+    ):
+        monkeypatch.setattr(config_module, "_brain_config", BrainConfig(env=env))
+        assert build_schedules()[0].cron_schedule == want
+    bad = BrainConfig(env={"BRAIN_CONFIG_PATH": str(path), "BRAIN_REFRESH_CRON": "nightly"})
+    monkeypatch.setattr(config_module, "_brain_config", bad)
+    with pytest.raises(BrainConfigError, match="'nightly' is not a cron expression"):
+        build_schedules()
