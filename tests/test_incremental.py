@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -469,3 +470,23 @@ def test_cli_refuses_a_batch_that_is_not_in_the_inbox(project, tmp_path):
     env = {"DAGSTER_HOME": "", "BRAIN_CONFIG_PATH": str(tmp_path / "none.json")}
     out = CliRunner().invoke(main, args, env=env)
     assert out.exit_code != 0 and "no such batch in the inbox of 'stream'" in out.output
+
+
+def test_demo_inbox_drops_whole_batches_and_the_example_loads(tmp_path):
+    from click.testing import CliRunner
+
+    from dagster_brain.cli import main
+
+    data = tmp_path / "data"
+    args = ["demo", "inbox", "--data-dir", str(data), "--count", "2", "--batch-size", "50"]
+    out = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert out.exit_code == 0 and out.output.count("dropped") == 2, out.output
+    out = CliRunner().invoke(main, args[:-4] + ["--batch-size", "50"], catch_exceptions=False)
+    assert "batch_003" in out.output
+    source = InboxSource(type="inbox", path="inbox/digits_stream")
+    listing = list_batches(source, data / "inbox" / "digits_stream")
+    assert sorted(listing.batches) == ["batch_001", "batch_002", "batch_003"]
+    assert len(list((data / "inbox" / "digits_stream" / "batch_001").rglob("*.png"))) == 50
+    example = Path(__file__).resolve().parents[1] / "examples" / "inbox.yaml"
+    graph = build_defs(example, data).resolve_asset_graph()
+    assert graph.get(dg.AssetKey(["digits_stream", "brain", "umap"])).automation_condition

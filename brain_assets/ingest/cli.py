@@ -331,3 +331,25 @@ def make(data_dir, demo_dir, seed, digits_samples, digits_duplicates, shapes_ima
         digits_duplicates=digits_duplicates,
         shapes_images=shapes_images,
     )
+
+
+@demo.command("inbox")
+@data_dir_option
+@click.option(
+    "--inbox",
+    default="inbox/digits_stream",
+    show_default=True,
+    help="Inbox folder (relative to the data directory), as in examples/inbox.yaml.",
+)
+@click.option("--count", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=300, show_default=True, type=click.IntRange(min=1))
+def demo_inbox(data_dir: Path, inbox: str, count: int, batch_size: int) -> None:
+    """Drop the next COUNT batches of the digits demo into an inbox (for its sensor)."""
+    from dagster_brain.ingest.demo import drop_inbox_batches
+
+    folder = Path(inbox) if Path(inbox).is_absolute() else Path(data_dir) / inbox
+    written = drop_inbox_batches(Path(data_dir) / "demo", folder, count, batch_size)
+    for w in written:
+        click.echo(f"dropped {w} ({sum(1 for _ in w.rglob('*.png'))} images)")
+    if not written:
+        click.echo(f"every digit is already in {folder}")

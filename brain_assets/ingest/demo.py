@@ -541,3 +541,45 @@ def ingest_demo(
         shapes_images=shapes_images,
     )
     return {name: ingest_demo_dataset(store, root, name, seed=seed, **sizes) for name in DEMOS}
+
+
+def drop_inbox_batches(
+    demo_dir: str | os.PathLike,
+    inbox: str | os.PathLike,
+    count: int = 1,
+    batch_size: int = 300,
+    seed: int = 51,
+) -> list[Path]:
+    """Copy the next ``count`` batches of the digits demo into ``inbox`` as class folders
+    (``batch_001/<label>/<id>.png``), as a camera or a labelling tool would drop them.
+
+    Batches already in the inbox are skipped; returns the folders written (none when every
+    digit has been dropped). Each folder is written under a temporary name and renamed, so a
+    sensor never sees half a batch.
+    """
+    import shutil
+
+    import pandas as pd
+
+    files = make_digits_demo(Path(demo_dir) / "digits", seed=seed)
+    manifest = pd.read_parquet(files.manifest)
+    inbox = Path(inbox)
+    inbox.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    starts = range(0, len(manifest), batch_size)
+    for number, start in enumerate(starts, 1):
+        folder = inbox / f"batch_{number:03d}"
+        if folder.exists():
+            continue
+        if len(written) == count:
+            break
+        tmp = inbox / f".{folder.name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for row in manifest.iloc[start : start + batch_size].itertuples():
+            src = Path(row.filepath)
+            src = src if src.is_absolute() else files.root / src
+            (tmp / str(row.ground_truth)).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, tmp / str(row.ground_truth) / f"{row.id}.png")
+        tmp.rename(folder)
+        written.append(folder)
+    return written
