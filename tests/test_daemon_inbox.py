@@ -11,8 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-import yaml
-from test_incremental import DATASET, write_batch
+from test_incremental import DATASET, write_batch, write_inbox_keys
 
 from dagster_brain.store import Store
 
@@ -40,36 +39,7 @@ def _results(store: Store, key: str) -> set[str]:
 def test_daemon_takes_batches_and_refreshes(tmp_path, monkeypatch):
     data = tmp_path / "data"
     (data / "inbox").mkdir(parents=True)
-    keys = tmp_path / "brain_keys.yaml"
-    keys.write_text(
-        yaml.safe_dump(
-            {
-                "datasets": [
-                    {
-                        "name": DATASET,
-                        "source": {"type": "inbox", "path": "inbox", "settle_seconds": 0},
-                    }
-                ],
-                "embeddings": [
-                    {"key": "default", "dataset": DATASET, "num_workers": 0, "batch_size": 8}
-                ],
-                "brain_runs": [
-                    {
-                        "brain_key": "sim",
-                        "kind": "similarity",
-                        "dataset": DATASET,
-                        "embeddings": "default",
-                    },
-                    {
-                        "brain_key": "uniqueness",
-                        "kind": "uniqueness",
-                        "dataset": DATASET,
-                        "embeddings": "default",
-                    },
-                ],
-            }
-        )
-    )
+    keys = write_inbox_keys(tmp_path / "brain_keys.yaml", runs=("sim", "uniqueness"))
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")

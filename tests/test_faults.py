@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import yaml
-from test_incremental import DATASET, write_batch
+from test_incremental import DATASET, write_batch, write_inbox_keys
 
 from dagster_brain.factory import batch_partitions
 from dagster_brain.similarity.compute import load_index
@@ -21,30 +20,7 @@ STEP = "stream__embeddings__default"
 def _project(tmp_path: Path) -> tuple[dict[str, str], Path]:
     data = tmp_path / "data"
     write_batch(data / "inbox", "b1", 40, seed=3)
-    keys = tmp_path / "brain_keys.yaml"
-    keys.write_text(
-        yaml.safe_dump(
-            {
-                "datasets": [
-                    {
-                        "name": DATASET,
-                        "source": {"type": "inbox", "path": "inbox", "settle_seconds": 0},
-                    }
-                ],
-                "embeddings": [
-                    {"key": "default", "dataset": DATASET, "num_workers": 0, "batch_size": 4}
-                ],
-                "brain_runs": [
-                    {
-                        "brain_key": "sim",
-                        "kind": "similarity",
-                        "dataset": DATASET,
-                        "embeddings": "default",
-                    }
-                ],
-            }
-        )
-    )
+    keys = write_inbox_keys(tmp_path / "brain_keys.yaml", runs=("sim",), batch_size=4)
     home = tmp_path / "dagster_home"
     home.mkdir()
     env = {

@@ -37,12 +37,17 @@ def write_batch(inbox, name, n, seed, bad=0, copy_of=None):
     return folder
 
 
-@pytest.fixture
-def project(tmp_path):
-    data = tmp_path / "data"
-    (data / "inbox").mkdir(parents=True)
-    keys = tmp_path / "brain_keys.yaml"
-    keys.write_text(
+RUNS = {
+    "sim": {"kind": "similarity", "embeddings": "default"},
+    "uniqueness": {"kind": "uniqueness", "embeddings": "default"},
+    "dups": {"kind": "duplicates", "similarity": "sim", "verify": True},
+}
+
+
+def write_inbox_keys(path: Path, runs=("sim", "uniqueness", "dups"), batch_size=8) -> Path:
+    """A brain-keys YAML: dataset ``stream`` from ``<data>/inbox``, the default model, and
+    these brain runs (from ``RUNS``)."""
+    path.write_text(
         yaml.safe_dump(
             {
                 "datasets": [
@@ -52,32 +57,25 @@ def project(tmp_path):
                     }
                 ],
                 "embeddings": [
-                    {"key": "default", "dataset": DATASET, "num_workers": 0, "batch_size": 8}
+                    {
+                        "key": "default",
+                        "dataset": DATASET,
+                        "num_workers": 0,
+                        "batch_size": batch_size,
+                    }
                 ],
-                "brain_runs": [
-                    {
-                        "brain_key": "sim",
-                        "kind": "similarity",
-                        "dataset": DATASET,
-                        "embeddings": "default",
-                    },
-                    {
-                        "brain_key": "uniqueness",
-                        "kind": "uniqueness",
-                        "dataset": DATASET,
-                        "embeddings": "default",
-                    },
-                    {
-                        "brain_key": "dups",
-                        "kind": "duplicates",
-                        "dataset": DATASET,
-                        "similarity": "sim",
-                        "verify": True,
-                    },
-                ],
+                "brain_runs": [{"brain_key": key, "dataset": DATASET, **RUNS[key]} for key in runs],
             }
         )
     )
+    return path
+
+
+@pytest.fixture
+def project(tmp_path):
+    data = tmp_path / "data"
+    (data / "inbox").mkdir(parents=True)
+    keys = write_inbox_keys(tmp_path / "brain_keys.yaml")
     defs = build_defs(keys, data)
     with dg.instance_for_test() as instance:
         yield defs, instance, data, Store(data)
