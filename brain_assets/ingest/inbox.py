@@ -218,6 +218,13 @@ def ingest_batch(
     written = set(report.sample_ids)
     gone = sorted(set(before) - written)
     store.delete_samples(spec.name, gone)
+    if log is not None:
+        log.info(
+            "batch %r: %s; %d samples it no longer holds removed",
+            batch,
+            report.summary(),
+            len(gone),
+        )
     return BatchReport(batch, fingerprint, sorted(now - set(gone)), gone, report)
 
 
