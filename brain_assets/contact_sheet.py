@@ -10,22 +10,24 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from dagster_brain.decode import ImageReadError, decode
+
 
 def thumbnail_data_uri(path: str, size: int = 128) -> str | None:
-    """A small PNG of the image as a data: URI (None if it cannot be read)."""
+    """A small PNG of the displayed image (:func:`dagster_brain.decode.decode`) as a data: URI
+    (None if it cannot be read)."""
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            img.thumbnail(
-                (size, size),
-                Image.Resampling.NEAREST if max(img.size) < size else Image.Resampling.BILINEAR,
-            )
-            if max(img.size) < size:  # small images (8x8 digits) stay crisp
-                scale = size // max(img.size)
-                img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-            buf = io.BytesIO()
-            img.save(buf, format="PNG")
-    except OSError:
+        img = decode(path).image
+        img.thumbnail(
+            (size, size),
+            Image.Resampling.NEAREST if max(img.size) < size else Image.Resampling.BILINEAR,
+        )
+        if max(img.size) < size:  # small images (8x8 digits) stay crisp
+            scale = size // max(img.size)
+            img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+    except (ImageReadError, OSError):
         return None
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 

@@ -45,6 +45,7 @@ from dagster_brain.algorithms.duplicates import (
     pair_distances,
 )
 from dagster_brain.algorithms.knn import exact_knn
+from dagster_brain.decode import decode
 
 THUMB = 64  # thumbnail side; the coarse search runs at half of it
 PATHS = ("hash:bytes", "hash:pixels", "shift-ncc", "phash", "embedding")
@@ -71,13 +72,11 @@ def blur(T: np.ndarray, sigma: float = 1.0) -> np.ndarray:
 
 
 def _thumb_one(path: str, size: int) -> tuple[np.ndarray, int]:
-    """Grey ``size`` x ``size`` thumbnail (float32, unblurred) and 64-bit phash of one file."""
+    """Grey ``size`` x ``size`` thumbnail (float32, unblurred) and 64-bit phash of one file,
+    decoded by :func:`dagster_brain.decode.decode` (JPEGs at reduced DCT scale)."""
     import imagehash
 
-    with Image.open(path) as im:
-        if im.format == "JPEG":
-            im.draft("L", (2 * size, 2 * size))  # decode at reduced DCT scale
-        grey = im.convert("L")
+    grey = decode(path, mode="L", draft_size=2 * size).image
     method = Image.Resampling.BOX if min(grey.size) >= size else Image.Resampling.BILINEAR
     small = grey.resize((size, size), method)
     bits = imagehash.phash(small).hash.reshape(-1)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from dagster_brain.decode import normalize_image
 from dagster_brain.embedding.models import ModelLoadError, file_sha256, resolve_device
 
 NAME = "efficientnet-lite0"
@@ -162,8 +163,11 @@ class EfficientNetLite0(nn.Module):
 
 
 def preprocess_image(img: Image.Image) -> torch.Tensor:
-    """PIL image -> normalised (3, 224, 224) float32 tensor (shorter side 256, centre crop)."""
-    img = img.convert("RGB")
+    """PIL image -> normalised (3, 224, 224) float32 tensor (shorter side 256, centre crop).
+
+    The image is first brought to its displayed 8-bit RGB (:mod:`dagster_brain.decode`).
+    """
+    img = normalize_image(img)
     w, h = img.size
     scale = RESIZE_SIZE / min(w, h)
     nw, nh = max(IMAGE_SIZE, round(w * scale)), max(IMAGE_SIZE, round(h * scale))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dagster_brain.decode import normalize_image
 from dagster_brain.embedding.models import ModelLoadError, resolve_device, state_dict_sha256
 
 
@@ -31,13 +32,16 @@ def _shortest_side(image_processor) -> int | None:
 
 
 class HFPreprocessor:
-    """Picklable ``PIL image -> (C, H, W)`` callable around a transformers image processor."""
+    """Picklable ``PIL image -> (C, H, W)`` callable around a transformers image processor.
+
+    The image is first brought to its displayed 8-bit RGB (:mod:`dagster_brain.decode`).
+    """
 
     def __init__(self, image_processor):
         self.image_processor = image_processor
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        out = self.image_processor(images=img.convert("RGB"), return_tensors="pt")
+        out = self.image_processor(images=normalize_image(img), return_tensors="pt")
         return out["pixel_values"][0].float()
 
 

@@ -4,7 +4,9 @@ Decoding and preprocessing run in a ``torch.utils.data.DataLoader`` with ``num_w
 processes (``0`` = in the calling process); only the model's picklable ``preprocessor`` goes to
 the workers, the network stays in the calling process. Large JPEGs are decoded at reduced scale
 (``PIL.Image.draft``) down to the model's ``decode_size``; patches are always cropped from the
-full-resolution image, each image decoded once for all its boxes.
+full-resolution image, each image decoded once for all its boxes. Decoding follows
+:mod:`dagster_brain.decode` (EXIF orientation applied, deep bit depths scaled, alpha on white),
+so box coordinates are relative to the displayed image.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from dagster_brain.decode import decode
 from dagster_brain.embedding.models import EmbeddingModel
 
 ProgressFn = Callable[[int, int, float], None]
@@ -45,11 +48,9 @@ class Embedded:
 
 
 def open_image(path: str, decode_size: int | None = None) -> Image.Image:
-    """Decode an image to RGB; JPEGs at the smallest DCT scale keeping both sides >= decode_size."""
-    with Image.open(path) as im:
-        if decode_size and im.format == "JPEG":
-            im.draft("RGB", (decode_size, decode_size))
-        return im.convert("RGB")
+    """Decode an image to RGB (:func:`dagster_brain.decode.decode`); JPEGs at the smallest DCT
+    scale keeping both sides >= decode_size. Raises ``ImageReadError`` naming the file."""
+    return decode(path, draft_size=decode_size).image
 
 
 class _FileDataset(Dataset):

@@ -1,25 +1,23 @@
-"""Reading an image file once: size, byte hash and decoded-pixel hash."""
+"""Reading an image file once: displayed size, byte hash and decoded-pixel hash."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from dagster_brain.decode import ImageReadError, decode
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageInfo", "ImageReadError", "pixel_hash", "read_image_info"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
-class ImageReadError(ValueError):
-    """A file that is missing or does not decode as an image."""
-
-
 @dataclass(frozen=True)
 class ImageInfo:
-    """The sample columns that come from the file itself."""
+    """The sample columns that come from the file itself (size as displayed)."""
 
     filepath: str
     width: int
@@ -27,6 +25,7 @@ class ImageInfo:
     size_bytes: int
     content_hash: str
     pixel_hash: str
+    orientation: int = 1  # EXIF orientation applied; 5-8: stored as height x width
 
 
 def pixel_hash(rgb: np.ndarray) -> str:
@@ -38,7 +37,11 @@ def pixel_hash(rgb: np.ndarray) -> str:
 
 
 def read_image_info(path: Path) -> ImageInfo:
-    """Hash the bytes and the decoded RGB pixels (first frame) of one image file."""
+    """Hash the bytes and the decoded RGB pixels of one image file.
+
+    Decoding follows :mod:`dagster_brain.decode` (first frame, EXIF orientation applied, deep
+    bit depths scaled to 8 bits, alpha on white), so width and height are the displayed ones.
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -46,11 +49,8 @@ def read_image_info(path: Path) -> ImageInfo:
         raise ImageReadError(f"image file not found: {path}") from None
     except OSError as err:
         raise ImageReadError(f"cannot read image file {path}: {err}") from None
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            rgb = np.asarray(img.convert("RGB"))
-    except Exception as err:  # Pillow raises many types for corrupt or unknown files
-        raise ImageReadError(f"cannot decode image {path}: {err}") from None
+    decoded = decode(data, name=str(path))
+    rgb = np.asarray(decoded.image)
     return ImageInfo(
         filepath=str(path.resolve()),
         width=int(rgb.shape[1]),
@@ -58,4 +58,5 @@ def read_image_info(path: Path) -> ImageInfo:
         size_bytes=len(data),
         content_hash=hashlib.sha256(data).hexdigest(),
         pixel_hash=pixel_hash(rgb),
+        orientation=decoded.orientation,
     )
