@@ -145,6 +145,7 @@ def build_samples_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             "data_version": version,
             "parquet_path": dg.MetadataValue.path(str(db.parquet_path(spec.name, "samples"))),
             "duckdb_table": "samples",
+            "ingest_summary": dg.MetadataValue.json(report.understood()),
         }
         if report.skipped:
             meta["skipped_rows"] = dg.MetadataValue.json(
@@ -182,6 +183,7 @@ def build_batch_samples_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         if out.report is not None:
             rep = out.report
             meta.update(added=rep.added, updated=rep.updated, skipped=len(rep.skipped))
+            meta["ingest_summary"] = dg.MetadataValue.json(rep.understood())
             if rep.skipped:
                 context.log.warning(
                     "batch %r: skipped %d unreadable or invalid files: %s",
@@ -369,6 +371,7 @@ def _duplicates_metadata(outcome: RunOutcome) -> dict[str, Any]:
         "dagster/row_count": len(df),
         "duplicates": s["duplicates"],
         "groups": s["groups"],
+        "pairs": s["pairs"],  # every pair within thresh: the run's "pairs" table
         "thresh": float(s["thresh"]),
         "method": s["method"],
         "duplicates_plot": _png_md(

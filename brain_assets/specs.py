@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from dagster_brain.config import is_secret
 
@@ -38,13 +46,46 @@ class DemoSource(_Spec):
     seed: int = 51
 
 
+def _check_classes(classes: list[str] | None) -> None:
+    """A declared class list: not empty, no blank or repeated names (order is the user's)."""
+    if classes is None:
+        return
+    if not classes:
+        raise ValueError("classes is an empty list: list the classes in order, or leave it out")
+    if any(not c.strip() for c in classes):
+        raise ValueError(f"classes has an empty name: {classes}")
+    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    if repeated:
+        raise ValueError(f"classes repeat {repeated}: {classes}")
+
+
+def _class_names(value: Any) -> Any:
+    """YAML integers in a class list (``classes: [0, 1, 2]``) as their names."""
+    if isinstance(value, list):
+        return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+    return value
+
+
+ClassList = Annotated[list[str] | None, BeforeValidator(_class_names)]
+BBoxFormat = Literal["coco_pixels", "relative_xywh", "xyxy_pixels"]
+
+
 class ImageFolderSource(_Spec):
-    """A folder of images; class sub-folders become classification labels."""
+    """A folder of images; class sub-folders become classification labels.
+
+    ``classes`` declares the class order (default: the folder names in natural order).
+    """
 
     type: Literal["image_folder"]
     path: str
     label_field: str | None = Field(default="ground_truth", pattern=NAME)
+    classes: ClassList = None
     skip_bad: bool = False
+
+    @model_validator(mode="after")
+    def _classes(self) -> ImageFolderSource:
+        _check_classes(self.classes)
+        return self
 
 
 class ManifestSource(_Spec):
@@ -59,14 +100,24 @@ class ManifestSource(_Spec):
     confidence_column: str | None = None
     logits_column: str | None = None
     embedding_columns: dict[str, str] = Field(default_factory=dict)
-    classes: list[str] | None = None
+    classes: ClassList = None
     label_field: str = Field(default="ground_truth", pattern=NAME)
     prediction_field: str = Field(default="predictions", pattern=NAME)
     skip_bad: bool = False
 
+    @model_validator(mode="after")
+    def _classes(self) -> ManifestSource:
+        _check_classes(self.classes)
+        return self
+
 
 class CocoSource(_Spec):
-    """A COCO detection JSON (and optionally a COCO results JSON of predictions)."""
+    """A COCO detection JSON (and optionally a COCO results JSON of predictions).
+
+    The class order is the ``categories`` as listed; ``classes``, if given, must repeat it.
+    ``bbox_format`` says how the boxes are written (``predictions_bbox_format``: the results
+    file's, default the same).
+    """
 
     type: Literal["coco"]
     annotations: str
@@ -74,7 +125,15 @@ class CocoSource(_Spec):
     predictions: str | None = None
     label_field: str = Field(default="ground_truth", pattern=NAME)
     prediction_field: str = Field(default="predictions", pattern=NAME)
+    classes: ClassList = None
+    bbox_format: BBoxFormat = "coco_pixels"
+    predictions_bbox_format: BBoxFormat | None = None
     skip_bad: bool = False
+
+    @model_validator(mode="after")
+    def _classes(self) -> CocoSource:
+        _check_classes(self.classes)
+        return self
 
 
 class InboxSource(_Spec):
@@ -102,7 +161,7 @@ class InboxSource(_Spec):
     prediction_column: str | None = None
     confidence_column: str | None = None
     logits_column: str | None = None
-    classes: list[str] | None = None
+    classes: ClassList = None
     prediction_field: str = Field(default="predictions", pattern=NAME)
     skip_bad: bool = True
     # predictions files for samples already ingested: each table in this sub-folder of the
@@ -110,6 +169,11 @@ class InboxSource(_Spec):
     predictions_dir: str = "predictions"
     predictions_join_on: Literal["id", "filepath"] = "id"
     predictions_label_column: str | None = "label"
+
+    @model_validator(mode="after")
+    def _classes(self) -> InboxSource:
+        _check_classes(self.classes)
+        return self
 
 
 Source = Annotated[
@@ -279,10 +343,17 @@ class UniqueSpec(BrainRunSpec):
 class MistakennessSpec(BrainRunSpec):
     """``compute_mistakenness``: how likely each annotation is wrong, from predictions.
 
-    Classification: ``method`` confident_learning (default; cleanlab, per-class thresholds on
-    out-of-sample probabilities) or reference (confidence / logits, as the reference does).
+    Classification: ``method`` confident_learning (default: one minus the out-of-sample
+    probability of the annotated class, a noise posterior where flips go to particular
+    classes; cleanlab's flag; samples missing a label or a prediction are skipped) or
+    reference (the reference's rule exactly: ``(1 -/+ c) / 2`` for agree/disagree, ``c`` the
+    confidence or ``exp(-entropy)`` with ``use_logits``; an annotation with no prediction 1.0).
     Detections: matching by IoU gives per-object ``mistakenness`` / ``mistakenness_loc``,
-    ``possible_missing`` and ``possible_spurious``.
+    ``possible_missing`` and ``possible_spurious``; ``method: reference`` is the reference's
+    rule exactly, otherwise the project's default. Detection-only options (unset: the rule's
+    own default): ``iou_thresh`` (alias ``iou``, the match IoU; 0.5), ``missing_conf`` (a
+    cutoff, or ``auto``: chosen from the data; default ``auto``, reference 0.95),
+    ``spurious_rule`` and ``loc_iou_thresh`` (default rule only), ``copy_missing``.
     """
 
     kind: Literal["mistakenness"]
@@ -290,9 +361,49 @@ class MistakennessSpec(BrainRunSpec):
     label_field: str = Field(default="ground_truth", pattern=NAME)
     method: Literal["confident_learning", "reference"] = "confident_learning"
     use_logits: bool = True
-    iou_thresh: float = Field(default=0.5, gt=0.0, le=1.0)
-    missing_conf: float | None = Field(default=None, ge=0.0, le=1.0)
+    iou_thresh: float | None = Field(
+        default=None, gt=0.0, lt=1.0, validation_alias=AliasChoices("iou_thresh", "iou")
+    )
+    loc_iou_thresh: float | None = Field(default=None, gt=0.0, lt=1.0)
+    missing_conf: Annotated[float, Field(ge=0.0, le=1.0)] | Literal["auto"] | None = None
+    spurious_rule: Literal["no_overlap", "unmatched"] | None = None
     copy_missing: bool = False
+
+    def detection_options(self) -> list[str]:
+        """The detection-only options this spec sets."""
+        names = ("iou_thresh", "loc_iou_thresh", "missing_conf", "spurious_rule")
+        return [n for n in names if getattr(self, n) is not None] + (
+            ["copy_missing"] if self.copy_missing else []
+        )
+
+    @model_validator(mode="after")
+    def _detection_options_apply(self) -> MistakennessSpec:
+        key = self.brain_key
+        set_opts = self.detection_options()
+        if set_opts and self.method == "confident_learning" and "method" in self.model_fields_set:
+            raise ValueError(
+                f"brain key {key!r}: option {set_opts[0]!r} is for detection fields, but method "
+                "confident_learning is for classification only"
+            )
+        if self.method == "reference":
+            for opt in ("loc_iou_thresh", "spurious_rule"):
+                if getattr(self, opt) is not None:
+                    raise ValueError(
+                        f"brain key {key!r}: option {opt!r} does not apply to method reference "
+                        "(its rule has one match IoU and flags every unmatched GT box)"
+                    )
+            if self.missing_conf == "auto":
+                raise ValueError(
+                    f"brain key {key!r}: option 'missing_conf: auto' does not apply to method "
+                    "reference (give a number; the reference uses 0.95)"
+                )
+        lo, hi = self.loc_iou_thresh, self.iou_thresh
+        if lo is not None and lo > (0.5 if hi is None else hi):
+            raise ValueError(
+                f"brain key {key!r}: option 'loc_iou_thresh' ({lo}) must not exceed "
+                f"iou_thresh ({0.5 if hi is None else hi})"
+            )
+        return self
 
 
 class HardnessSpec(BrainRunSpec):

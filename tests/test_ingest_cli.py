@@ -59,6 +59,8 @@ def test_bad_input_exits_2_without_traceback(tmp_path, folder):
         "logits",
         "--prediction-column",
         "pred",
+        "--classes",
+        "a,b",
         "--data-dir",
         str(tmp_path / "data"),
     ]

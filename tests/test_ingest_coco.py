@@ -85,9 +85,9 @@ def test_ingest_ground_truth_and_results(store, coco):
         0.9,
     ]
     assert list(pred.loc["predictions:2", "box"]) == pytest.approx([0.5, 0.5, 0.5, 0.5])
-    # classes in category-id order
-    assert store.label_field("det", "ground_truth") == ("detections", ["cat", "dog"])
-    assert store.label_field("det", "predictions") == ("detections", ["cat", "dog"])
+    # classes in the categories' listed order (the file lists dog, then cat)
+    assert store.label_field("det", "ground_truth") == ("detections", ["dog", "cat"])
+    assert store.label_field("det", "predictions") == ("detections", ["dog", "cat"])
 
 
 def test_images_dir_defaults_to_the_json_folder(store, coco):

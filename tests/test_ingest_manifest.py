@@ -19,6 +19,7 @@ COLUMNS = dict(
     logits_column="logits",
     embedding_columns={"emb": "clip"},
 )
+ABC = dict(COLUMNS, classes=["a", "b", "c"])  # logits need a declared class order
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def write_manifest(path, rows):
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
 def test_manifest_formats_give_the_same_dataset(store, tmp_path, rows, suffix):
     path = write_manifest(tmp_path / f"manifest{suffix}", rows)
-    report = ingest_manifest(store, "ds", path, **COLUMNS)
+    report = ingest_manifest(store, "ds", path, **ABC)
     assert (report.added, report.skipped) == (3, [])
     assert report.label_fields == {"ground_truth": 3, "predictions": 3}
     assert report.embeddings_keys == {"clip": 3}
@@ -144,7 +145,7 @@ def test_bad_row_names_file_row_and_sample_and_writes_nothing(
 ):
     path = write_manifest(tmp_path / "manifest.csv", _bad(rows, **change))
     with pytest.raises(IngestError, match=r"^manifest\.csv " + message):
-        ingest_manifest(store, "ds", path, **COLUMNS)
+        ingest_manifest(store, "ds", path, **ABC)
     assert store.list_datasets() == []
 
 
@@ -158,7 +159,7 @@ def test_unreadable_image(store, tmp_path, rows):
 def test_skip_bad_writes_the_good_rows(store, tmp_path, rows):
     bad = _bad(_bad(rows, 0, logits=[1.0]), 2, filepath="img/nope.png")
     path = write_manifest(tmp_path / "m.csv", bad)
-    report = ingest_manifest(store, "ds", path, skip_bad=True, **COLUMNS)
+    report = ingest_manifest(store, "ds", path, skip_bad=True, **ABC)
     assert (report.added, len(report.skipped)) == (1, 2)
     assert [(s.row, s.sample_id) for s in report.skipped] == [(1, "s1"), (3, "s3")]
     assert store.sample_ids("ds") == ["s2"]
@@ -167,7 +168,7 @@ def test_skip_bad_writes_the_good_rows(store, tmp_path, rows):
 
 
 def test_failed_ingest_leaves_existing_data_alone(store, tmp_path, rows):
-    ingest_manifest(store, "ds", write_manifest(tmp_path / "m.csv", rows[:2]), **COLUMNS)
+    ingest_manifest(store, "ds", write_manifest(tmp_path / "m.csv", rows[:2]), **ABC)
     before = store.labels("ds", "predictions")
     bad = _bad(rows, 2, emb=[1.0])
     with pytest.raises(IngestError, match="row 3"):

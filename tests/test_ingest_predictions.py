@@ -41,7 +41,12 @@ def test_join_on_id_with_logits(store, tmp_path):
         ],
     )
     report = ingest_predictions(
-        store, "ds", path, confidence_column="score", logits_column="logits"
+        store,
+        "ds",
+        path,
+        confidence_column="score",
+        logits_column="logits",
+        classes=["cat", "dog"],  # logits need a declared order
     )
     assert report.label_fields == {"predictions": 2} and report.added == 0
     labels = store.labels("ds", "predictions")
@@ -95,7 +100,7 @@ def test_logits_length_and_missing_dataset(store, tmp_path):
     with pytest.raises(
         IngestError, match=r"row 2 \(sample 'q'\): logits have 3 values, expected 2"
     ):
-        ingest_predictions(store, "ds", path, logits_column="logits")
+        ingest_predictions(store, "ds", path, logits_column="logits", classes=["cat", "dog"])
     with pytest.raises(IngestError, match="no dataset 'other'"):
         ingest_predictions(store, "other", path)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +32,28 @@ skip_bad_option = click.option(
     "--skip-bad", is_flag=True, help="Skip bad rows (and report them) instead of failing."
 )
 tags_option = click.option("--tag", "tags", multiple=True, help="Tag for every sample (repeat).")
+dry_run_option = click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print what would be ingested (samples, fields, classes in order, boxes, logits) and "
+    "write nothing.",
+)
+classes_option = click.option(
+    "--classes",
+    default=None,
+    help="Comma-separated classes in the model's logits order (declares the class order).",
+)
+BBOX_CHOICE = click.Choice(["coco_pixels", "relative_xywh", "xyxy_pixels"])
+
+
+def open_store(data_dir: Path, dry_run: bool) -> Store:
+    """The store; a dry run on a folder without one reads an empty store in a temporary
+    folder, so that nothing is created under ``data_dir``."""
+    if not dry_run or (Path(data_dir) / "brain.duckdb").exists():
+        return Store(data_dir)
+    tmp = tempfile.mkdtemp(prefix="brain-dry-run-")
+    click.get_current_context().call_on_close(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    return Store(tmp)
 
 
 def _classes(value: str | None) -> list[str] | None:
@@ -80,6 +104,7 @@ def ingest() -> None:
     help="Field for class-folder labels.",
 )
 @click.option("--no-labels", is_flag=True, help="Do not read class folders as labels.")
+@classes_option
 @click.option("--split", default=None, help="Split name for every sample.")
 @tags_option
 @click.option("--batch", default=None, help="Batch name for every sample.")
@@ -91,13 +116,25 @@ def ingest() -> None:
 )
 @data_dir_option
 @skip_bad_option
+@dry_run_option
 @reporting
 def folder(
-    root, dataset, label_field, no_labels, split, tags, batch, recursive, data_dir, skip_bad
+    root,
+    dataset,
+    label_field,
+    no_labels,
+    classes,
+    split,
+    tags,
+    batch,
+    recursive,
+    data_dir,
+    skip_bad,
+    dry_run,
 ):
     """Ingest a folder of images (sub-folders as classes)."""
     return ingest_image_folder(
-        Store(data_dir),
+        open_store(data_dir, dry_run),
         dataset,
         root,
         label_field=None if no_labels else label_field,
@@ -106,6 +143,8 @@ def folder(
         batch=batch,
         recursive=recursive,
         skip_bad=skip_bad,
+        classes=_classes(classes),
+        dry_run=dry_run,
     )
 
 
@@ -125,7 +164,7 @@ def folder(
     metavar="COLUMN=KEY",
     help="Embedding column and the embeddings key it fills (repeat).",
 )
-@click.option("--classes", default=None, help="Comma-separated classes, in logits order.")
+@classes_option
 @click.option("--label-field", default="ground_truth", show_default=True)
 @click.option("--prediction-field", default="predictions", show_default=True)
 @click.option(
@@ -140,6 +179,7 @@ def folder(
 @click.option("--batch", default=None)
 @data_dir_option
 @skip_bad_option
+@dry_run_option
 @reporting
 def manifest(
     path,
@@ -161,10 +201,11 @@ def manifest(
     batch,
     data_dir,
     skip_bad,
+    dry_run,
 ):
     """Ingest a CSV, Parquet or JSON Lines manifest."""
     return ingest_manifest(
-        Store(data_dir),
+        open_store(data_dir, dry_run),
         dataset,
         path,
         id_column=id_column,
@@ -183,6 +224,7 @@ def manifest(
         tags=tags,
         batch=batch,
         skip_bad=skip_bad,
+        dry_run=dry_run,
     )
 
 
@@ -204,6 +246,25 @@ def manifest(
     help="COCO results file with predictions.",
 )
 @click.option("--prediction-field", default="predictions", show_default=True)
+@click.option(
+    "--bbox-format",
+    type=BBOX_CHOICE,
+    default="coco_pixels",
+    show_default=True,
+    help="How the boxes are written: COCO [x, y, w, h] pixels, [x, y, w, h] relative to the "
+    "image, or [x0, y0, x1, y1] pixels.",
+)
+@click.option(
+    "--predictions-bbox-format",
+    type=BBOX_CHOICE,
+    default=None,
+    help="Box format of the results file (default: --bbox-format).",
+)
+@click.option(
+    "--classes",
+    default=None,
+    help="Comma-separated classes; must repeat the file's categories in their listed order.",
+)
 @click.option("--split", default=None)
 @tags_option
 @click.option("--batch", default=None)
@@ -216,6 +277,7 @@ def manifest(
 )
 @data_dir_option
 @skip_bad_option
+@dry_run_option
 @reporting
 def coco(
     annotations,
@@ -224,16 +286,20 @@ def coco(
     label_field,
     predictions_json,
     prediction_field,
+    bbox_format,
+    predictions_bbox_format,
+    classes,
     split,
     tags,
     batch,
     box_tolerance,
     data_dir,
     skip_bad,
+    dry_run,
 ):
     """Ingest COCO detection ground truth (and COCO results as predictions)."""
     return ingest_coco(
-        Store(data_dir),
+        open_store(data_dir, dry_run),
         dataset,
         annotations,
         images_dir=images_dir,
@@ -245,6 +311,10 @@ def coco(
         batch=batch,
         box_tolerance=box_tolerance,
         skip_bad=skip_bad,
+        bbox_format=bbox_format,
+        predictions_bbox_format=predictions_bbox_format,
+        classes=_classes(classes),
+        dry_run=dry_run,
     )
 
 
@@ -263,10 +333,11 @@ def coco(
 )
 @click.option("--confidence-column", default=None)
 @click.option("--logits-column", default=None)
-@click.option("--classes", default=None, help="Comma-separated classes, in logits order.")
+@classes_option
 @click.option("--base-dir", default=None, type=click.Path(file_okay=False, path_type=Path))
 @data_dir_option
 @skip_bad_option
+@dry_run_option
 @reporting
 def predictions(
     path,
@@ -282,10 +353,11 @@ def predictions(
     base_dir,
     data_dir,
     skip_bad,
+    dry_run,
 ):
     """Ingest classification predictions for existing samples."""
     return ingest_predictions(
-        Store(data_dir),
+        open_store(data_dir, dry_run),
         dataset,
         path,
         field=field,
@@ -298,6 +370,7 @@ def predictions(
         classes=_classes(classes),
         base_dir=base_dir,
         skip_bad=skip_bad,
+        dry_run=dry_run,
     )
 
 

@@ -79,8 +79,54 @@ class BadRowPolicy:
 
 
 @dataclass
+class FieldSummary:
+    """What an ingest understood of one label field: its classes (in order, and where the
+    order came from), box format, logits and counts per class."""
+
+    kind: str
+    classes: list[str] | None
+    classes_from: str
+    labels: int = 0
+    per_class: dict[str, int] = field(default_factory=dict)
+    box_format: str | None = None
+    with_logits: int = 0
+    logits_length: int | None = None
+
+    def lines(self, name: str) -> list[str]:
+        """Indented lines for :meth:`IngestReport.summary`."""
+        classes = ", ".join(self.classes or [])
+        out = [
+            f"  field {name!r} ({self.kind}): {self.labels} labels",
+            f"    classes ({len(self.classes or [])}, {self.classes_from}, in order): {classes}",
+        ]
+        if self.box_format:
+            out.append(f"    boxes: {self.box_format} -> relative [x, y, w, h]")
+        if self.with_logits:
+            out.append(f"    logits: {self.with_logits} x {self.logits_length} (classes order)")
+        counts = ", ".join(f"{c} {n}" for c, n in self.per_class.items())
+        out.append(f"    per class: {counts}")
+        return out
+
+    def as_dict(self) -> dict:
+        """JSON-ready form (Dagster metadata)."""
+        return {
+            "kind": self.kind,
+            "classes": self.classes,
+            "classes_from": self.classes_from,
+            "labels": self.labels,
+            "per_class": self.per_class,
+            "box_format": self.box_format,
+            "logits": [self.with_logits, self.logits_length] if self.with_logits else None,
+        }
+
+
+@dataclass
 class IngestReport:
-    """What one ingest call wrote (counts per label field and embeddings key) and skipped."""
+    """What one ingest call wrote (counts per label field and embeddings key) and skipped.
+
+    ``fields`` describes each label field as understood; with ``dry_run`` nothing was
+    written and ``added``/``updated`` count what would have been.
+    """
 
     dataset: str
     added: int = 0
@@ -90,13 +136,29 @@ class IngestReport:
     embeddings_keys: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     sample_ids: list[str] = field(default_factory=list)  # the samples written
+    fields: dict[str, FieldSummary] = field(default_factory=dict)
+    dry_run: bool = False
+
+    def understood(self) -> dict:
+        """Samples, fields (classes in order and their origin, boxes, logits) and skips, as
+        plain data for Dagster metadata."""
+        return {
+            "samples": len(self.sample_ids),
+            "fields": {k: v.as_dict() for k, v in self.fields.items()},
+            "skipped": len(self.skipped),
+        }
 
     def summary(self, max_skipped: int = 10) -> str:
         """A few lines of text for the CLI and logs."""
+        verb = "would be " if self.dry_run else ""
         lines = [
-            f"dataset {self.dataset!r}: {self.added} samples added, {self.updated} updated, "
-            f"{len(self.skipped)} skipped"
+            f"dataset {self.dataset!r}: {self.added} samples {verb}added, {self.updated} "
+            f"{verb}updated, {len(self.skipped)} skipped"
         ]
+        if self.dry_run:
+            lines[0] = f"dry run, nothing written: {lines[0]}"
+        for name, fs in self.fields.items():
+            lines.extend(fs.lines(name))
         if self.label_fields:
             fields = ", ".join(f"{k} ({n})" for k, n in self.label_fields.items())
             lines.append(f"  labels: {fields}")

@@ -68,6 +68,8 @@ def ingest_image_folder(
     recursive: bool = True,
     skip_bad: bool = False,
     id_prefix: str = "",
+    classes: Sequence[str] | None = None,
+    dry_run: bool = False,
 ) -> IngestReport:
     """Add every image under ``root`` as a sample; class sub-folders become classifications.
 
@@ -75,6 +77,8 @@ def ingest_image_folder(
     extension). When
     ``label_field`` is set and every image sits inside a sub-folder, the first sub-folder name
     is the image's class; a folder mixing loose images and sub-folders gets no labels.
+    ``classes`` declares the class order (default: the folder names in natural order, numeric
+    when all are integers); a folder not in it is refused. ``dry_run`` writes nothing.
     """
     check_name(dataset, "dataset")
     if label_field is not None:
@@ -130,15 +134,22 @@ def ingest_image_folder(
     report.skipped = policy.skipped
     fields = {}
     if class_layout:
-        classes = resolve_classes(
+        names, origin = resolve_classes(
             store,
             dataset,
             label_field,
             "classification",
-            None,
+            classes,
             (r["label"] for r in labels),
             uses_logits=False,
             file=root.name,
         )
-        fields[label_field] = FieldRows("classification", classes, labels)
-    return commit(store, dataset, samples, fields, {}, report, file=root.name)
+        unknown = sorted({r["label"] for r in labels} - set(names))
+        if unknown:
+            raise IngestError(
+                f"class folders {unknown} are not among the classes of field {label_field!r} "
+                f"({names})",
+                file=root.name,
+            )
+        fields[label_field] = FieldRows("classification", names, labels, origin)
+    return commit(store, dataset, samples, fields, {}, report, file=root.name, dry_run=dry_run)

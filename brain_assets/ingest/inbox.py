@@ -194,6 +194,7 @@ def ingest_batch(
             label_field=source.label_field,
             batch=batch,
             id_prefix=_id_prefix(batch),
+            classes=source.classes,
             skip_bad=source.skip_bad,
         )
     else:

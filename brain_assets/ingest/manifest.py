@@ -12,6 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from dagster_brain.ingest.classes import (
+    check_label_kinds,
+    manifest_classes,
+    merge_declared,
+    raw_kind,
+)
 from dagster_brain.ingest.errors import BadRowPolicy, IngestError, IngestReport
 from dagster_brain.ingest.image_folder import sample_row
 from dagster_brain.ingest.images import ImageInfo, ImageReadError, read_image_info
@@ -36,6 +42,8 @@ class ParsedRow:
     sample_id: str
     label: str | None = None
     prediction: str | None = None
+    label_kind: str | None = None  # raw_kind of the cells: 'int' or 'str'
+    prediction_kind: str | None = None
     confidence: float = math.nan
     logits: np.ndarray | None = None
     info: ImageInfo | None = None
@@ -59,6 +67,7 @@ def parse_prediction(
     """Fill a row's prediction, confidence and logits; ``ValueError`` for bad cells."""
     if prediction_column:
         row.prediction = as_text(rec.get(prediction_column))
+        row.prediction_kind = raw_kind(rec.get(prediction_column))
     if confidence_column:
         row.confidence = as_float(rec.get(confidence_column), "confidence")
         if not math.isnan(row.confidence) and not 0.0 <= row.confidence <= 1.0:
@@ -120,15 +129,18 @@ def ingest_manifest(
     tags: Sequence[str] = (),
     batch: str | None = None,
     skip_bad: bool = False,
+    dry_run: bool = False,
 ) -> IngestReport:
     """Add the manifest's rows as samples, with labels, predictions and embeddings.
 
     Relative file paths are taken from ``base_dir`` (default: the manifest's folder). Logits
-    and embedding cells may be JSON lists in CSV. Without ``classes`` they are the sorted labels
-    and predictions seen (or the field's stored classes, when those cover them); logits must
-    have one value per class. The prediction label defaults to the argmax of the logits and
-    its confidence to their softmax maximum. ``embedding_columns`` maps a column to the
-    embeddings key it fills (``source="manifest:<column>"``).
+    and embedding cells may be JSON lists in CSV. The class order (logits order) is
+    ``classes``, or the manifest's own (:func:`~dagster_brain.ingest.classes.manifest_classes`),
+    or the field's stored classes when those cover the labels; without any, logits are refused
+    unless the labels are integers whose numeric and lexical orders agree. Logits must have
+    one value per class. The prediction label defaults to the argmax of the logits and its
+    confidence to their softmax maximum. ``embedding_columns`` maps a column to the
+    embeddings key it fills (``source="manifest:<column>"``). ``dry_run`` writes nothing.
     """
     path = Path(path).expanduser().resolve()
     file = path.name
@@ -147,9 +159,8 @@ def ingest_manifest(
         raise IngestError(f"two embedding columns fill one key: {embedding_columns}", file=file)
     if confidence_column and not has_predictions:
         raise IngestError("confidence_column needs prediction_column or logits_column", file=file)
-    classes = list(classes) if classes is not None else None
-
     records, columns = read_records(path)
+    classes, origin = merge_declared(classes, manifest_classes(path), file)
     require_columns(
         columns,
         {
@@ -181,6 +192,7 @@ def ingest_manifest(
             row = ParsedRow(row=i, sample_id=sample_id)
             if label_column:
                 row.label = as_text(rec.get(label_column))
+                row.label_kind = raw_kind(rec.get(label_column))
             parse_prediction(rec, row, prediction_column, confidence_column, logits_column)
             for col, key in embedding_columns.items():
                 vec = as_vector(rec.get(col), f"embedding {col!r}")
@@ -199,15 +211,20 @@ def ingest_manifest(
         rows.append(row)
 
     # Pass 2: checks against all rows (classes, embedding dimensions).
-    seen = {r.label for r in rows} | {r.prediction for r in rows}
-    seen.discard(None)
+    kinds = [(r.label, r.label_kind) for r in rows if r.label is not None]
+    kinds += [(r.prediction, r.prediction_kind) for r in rows if r.prediction is not None]
+    if label_column:
+        check_label_kinds(kinds, label_field, file)
+    if has_predictions:
+        check_label_kinds(kinds, prediction_field, file)
+    seen = {text for text, _ in kinds}
     gt_classes = pred_classes = None
     if label_column:
-        gt_classes = resolve_classes(
-            store, dataset, label_field, "classification", classes, seen, False, file
+        gt_classes, gt_origin = resolve_classes(
+            store, dataset, label_field, "classification", classes, seen, False, file, origin
         )
     if has_predictions:
-        pred_classes = resolve_classes(
+        pred_classes, pred_origin = resolve_classes(
             store,
             dataset,
             prediction_field,
@@ -216,6 +233,7 @@ def ingest_manifest(
             seen,
             logits_column is not None,
             file,
+            origin,
         )
     dims = {key: _reference_dim(rows, key) for key in embedding_columns.values()}
     kept = []
@@ -256,11 +274,12 @@ def ingest_manifest(
                 for r in kept
                 if r.label is not None
             ],
+            gt_origin,
         )
     if has_predictions:
         preds = [prediction_label(r, pred_classes, prediction_field) for r in kept]
         fields[prediction_field] = FieldRows(
-            "classification", pred_classes, [p for p in preds if p is not None]
+            "classification", pred_classes, [p for p in preds if p is not None], pred_origin
         )
     embeddings = {
         key: EmbeddingRows(
@@ -268,7 +287,7 @@ def ingest_manifest(
         )
         for col, key in embedding_columns.items()
     }
-    return commit(store, dataset, samples, fields, embeddings, report, file=file)
+    return commit(store, dataset, samples, fields, embeddings, report, file=file, dry_run=dry_run)
 
 
 def _reference_dim(rows: list[ParsedRow], key: str) -> tuple[int, int]:

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import pandas as pd
-
+from dagster_brain.ingest.classes import check_label_kinds, manifest_classes, merge_declared
 from dagster_brain.ingest.errors import BadRowPolicy, IngestError, IngestReport
 from dagster_brain.ingest.manifest import (
     ParsedRow,
@@ -18,7 +17,7 @@ from dagster_brain.ingest.manifest import (
     resolve_path,
 )
 from dagster_brain.ingest.records import as_text, read_records, require_columns
-from dagster_brain.ingest.writer import resolve_classes
+from dagster_brain.ingest.writer import FieldRows, describe, resolve_classes
 from dagster_brain.names import check_name
 from dagster_brain.store import Store
 
@@ -50,13 +49,16 @@ def ingest_predictions(
     classes: Sequence[str] | None = None,
     base_dir: str | os.PathLike | None = None,
     skip_bad: bool = False,
+    dry_run: bool = False,
 ) -> IngestReport:
     """Write a classification field from a table of predictions on existing samples.
 
     Rows join to samples by id, or by file path (relative paths taken from ``base_dir``,
     default the table's folder). The label defaults to the argmax of the logits, the
-    confidence to their softmax maximum; logits must have one value per class (``classes``, or
-    the field's stored classes, or the sorted labels seen).
+    confidence to their softmax maximum; logits must have one value per class, in the order
+    of ``classes`` (or the table's own classes metadata, or the field's stored classes; the
+    labels seen only where that order is safe, see
+    :func:`~dagster_brain.ingest.classes.infer_classes`). ``dry_run`` writes nothing.
     """
     path = Path(path).expanduser().resolve()
     file = path.name
@@ -69,9 +71,9 @@ def ingest_predictions(
     if dataset not in store.list_datasets():
         known = ", ".join(store.list_datasets()) or "none"
         raise IngestError(f"no dataset {dataset!r} in the store (datasets: {known})", file=file)
-    classes = list(classes) if classes is not None else None
     key_column = id_column if join_on == "id" else filepath_column
     records, columns = read_records(path)
+    classes, origin = merge_declared(classes, manifest_classes(path), file)
     require_columns(
         columns,
         {
@@ -115,9 +117,18 @@ def ingest_predictions(
             continue
         rows.append(row)
 
-    seen = {r.prediction for r in rows if r.prediction is not None}
-    classes = resolve_classes(
-        store, dataset, field, "classification", classes, seen, logits_column is not None, file
+    kinds = [(r.prediction, r.prediction_kind) for r in rows if r.prediction is not None]
+    check_label_kinds(kinds, field, file)
+    classes, origin = resolve_classes(
+        store,
+        dataset,
+        field,
+        "classification",
+        classes,
+        {text for text, _ in kinds},
+        logits_column is not None,
+        file,
+        origin,
     )
     kept = []
     for row in rows:
@@ -133,9 +144,13 @@ def ingest_predictions(
     if not kept:
         report.notes.append("nothing to write: no valid rows")
         return report
-    labels = pd.DataFrame(
-        [prediction_label(r, classes, field) for r in kept], columns=Store.LABEL_COLUMNS
+    rows_out = FieldRows(
+        "classification", classes, [prediction_label(r, classes, field) for r in kept], origin
     )
-    store.write_labels(dataset, field, "classification", classes, labels)
-    report.label_fields[field] = len(labels)
+    describe(report, {field: rows_out})
+    report.dry_run = dry_run
+    report.sample_ids = [r.sample_id for r in kept]
+    if not dry_run:
+        store.write_labels(dataset, field, "classification", classes, rows_out.frame())
+        report.label_fields[field] = len(rows_out.rows)
     return report

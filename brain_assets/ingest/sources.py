@@ -29,11 +29,18 @@ def data_path(value: str, base: Path) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def ingest_dataset(store: Store, spec: DatasetSpec, log: Any = _LOG) -> IngestReport:
-    """Ingest (or re-ingest: samples are upserted by id) a dataset from its source."""
+def ingest_dataset(
+    store: Store, spec: DatasetSpec, log: Any = _LOG, dry_run: bool = False
+) -> IngestReport:
+    """Ingest (or re-ingest: samples are upserted by id) a dataset from its source.
+
+    ``dry_run`` checks and describes the source and writes nothing (not for demo sources).
+    """
     src = spec.source
     base = store.data_dir
     if isinstance(src, DemoSource):
+        if dry_run:
+            raise ValueError(f"dataset {spec.name!r}: a demo source has no dry run")
         from dagster_brain.ingest.demo import ingest_demo_dataset
 
         report = ingest_demo_dataset(
@@ -45,7 +52,9 @@ def ingest_dataset(store: Store, spec: DatasetSpec, log: Any = _LOG) -> IngestRe
             spec.name,
             data_path(src.path, base),
             label_field=src.label_field,
+            classes=src.classes,
             skip_bad=src.skip_bad,
+            dry_run=dry_run,
         )
     elif isinstance(src, ManifestSource):
         report = ingest_manifest(
@@ -63,6 +72,7 @@ def ingest_dataset(store: Store, spec: DatasetSpec, log: Any = _LOG) -> IngestRe
             label_field=src.label_field,
             prediction_field=src.prediction_field,
             skip_bad=src.skip_bad,
+            dry_run=dry_run,
         )
     elif isinstance(src, InboxSource):
         raise ValueError(
@@ -79,6 +89,10 @@ def ingest_dataset(store: Store, spec: DatasetSpec, log: Any = _LOG) -> IngestRe
             predictions_json=data_path(src.predictions, base) if src.predictions else None,
             prediction_field=src.prediction_field,
             skip_bad=src.skip_bad,
+            classes=src.classes,
+            bbox_format=src.bbox_format,
+            predictions_bbox_format=src.predictions_bbox_format,
+            dry_run=dry_run,
         )
     else:  # pragma: no cover - the spec union is closed
         raise TypeError(f"dataset {spec.name!r}: unknown source {type(src).__name__}")

@@ -2,26 +2,54 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from dagster_brain.ingest.errors import IngestError, IngestReport
+from dagster_brain.ingest.classes import (
+    DECLARED,
+    INFERRED,
+    STORED,
+    check_declared,
+    infer_classes,
+    natural_order,
+)
+from dagster_brain.ingest.errors import FieldSummary, IngestError, IngestReport
 from dagster_brain.store import Store
 
 
 @dataclass
 class FieldRows:
-    """Label rows of one field, ready for ``Store.write_samples``."""
+    """Label rows of one field, ready for ``Store.write_samples``; ``origin`` says where the
+    class order came from, ``box_format`` how the source wrote its boxes."""
 
     kind: str
     classes: list[str] | None
     rows: list[dict] = field(default_factory=list)
+    origin: str = DECLARED
+    box_format: str | None = None
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=Store.LABEL_COLUMNS)
+
+    def summary(self) -> FieldSummary:
+        """Label count, per-class counts (in class order) and logits shape."""
+        counts = Counter(r["label"] for r in self.rows)
+        order = list(self.classes or []) + sorted(set(counts) - set(self.classes or []))
+        lengths = {len(r["logits"]) for r in self.rows if r.get("logits") is not None}
+        return FieldSummary(
+            kind=self.kind,
+            classes=self.classes,
+            classes_from=self.origin,
+            labels=len(self.rows),
+            per_class={c: counts.get(c, 0) for c in order},
+            box_format=self.box_format,
+            with_logits=sum(r.get("logits") is not None for r in self.rows),
+            logits_length=max(lengths) if lengths else None,
+        )
 
 
 @dataclass
@@ -52,20 +80,33 @@ def stored_field(store: Store, dataset: str, fld: str) -> tuple[str, list[str] |
     return row["kind"].iloc[0], (list(classes) if classes is not None else None)
 
 
+def has_logits(store: Store, dataset: str, fld: str) -> bool:
+    """Whether any stored label of the field carries logits."""
+    n = store.query(
+        "SELECT count(*) AS n FROM labels WHERE dataset = ? AND field = ? AND logits IS NOT NULL",
+        [dataset, fld],
+    )["n"].iloc[0]
+    return bool(n > 0)
+
+
 def resolve_classes(
     store: Store,
     dataset: str,
     fld: str,
     kind: str,
-    given: list[str] | None,
+    given: Sequence[str] | None,
     seen: Iterable[str],
     uses_logits: bool,
     file: str,
-) -> list[str]:
-    """The classes list of a field: given, else the stored one, else the sorted labels seen.
+    origin: str = DECLARED,
+) -> tuple[list[str], str]:
+    """The class list of a field and where it came from (``origin`` names a given list).
 
-    A field that already holds classes keeps them when the new labels fit; when they do not,
-    the classes grow to the sorted union, which is refused where logits index the classes.
+    A given list is checked (not empty, no repeats) and used as is; it may not reorder the
+    classes of a field that already holds logits. Without one, the field's stored classes are
+    kept when the labels fit; labels outside them extend the list, refused where logits index
+    it. A new field without a given list takes the labels seen, in natural order
+    (:func:`~dagster_brain.ingest.classes.infer_classes`: refused for logits unless safe).
     """
     seen = set(seen)
     old = stored_field(store, dataset, fld)
@@ -73,33 +114,45 @@ def resolve_classes(
         raise IngestError(
             f"label field {fld!r} of {dataset!r} holds {old[0]}, not {kind}", file=file
         )
+    old_classes = (old[1] or None) if old is not None else None
+    has_old_logits = old_classes is not None and has_logits(store, dataset, fld)
     if given is not None:
-        if len(set(given)) != len(given):
-            raise IngestError(f"classes of field {fld!r} repeat a name: {given}", file=file)
-        return list(given)
-    old_classes = old[1] if old is not None else None
-    if not old_classes:
-        if uses_logits and not seen:
+        classes = check_declared(given, fld, file, origin)
+        if has_old_logits and classes != old_classes:
             raise IngestError(
-                f"logits of field {fld!r} need classes: pass them (no labels to infer them from)",
+                f"field {fld!r} of {dataset!r} holds logits over classes {old_classes}; the "
+                f"classes given ({origin}) are {classes}: ingest into a new field, or delete "
+                "the field first",
                 file=file,
             )
-        return sorted(seen)
+        return classes, origin
+    if old_classes is None:
+        return infer_classes(seen, fld, file, uses_logits), INFERRED
     if seen <= set(old_classes):
-        return old_classes
-    n_logits = store.query(
-        "SELECT count(*) AS n FROM labels WHERE dataset = ? AND field = ? AND logits IS NOT NULL",
-        [dataset, fld],
-    )["n"].iloc[0]
-    has_old_logits = n_logits > 0
+        if uses_logits and not has_old_logits:
+            try:  # the stored order was never read against logits: safe only if unambiguous
+                infer_classes(old_classes, fld, file, True)
+            except IngestError as err:
+                raise IngestError(
+                    f"field {fld!r} of {dataset!r} holds classes {old_classes} written without "
+                    f"logits; {err.message}",
+                    file=file,
+                ) from None
+        return old_classes, STORED
+    new = natural_order(seen - set(old_classes))
     if uses_logits or has_old_logits:
-        new = sorted(seen - set(old_classes))
         raise IngestError(
             f"labels {new} are not among the classes of field {fld!r} ({old_classes}) and logits "
             "are indexed by those classes; pass the full classes list",
             file=file,
         )
-    return sorted(set(old_classes) | seen)
+    infer_classes(set(old_classes) | seen, fld, file, False)  # refuses ints mixed with words
+    return old_classes + new, STORED
+
+
+def describe(report: IngestReport, labels: dict[str, FieldRows]) -> None:
+    """Record in the report what was understood of each label field."""
+    report.fields.update({f: r.summary() for f, r in labels.items()})
 
 
 def commit(
@@ -110,17 +163,26 @@ def commit(
     embeddings: dict[str, EmbeddingRows],
     report: IngestReport,
     file: str | None = None,
+    dry_run: bool = False,
 ) -> IngestReport:
     """Write validated samples + labels (one transaction), then merge each embeddings key.
 
     Vectors already stored under a key stay for samples this ingest does not cover; a key whose
-    stored dimension differs is refused before anything is written.
+    stored dimension differs is refused before anything is written. ``dry_run`` checks and
+    describes everything and writes nothing.
     """
+    describe(report, labels)
+    report.dry_run = dry_run
     if not samples:
         report.notes.append("nothing to write: no valid samples")
         return report
     merged = {key: _merge_embeddings(store, dataset, key, e, file) for key, e in embeddings.items()}
     before = existing_sample_ids(store, dataset)
+    if dry_run:
+        report.sample_ids = [s["sample_id"] for s in samples]
+        report.added = sum(s["sample_id"] not in before for s in samples)
+        report.updated = len(samples) - report.added
+        return report
     frame = pd.DataFrame(samples, columns=Store.SAMPLE_COLUMNS)
     store.write_samples(
         dataset,
