@@ -33,6 +33,8 @@ from dagster_brain.algorithms.knn import (
 
 DISTANCE_METRICS: tuple[str, ...] = ("cosine", "euclidean")
 PAIR_COLUMNS = ["id_a", "id_b", "distance", "path"]
+ALL_PAIR_COLUMNS = ["id_a", "id_b", "distance"]
+GROUP_COLUMNS = ["group", "id", "type", "kept_id", "nearest_id", "distance"]
 
 
 # -- shared helpers ------------------------------------------------------------------------
@@ -231,6 +233,16 @@ class DuplicatesResult:
     duplicate graph, representative (a kept item) first. ``pairs``: one row per duplicate,
     ``id_a`` = its kept item, ``id_b`` = the duplicate, ``distance`` (embedding), ``path`` = what
     confirmed it. ``checked``: for the verified pipeline, every candidate pair with its scores.
+
+    ``all_pairs``: every duplicate pair, not only duplicate -> kept item: for
+    :func:`find_duplicates` every unordered pair at distance ``<= thresh`` (the threshold
+    chosen, with ``fraction``), for the verified pipeline every confirmed pair. Columns
+    ``id_a`` (the earlier of the two in input order), ``id_b``, ``distance``; each pair once,
+    sorted by distance, then input order; distances as in ``neighbors_map`` (float32 kNN,
+    recomputed in float64 near 0 and near the threshold, so membership is exact).
+    ``truncated_rows``: items whose neighbour list stopped at ``max_k`` inside the threshold;
+    a pair of two such items may be missing from ``all_pairs`` (every pair with at least one
+    other member is listed). 0: ``all_pairs`` is complete.
     """
 
     thresh: float
@@ -242,13 +254,53 @@ class DuplicatesResult:
     pairs: pd.DataFrame
     fraction: float | None = None
     checked: pd.DataFrame | None = field(default=None, repr=False)
+    all_pairs: pd.DataFrame = field(default_factory=lambda: _empty_pairs(), repr=False)
+    truncated_rows: int = 0
 
     def __repr__(self) -> str:
+        trunc = f", truncated_rows={self.truncated_rows}" if self.truncated_rows else ""
         return (
             f"DuplicatesResult(thresh={self.thresh:.4g}, metric={self.metric!r}, "
             f"duplicates={len(self.duplicate_ids)}, kept={len(self.kept_ids)}, "
-            f"groups={len(self.groups)})"
+            f"groups={len(self.groups)}, pairs={len(self.all_pairs)}{trunc})"
         )
+
+
+def _empty_pairs() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id_a": pd.Series(dtype=object),
+            "id_b": pd.Series(dtype=object),
+            "distance": pd.Series(dtype=np.float64),
+        }
+    )
+
+
+def pairs_table(ids: Sequence[str], a: np.ndarray, b: np.ndarray, d: np.ndarray) -> pd.DataFrame:
+    """Unordered pairs ``(ids[a[i]], ids[b[i]])`` at distance ``d[i]``, each once.
+
+    ``id_a`` is the earlier of the two in input order; rows sorted by distance (NaN last),
+    then input order of ``id_a``, ``id_b``. Self pairs are dropped.
+    """
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    d = np.asarray(d, dtype=np.float64)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    m = lo != hi
+    lo, hi, d = lo[m], hi[m], d[m]
+    if lo.size == 0:
+        return _empty_pairs()
+    n = int(hi.max()) + 1
+    _, first = np.unique(lo * np.int64(n) + hi, return_index=True)
+    lo, hi, d = lo[first], hi[first], d[first]
+    o = np.lexsort((hi, lo, np.isnan(d), np.nan_to_num(d, nan=0.0)))
+    return pd.DataFrame(
+        {
+            "id_a": pd.Series([ids[i] for i in lo[o]], dtype=object),
+            "id_b": pd.Series([ids[i] for i in hi[o]], dtype=object),
+            "distance": d[o],
+        },
+        columns=ALL_PAIR_COLUMNS,
+    )
 
 
 def build_result(
@@ -261,11 +313,15 @@ def build_result(
     metric: str,
     paths: np.ndarray | None = None,
     fraction: float | None = None,
+    edge_d: np.ndarray | None = None,
+    truncated_rows: int = 0,
 ) -> DuplicatesResult:
     """Assemble a result from a keep mask and each duplicate's kept item (index, distance).
 
-    ``edges`` (index arrays) join items of one group; components of edges plus
-    duplicate -> kept links make ``groups``. ``paths[i]`` names what confirmed duplicate ``i``.
+    ``edges`` (index arrays) are the duplicate pairs: they make ``all_pairs`` (distances
+    ``edge_d``, NaN if not given) and, with the duplicate -> kept links, the connected
+    ``groups``. ``paths[i]`` names what confirmed duplicate ``i``. ``truncated_rows``: see
+    :class:`DuplicatesResult`.
     """
     n = len(ids)
     dup = np.flatnonzero(~keep)
@@ -308,7 +364,50 @@ def build_result(
         groups=groups,
         pairs=pairs,
         fraction=fraction,
+        all_pairs=pairs_table(
+            ids,
+            edges[0],
+            edges[1],
+            edge_d if edge_d is not None else np.full(len(edges[0]), np.nan),
+        ),
+        truncated_rows=int(truncated_rows),
     )
+
+
+def group_members(result: DuplicatesResult) -> pd.DataFrame:
+    """One row per member of each of ``result.groups`` (connected components of the pairs).
+
+    Columns: ``group`` (index in ``result.groups``), ``id``, ``type`` (``"nearest"``: a kept
+    item, ``"duplicate"``: flagged), ``kept_id`` (the kept item the split assigns a duplicate
+    to; itself for kept items), ``nearest_id`` and ``distance``: the member's nearest other
+    member of its group among ``all_pairs`` and the split's links (ties: the earlier member of
+    the group). Rows by group, representative first, then input order.
+    """
+    rows = [(g, m, pos) for g, members in enumerate(result.groups) for pos, m in enumerate(members)]
+    frame = pd.DataFrame(rows, columns=["group", "id", "pos"])
+    if frame.empty:
+        return pd.DataFrame(
+            {c: pd.Series(dtype=np.float64 if c == "distance" else object) for c in GROUP_COLUMNS}
+        ).astype({"group": np.int64})
+    cols = ["id_a", "id_b", "distance"]
+    edges = pd.concat([result.all_pairs[cols], result.pairs[cols]], ignore_index=True)
+    both = pd.concat(
+        [
+            edges.rename(columns={"id_a": "id", "id_b": "other"}),
+            edges.rename(columns={"id_b": "id", "id_a": "other"}),
+        ],
+        ignore_index=True,
+    )
+    both["other_pos"] = both["other"].map(dict(zip(frame["id"], frame["pos"], strict=True)))
+    both = both.sort_values(["distance", "other_pos"], na_position="last", kind="stable")
+    nearest = both.drop_duplicates("id").set_index("id")
+    kept = set(result.kept_ids)
+    kept_of = {d: k for k, members in result.neighbors_map.items() for d, _ in members}
+    frame["type"] = np.where(frame["id"].isin(kept), "nearest", "duplicate")
+    frame["kept_id"] = [i if i in kept else kept_of.get(i) for i in frame["id"]]
+    frame["nearest_id"] = frame["id"].map(nearest["other"])
+    frame["distance"] = frame["id"].map(nearest["distance"]).astype(np.float64)
+    return frame[GROUP_COLUMNS].astype({"group": np.int64})
 
 
 # -- find_unique ---------------------------------------------------------------------------
@@ -371,7 +470,7 @@ def _diameter(X: np.ndarray, metric: str) -> float:
 
 
 def _duplicates_at(nb: _Neighbours, thresh: float, max_k: int):
-    """keep mask, nearest kept index and distance per item, graph edges."""
+    """keep mask, nearest kept index and distance per item, the radius graph at ``thresh``."""
     X, metric = nb.X, nb.metric
     n = len(X)
     graph = nb.radius_graph(thresh, max_k=max_k)
@@ -399,7 +498,7 @@ def _duplicates_at(nb: _Neighbours, thresh: float, max_k: int):
             _, i = exact_knn(X[kept], 1, queries=X[dup], metric=metric)
             nearest[dup] = kept[i[:, 0]]
             nearest_d[dup] = pair_distances(X, dup, nearest[dup], metric)
-    return keep, nearest, nearest_d, (graph.a, graph.b)
+    return keep, nearest, nearest_d, graph
 
 
 def find_duplicates(
@@ -416,7 +515,8 @@ def find_duplicates(
     ``thresh``: pairs at distance ``<= thresh`` are duplicates (so exact copies, at distance
     0, are duplicates at any threshold, ``thresh=0`` included). The kept items approximate the
     largest set with all pairwise distances ``> thresh`` (greedy, fewest neighbours first, ties
-    in input order); each other item maps to its nearest kept item.
+    in input order); each other item maps to its nearest kept item. ``all_pairs`` lists every
+    pair within the threshold, from the same radius graph (see :class:`DuplicatesResult`).
     ``fraction`` in [0, 1]: the threshold is searched (bisection on the radius graph) so that
     about ``fraction * n`` items are flagged: 0 gives ``thresh=0`` (exact copies only), 1 keeps
     a single item. Neighbour lists stop at ``max_k`` per item; denser thresholds switch to an
@@ -447,8 +547,20 @@ def find_duplicates(
     nb = _Neighbours(X, metric)
     if thresh is None:
         thresh = _thresh_for_fraction(nb, fraction, max_k)
-    keep, nearest, nearest_d, edges = _duplicates_at(nb, thresh, max_k)
-    return build_result(ids, keep, nearest, nearest_d, edges, thresh, metric, None, fraction)
+    keep, nearest, nearest_d, graph = _duplicates_at(nb, thresh, max_k)
+    return build_result(
+        ids,
+        keep,
+        nearest,
+        nearest_d,
+        (graph.a, graph.b),
+        thresh,
+        metric,
+        None,
+        fraction,
+        edge_d=graph.d,
+        truncated_rows=graph.truncated,
+    )
 
 
 def _thresh_for_fraction(nb: _Neighbours, fraction: float, max_k: int) -> float:

@@ -534,6 +534,16 @@ def find_verified_duplicates(
     path_of = np.full(n, "", dtype=object)
     for j in dup:
         path_of[j] = edge_path.get((int(j), int(nearest[j])), own.get(int(j), ""))
-    result = build_result(ids, keep, nearest, nearest_d, (a, b), embedding_thresh, metric, path_of)
+    result = build_result(
+        ids,
+        keep,
+        nearest,
+        nearest_d,
+        (a, b),
+        embedding_thresh,
+        metric,
+        path_of,
+        edge_d=ok["distance"].to_numpy(dtype=np.float64),
+    )
     result.checked = checked
     return result

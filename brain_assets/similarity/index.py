@@ -184,18 +184,25 @@ class DuplicatesMixin:
         """The distance threshold the last :meth:`find_duplicates` used."""
         return self._duplicates().thresh
 
+    @property
+    def duplicate_pairs(self) -> pd.DataFrame:
+        """Every pair within the last :meth:`find_duplicates` threshold: id_a, id_b, distance.
+
+        Each unordered pair once, sorted by distance; unlike :attr:`neighbors_map` it keeps a
+        pair whose two members were both assigned to a third kept item.
+        """
+        return self._duplicates().all_pairs.copy()
+
     def duplicates_view(self) -> pd.DataFrame:
-        """Each kept item followed by its duplicates: id, role, nearest kept id, distance."""
-        rows = []
-        for kept, dups in self.neighbors_map.items():
-            rows.append({"id": kept, "type": "nearest", "nearest_id": kept, "distance": 0.0})
-            rows += [
-                {"id": d, "type": "duplicate", "nearest_id": kept, "distance": dist}
-                for d, dist in dups
-            ]
-        return self._with_samples(
-            pd.DataFrame(rows, columns=["id", "type", "nearest_id", "distance"])
-        )
+        """One row per member of each duplicate group (connected components of the pairs).
+
+        Columns: group, id, sample_id, type (``"nearest"``: kept, ``"duplicate"``), kept_id
+        (the kept item a duplicate maps to in :attr:`neighbors_map`), nearest_id and distance
+        (the member's nearest other member of its group).
+        """
+        from dagster_brain.algorithms.duplicates import group_members
+
+        return self._with_samples(group_members(self._duplicates()))
 
     def unique_view(self) -> pd.DataFrame:
         """The items chosen by the last :meth:`find_unique`."""
@@ -205,7 +212,7 @@ class DuplicatesMixin:
 
     def _with_samples(self, frame: pd.DataFrame) -> pd.DataFrame:
         by_id = self._members.set_index("id")["sample_id"]
-        frame.insert(1, "sample_id", frame["id"].map(by_id))
+        frame.insert(frame.columns.get_loc("id") + 1, "sample_id", frame["id"].map(by_id))
         return frame
 
     def visualize_duplicates(self, points: np.ndarray | None = None) -> bytes:

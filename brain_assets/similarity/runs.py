@@ -70,6 +70,23 @@ def duplicates_frame(
     return df
 
 
+def pairs_frame(result: DuplicatesResult, sample_of: dict[str, str], patches: bool) -> pd.DataFrame:
+    """Every duplicate pair of ``result`` (``all_pairs``): sample ids (and label ids for
+    patches) of both members and their distance, sorted by distance."""
+    pairs = result.all_pairs
+    out = pd.DataFrame(
+        {
+            "sample_id_a": pairs["id_a"].map(sample_of),
+            "sample_id_b": pairs["id_b"].map(sample_of),
+        }
+    )
+    if patches:
+        out["label_id_a"] = pairs["id_a"]
+        out["label_id_b"] = pairs["id_b"]
+    out["distance"] = pairs["distance"].astype(np.float64)
+    return out.reset_index(drop=True)
+
+
 @dataclass
 class IndexVectors:
     """A similarity index's vectors (restricted to a view), read once for a run."""
@@ -148,14 +165,24 @@ def run_duplicates(
             result = find_duplicates(X, item_ids, thresh=choice.thresh, metric=metric)
             method = "auto"
     frame = duplicates_frame(result, sample_of, patches)
+    pairs = pairs_frame(result, sample_of, patches)
     log.info(
-        "%s: %d duplicates in %d groups (thresh %.4g, %s)",
+        "%s: %d duplicates in %d groups, %d pairs (thresh %.4g, %s)",
         spec.brain_key,
         len(result.duplicate_ids),
         len(result.groups),
+        len(pairs),
         result.thresh,
         method,
     )
+    if result.truncated_rows:
+        log.warning(
+            "%s: %d items reached the neighbour cap (max_k) within thresh %.4g: pairs between "
+            "two of them may be missing from the pairs table",
+            spec.brain_key,
+            result.truncated_rows,
+            result.thresh,
+        )
     record = new_record(
         spec,
         store,
@@ -172,11 +199,14 @@ def run_duplicates(
         "threshold_choice": choice.describe() if choice else None,
         "est_precision": choice.est_precision if choice else None,
         "est_recall": choice.est_recall if choice else None,
+        "pairs": len(pairs),
+        "pairs_truncated_rows": result.truncated_rows,
     }
-    store.commit_run(record, frame)
+    store.commit_run(record, frame, extra={"pairs": pairs})
     summary = {
         "duplicates": len(result.duplicate_ids),
         "groups": len(result.groups),
+        "pairs": len(pairs),
         "thresh": result.thresh,
         "method": method,
         "choice": choice,
