@@ -418,26 +418,27 @@ def compute_mistakenness(
     pred_field: str,
     label_field: str = "ground_truth",
     mistakenness_field: str = "mistakenness",
-    method: str = "confident_learning",
-    use_logits: bool = True,
+    method: str | None = None,
+    use_logits: bool | None = None,
     copy_missing: bool = False,
     **detection_params: Any,
 ) -> RunOutcome:
     """How likely each annotation is wrong (classification or detections); the brain key is
-    ``mistakenness_field``, as in the reference."""
+    ``mistakenness_field``, as in the reference. ``method`` / ``use_logits`` left out: the
+    spec's defaults for the field's kind."""
     from dagster_brain.scores import run_mistakenness
     from dagster_brain.specs import MistakennessSpec
 
     dataset, ids = _as_view(samples)
+    given = {"method": method, "use_logits": use_logits}
     spec = MistakennessSpec(
         brain_key=mistakenness_field,
         kind="mistakenness",
         dataset=dataset.name,
         pred_field=pred_field,
         label_field=label_field,
-        method=method,
-        use_logits=use_logits,
         copy_missing=copy_missing,
+        **{k: v for k, v in given.items() if v is not None},
         **detection_params,
     )
     return run_mistakenness(spec, dataset.store, ids=ids)

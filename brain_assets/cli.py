@@ -407,11 +407,19 @@ def similarity_query(
     show_default=True,
     help="Brain key the result is stored under.",
 )
+@click.option("--pairs", "show_pairs", is_flag=True, help="Also print every duplicate pair.")
 @dataset_option
 @data_dir_option
 @user_errors
-def duplicates_cmd(brain_key, thresh, fraction, no_verify, out_key, dataset, data_dir) -> None:
-    """Near-duplicate groups on similarity index BRAIN_KEY (default: data-chosen threshold)."""
+def duplicates_cmd(
+    brain_key, thresh, fraction, no_verify, out_key, show_pairs, dataset, data_dir
+) -> None:
+    """Near-duplicate groups on similarity index BRAIN_KEY (default: data-chosen threshold).
+
+    The groups table is stored as the run's results and every duplicate pair (within the
+    threshold; with image verification, every confirmed pair) as its ``pairs`` table
+    (``--pairs`` prints it).
+    """
     from dagster_brain.api import Dataset, compute_near_duplicates
 
     if thresh is not None and fraction is not None:
@@ -428,13 +436,17 @@ def duplicates_cmd(brain_key, thresh, fraction, no_verify, out_key, dataset, dat
     )
     s = out.summary
     click.echo(
-        f"{out_key}: {s['duplicates']} duplicates in {s['groups']} groups "
+        f"{out_key}: {s['duplicates']} duplicates in {s['groups']} groups, {s['pairs']} pairs "
         f"(thresh {s['thresh']:.4g}, {s['method']})"
     )
     if s["choice"] is not None:
         click.echo(f"threshold: {s['choice'].describe()}")
     if len(out.results):
         click.echo(out.results.head(40).to_string(index=False))
+    if show_pairs:
+        pairs = store.load_extra(ds.name, out_key, "pairs")
+        click.echo(f"{len(pairs)} pairs (nearest first):")
+        click.echo(pairs.to_string(index=False) if len(pairs) else "(none)")
 
 
 @main.command("unique")
@@ -467,9 +479,9 @@ def unique_cmd(brain_key, count, out_key, dataset, data_dir) -> None:
 @click.option(
     "--method",
     type=click.Choice(["confident_learning", "reference"]),
-    default="confident_learning",
-    show_default=True,
-    help="Classification only.",
+    default=None,
+    help="confident_learning (classification default) or reference; detections: reference "
+    "or leave out for the default rule.",
 )
 @click.option("--missing-conf", type=float, default=None, help="Detections: confidence cut.")
 @click.option("--copy-missing", is_flag=True, help="Detections: add missing objects to GT.")

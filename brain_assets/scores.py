@@ -14,7 +14,6 @@ from dagster_brain.specs import HardnessSpec, MistakennessSpec
 from dagster_brain.store import Store
 
 _LOG = logging.getLogger("dagster_brain")
-DEFAULT_MISSING_CONF = 0.5  # see algorithms.detection_mistakenness
 
 
 def _fields(store: Store, spec, *names: str) -> dict[str, tuple[str, list[str] | None]]:
@@ -71,8 +70,11 @@ def run_mistakenness(
             "data_version": store.data_version(spec.dataset, ids),
         }
     }
+    _check_mistakenness_options(spec, gt_kind)
     if gt_kind == "detections":
-        return _detection_mistakenness(spec, store, gt, pred, run_id, log, upstream, artifacts)
+        return _detection_mistakenness(
+            spec, store, gt, pred, classes or pred_classes, run_id, log, upstream, artifacts
+        )
     return _classification_mistakenness(
         spec, store, gt, pred, classes or pred_classes, run_id, log, upstream, artifacts
     )
@@ -80,11 +82,12 @@ def run_mistakenness(
 
 def _classification_mistakenness(spec, store, gt, pred, classes, run_id, log, upstream, artifacts):
     from dagster_brain.algorithms.mistakenness import (
+        STRUCTURE_GAIN,
         align,
         confident_learning_mistakenness,
         label_indices,
+        label_noise_model,
         probabilities,
-        reference_mistakenness,
     )
     from dagster_brain.methods import RunOutcome, frame_version
 
@@ -93,6 +96,10 @@ def _classification_mistakenness(spec, store, gt, pred, classes, run_id, log, up
             f"brain key {spec.brain_key!r}: field {spec.label_field!r} has no class list"
         )
     (g, p), skipped = align(gt, pred)
+    if spec.method == "reference":
+        return _reference_classification(
+            spec, store, gt, pred, g, p, skipped, run_id, log, upstream, artifacts
+        )
     for reason, who in skipped.items():
         if who:
             log.warning(
@@ -116,25 +123,20 @@ def _classification_mistakenness(spec, store, gt, pred, classes, run_id, log, up
         )
     for w in caught:
         log.warning("%s: %s", spec.brain_key, w.message)
-    if spec.method == "confident_learning":
-        scores, is_issue = confident_learning_mistakenness(
-            probs,
-            label_indices(g["label"].tolist(), classes, sample_ids),
-            classes,
-            ids=sample_ids,
-        )
-        method = "confident_learning"
-    else:
-        scores = reference_mistakenness(
-            p["label"].tolist(),
-            p["confidence"].tolist(),
-            g["label"].tolist(),
-            logits=logits,
-            use_logits=spec.use_logits,
-            ids=sample_ids,
-        )
-        is_issue = np.zeros(len(scores), bool)
-        method = "reference_logits" if spec.use_logits else "reference"
+    gt_index = label_indices(g["label"].tolist(), classes, sample_ids)
+    noise = label_noise_model(probs, gt_index)
+    scores, is_issue = confident_learning_mistakenness(
+        probs, gt_index, classes, ids=sample_ids, noise=noise
+    )
+    method = "confident_learning"
+    log.info(
+        "%s: %s (noise-structure gain %.3f, threshold %.2f; off-diagonal mass %.1f%%)",
+        spec.brain_key,
+        "structured noise: posterior score" if noise.structured else "self-confidence score",
+        noise.gain,
+        STRUCTURE_GAIN,
+        100 * noise.rate,
+    )
     results = pd.DataFrame(
         {
             "sample_id": sample_ids,
@@ -170,17 +172,170 @@ def _classification_mistakenness(spec, store, gt, pred, classes, run_id, log, up
     )
 
 
-def _detection_mistakenness(spec, store, gt, pred, run_id, log, upstream, artifacts):
-    from dagster_brain.algorithms.detection_mistakenness import detection_mistakenness
+def _reference_classification(
+    spec, store, gt, pred, g, p, skipped, run_id, log, upstream, artifacts
+):
+    """``method: reference``: the reference's rule on every sample with a label or a prediction.
+
+    Unlike the default, samples with only one of the two are scored as the reference scores
+    them: an annotation with no prediction gets 1.0, a prediction with no annotation counts as
+    a disagreement. Samples with neither are left out.
+    """
+    from dagster_brain.algorithms.mistakenness import reference_mistakenness
     from dagster_brain.methods import RunOutcome, frame_version
 
-    res = detection_mistakenness(
-        gt,
-        pred,
-        iou_thresh=spec.iou_thresh,
-        missing_conf=DEFAULT_MISSING_CONF if spec.missing_conf is None else spec.missing_conf,
-        copy_missing=spec.copy_missing,
+    only_gt = gt[gt["sample_id"].isin(set(skipped["no_prediction"])) & gt["label"].notna()]
+    only_pred = pred[
+        pred["sample_id"].isin(set(skipped["no_ground_truth"])) & pred["label"].notna()
+    ]
+    rows = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "sample_id": g["sample_id"],
+                    "label": g["label"],
+                    "prediction": p["label"],
+                    "confidence": p["confidence"],
+                    "logits": p["logits"],
+                }
+            ),
+            pd.DataFrame({"sample_id": only_gt["sample_id"], "label": only_gt["label"]}),
+            pd.DataFrame(
+                {
+                    "sample_id": only_pred["sample_id"],
+                    "prediction": only_pred["label"],
+                    "confidence": only_pred["confidence"],
+                    "logits": only_pred["logits"],
+                }
+            ),
+        ],
+        ignore_index=True,
     )
+    rows = rows.sort_values("sample_id", kind="stable").reset_index(drop=True)
+    for col in ("label", "prediction"):
+        rows[col] = rows[col].astype(object).where(rows[col].notna(), None)
+    if rows.empty:
+        raise ValueError(
+            f"brain key {spec.brain_key!r}: no sample has {spec.label_field!r} "
+            f"or {spec.pred_field!r}"
+        )
+    sample_ids = rows["sample_id"].tolist()
+    logits = [list(v) if _is_vector(v) else None for v in rows["logits"].tolist()]
+    try:
+        scores = reference_mistakenness(
+            rows["prediction"].tolist(),
+            rows["confidence"].tolist(),
+            rows["label"].tolist(),
+            logits=logits,
+            use_logits=spec.use_logits,
+            ids=sample_ids,
+        )
+    except ValueError as err:
+        hint = " (or set use_logits: false)" if spec.use_logits else ""
+        raise ValueError(f"brain key {spec.brain_key!r}: {err}{hint}") from err
+    method = "reference_logits" if spec.use_logits else "reference"
+    scored = {"no_prediction": len(only_gt), "no_ground_truth": len(only_pred)}
+    results = pd.DataFrame(
+        {
+            "sample_id": sample_ids,
+            "mistakenness": np.asarray(scores, float),
+            "possible_label_issue": np.zeros(len(scores), bool),
+            "label": rows["label"].tolist(),
+            "prediction": rows["prediction"].tolist(),
+        }
+    )
+    log.info(
+        "%s: %s mistakenness on %d samples (%d with no prediction score 1.0, %d with no "
+        "ground truth count as disagreements)",
+        spec.brain_key,
+        method,
+        len(results),
+        scored["no_prediction"],
+        scored["no_ground_truth"],
+    )
+    record = new_record(
+        spec,
+        store,
+        method=method,
+        sample_ids=list(sample_ids),
+        run_id=run_id,
+        upstream={**upstream, "skipped": {k: 0 for k in scored}, "scored_one_sided": scored},
+        artifacts=artifacts,
+    )
+    store.commit_run(record, results)
+    return RunOutcome(
+        record,
+        results,
+        frame_version(results),
+        {"skipped": {k: 0 for k in scored}, "scored_one_sided": scored},
+    )
+
+
+def _check_mistakenness_options(spec: MistakennessSpec, kind: str) -> None:
+    """Refuse options that do not apply to the field kind, naming the brain key and option."""
+    key = spec.brain_key
+    set_opts = spec.detection_options()
+    if kind != "detections" and set_opts:
+        raise ValueError(
+            f"brain key {key!r}: option {set_opts[0]!r} applies to detection fields only, but "
+            f"{spec.label_field!r} holds {kind}"
+        )
+    elif spec.method == "confident_learning" and "method" in spec.model_fields_set:
+        raise ValueError(
+            f"brain key {key!r}: option 'method: confident_learning' applies to "
+            f"classification only; {spec.label_field!r} holds detections (use method "
+            "reference, or leave method out for the default detection rule)"
+        )
+
+
+def _detection_mistakenness(spec, store, gt, pred, classes, run_id, log, upstream, artifacts):
+    from dagster_brain.algorithms.detection_mistakenness import (
+        detection_mistakenness,
+        reference_detection_mistakenness,
+    )
+    from dagster_brain.methods import RunOutcome, frame_version
+
+    # use_logits as asked; unasked, the default rule uses logits when every prediction has
+    # them (the reference's own default is not to).
+    asked = spec.use_logits if "use_logits" in spec.model_fields_set else None
+    use_logits = asked
+    if asked is None:
+        use_logits = (
+            spec.method != "reference"
+            and bool(classes)
+            and len(pred) > 0
+            and "logits" in pred
+            and bool(pred["logits"].map(_is_vector).all())
+        )
+    opts = {"iou_thresh": spec.iou_thresh, "missing_conf": spec.missing_conf}
+    opts = {k: v for k, v in opts.items() if v is not None}
+    try:
+        if spec.method == "reference":
+            res = reference_detection_mistakenness(
+                gt,
+                pred,
+                use_logits=use_logits,
+                classes=classes,
+                copy_missing=spec.copy_missing,
+                **opts,
+            )
+        else:
+            if spec.loc_iou_thresh is not None:
+                opts["loc_iou_thresh"] = spec.loc_iou_thresh
+            if spec.spurious_rule is not None:
+                opts["spurious_rule"] = spec.spurious_rule
+            res = detection_mistakenness(
+                gt,
+                pred,
+                use_logits=use_logits,
+                classes=classes,
+                copy_missing=spec.copy_missing,
+                **opts,
+            )
+    except ValueError as err:
+        raise ValueError(
+            f"brain key {spec.brain_key!r} ({spec.pred_field!r} / {spec.label_field!r}): {err}"
+        ) from err
     samples = res.samples.copy()
     objects = pd.concat(
         [res.gt.assign(field=spec.label_field), res.pred.assign(field=spec.pred_field)],
@@ -212,13 +367,18 @@ def _detection_mistakenness(spec, store, gt, pred, run_id, log, upstream, artifa
         int(res.pred["possible_missing"].sum()),
         int(res.gt["possible_spurious"].sum()),
     )
+    resolved = {
+        k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in res.params.items()
+    }
+    log.info("%s: detection rule %s", spec.brain_key, resolved)
     record = new_record(
         spec,
         store,
-        method="detection",
+        method="detection_reference" if spec.method == "reference" else "detection",
         sample_ids=list(samples["sample_id"]),
         run_id=run_id,
         upstream=upstream,
+        config={**spec.model_dump(mode="json"), "resolved": resolved},
         artifacts=artifacts,
         packages=("cleanlab", "scikit-learn"),
     )

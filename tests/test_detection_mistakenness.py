@@ -45,12 +45,13 @@ def scene() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def test_each_error_kind_is_found(scene):
     gt, pred = scene
-    res = detection_mistakenness(gt, pred)
+    # Too few matched predictions for the auto cutoff here: give the cutoff.
+    res = detection_mistakenness(gt, pred, missing_conf=0.5)
     g = res.gt.set_index("label_id")
     p = res.pred.set_index("label_id")
     assert g["mistakenness"].idxmax() == "swapped"
-    assert g.loc["swapped", "mistakenness"] == pytest.approx(0.85)
-    assert g.loc["ok1", "mistakenness"] == pytest.approx(0.1)  # agrees: 1 - confidence
+    assert g.loc["swapped", "mistakenness"] == pytest.approx((1 + 0.85) / 2)
+    assert g.loc["ok1", "mistakenness"] == pytest.approx((1 - 0.9) / 2)  # agrees
     assert g["mistakenness_loc"].idxmax() == "shifted"
     assert g.loc["shifted", "mistakenness_loc"] == pytest.approx((1 - 1 / 3) * 0.9)
     assert g.loc["shifted", "match"] == "loose_same_class"
@@ -61,9 +62,9 @@ def test_each_error_kind_is_found(scene):
 
 
 def test_sample_summary(scene):
-    res = detection_mistakenness(*scene)
+    res = detection_mistakenness(*scene, missing_conf=0.5)
     s = res.samples.set_index("sample_id")
-    assert s.loc["s1", "mistakenness"] == pytest.approx(0.85)
+    assert s.loc["s1", "mistakenness"] == pytest.approx((1 + 0.85) / 2)
     assert s.loc["s2", "mistakenness_loc"] == pytest.approx(0.6)
     assert s["possible_missing"].to_dict() == {"s1": 0, "s2": 1, "s3": 0}
     assert s["possible_spurious"].to_dict() == {"s1": 0, "s2": 0, "s3": 1}
@@ -86,7 +87,7 @@ def test_thresholds_are_parameters(scene):
 def test_copy_missing(scene):
     gt, pred = scene
     assert detection_mistakenness(gt, pred).copied is None
-    copied = detection_mistakenness(gt, pred, copy_missing=True).copied
+    copied = detection_mistakenness(gt, pred, copy_missing=True, missing_conf=0.5).copied
     assert copied.to_dict("records") == [
         {
             "sample_id": "s2",

@@ -63,7 +63,11 @@ def test_confident_learning_finds_the_planted_flips(demo):
     flips = {f["sample_id"] for f in truth["flips"]}
     res = store.load_results("digits", "mistakenness")
     top = res.nlargest(len(flips), "mistakenness")["sample_id"]
-    assert top.isin(flips).mean() >= 0.93
+    # The default is no longer tuned on this demo (0.93 was the old, demo-tuned default's
+    # figure); it ranks by self-confidence here (no structured noise) and gets 0.889 at this seed.
+    assert top.isin(flips).mean() >= 0.85
+    flagged = res.loc[res["possible_label_issue"], "sample_id"]
+    assert len(flagged) >= 0.5 * len(flips) and flagged.isin(flips).mean() >= 0.95
     meta = result.asset_materializations_for_node("digits__brain__mistakenness")[0].metadata
     assert "mistakenness_histogram" in meta and meta["dagster/row_count"].value == len(res)
     hard = store.load_results("digits", "hardness")
@@ -125,7 +129,16 @@ def test_flip_ranks_first_and_missing_predictions_are_skipped(store):
     assert out.results.nlargest(1, "mistakenness")["sample_id"].item() == "s007"
     assert out.summary["skipped"]["no_prediction"] == 1 and len(out.results) == 59
     ref = run_mistakenness(spec.model_copy(update={"brain_key": "r", "method": "reference"}), store)
-    assert ref.results.nlargest(1, "mistakenness")["sample_id"].item() == "s007"
+    # The reference's rule scores every sample: s003 (annotated, no prediction) gets 1.0, the
+    # flip (1 + c) / 2 and the rest (1 - c) / 2, c = exp(-entropy(softmax([3, -3, -3]))).
+    p = np.exp([3.0, -3.0, -3.0]) / np.exp([3.0, -3.0, -3.0]).sum()
+    c = np.exp((p * np.log(p)).sum())
+    got = ref.results.set_index("sample_id")["mistakenness"]
+    assert len(got) == 60 and got["s003"] == 1.0
+    assert ref.results.set_index("sample_id").loc["s003", "prediction"] is None
+    assert abs(got["s007"] - (1 + c) / 2) < 1e-12
+    assert np.allclose(got.drop(["s003", "s007"]), (1 - c) / 2, rtol=0, atol=1e-12)
+    assert ref.summary["scored_one_sided"] == {"no_prediction": 1, "no_ground_truth": 0}
 
 
 def test_hardness_equals_hand_computed_entropy(store):
@@ -169,3 +182,28 @@ def test_scores_graph_reads_labels_from_samples(demo):
     store, result = demo
     done = {e.asset_key for e in result.get_asset_materialization_events()}
     assert brain_key_asset("shapes", "mistakenness") in done and samples_key("digits") in done
+
+
+def test_reference_scores_one_sided_samples_as_the_reference(store):
+    _toy(store)
+    gt = store.labels("toy", "gt")
+    gt.loc[gt["sample_id"] == "s010", "label"] = None  # s010: a prediction, no annotation
+    store.write_labels("toy", "gt", "classification", ["0", "1", "2"], gt)
+    spec = MistakennessSpec(
+        brain_key="r",
+        kind="mistakenness",
+        dataset="toy",
+        pred_field="pred",
+        label_field="gt",
+        method="reference",
+        use_logits=False,
+    )
+    got = run_mistakenness(spec, store).results.set_index("sample_id")
+    # confidence 0.99: agree (1 - 0.99) / 2, disagree (1 + 0.99) / 2; no prediction 1.0
+    assert len(got) == 60 and got.loc["s003", "mistakenness"] == 1.0
+    assert abs(got.loc["s007", "mistakenness"] - 0.995) < 1e-12
+    assert abs(got.loc["s010", "mistakenness"] - 0.995) < 1e-12
+    assert got.loc["s010", "label"] is None
+    rest = got.drop(["s003", "s007", "s010"])["mistakenness"]
+    assert np.allclose(rest, 0.005, rtol=0, atol=1e-12)
+    assert not got["possible_label_issue"].any()
