@@ -54,6 +54,7 @@ from dagster_brain.algorithms.matching import (
     iou_matrix,
     match_detections,
 )
+from dagster_brain.algorithms.mistakenness import certainty, softmax
 
 SpuriousRule = Literal["no_overlap", "unmatched"]
 
@@ -124,11 +125,7 @@ def detection_probabilities(pred: pd.DataFrame, classes: list[str] | None) -> np
         if np.isnan(arr).any() or np.isposinf(arr).any():
             raise ValueError(f"prediction {ids[r]!r} of sample {sam[r]!r}: NaN or +inf logits")
         out[r] = arr
-    if not len(out):
-        return out
-    z = out - out.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return softmax(out) if len(out) else out
 
 
 def auto_missing_cutoff(
@@ -299,10 +296,7 @@ def reference_detection_mistakenness(
     conf = check_confidence(pred)
     sure = conf
     if use_logits:
-        probs = detection_probabilities(pred, classes)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            h = -np.where(probs > 0, probs * np.log(probs), 0.0).sum(axis=1)
-        sure = np.exp(-h)
+        sure = certainty(detection_probabilities(pred, classes))
 
     m_all = match_detections(gt, pred, iou_thresh, class_aware=False)
     matched = m_all[m_all["match"].isin(["same_class", "cross_class"])]

@@ -188,6 +188,11 @@ def _entropy(probs: np.ndarray) -> np.ndarray:
         return -np.where(probs > 0, probs * np.log(probs), 0.0).sum(axis=1)
 
 
+def certainty(probs: np.ndarray) -> np.ndarray:
+    """The reference's certainty of each probability row: ``exp(-entropy)``, in ``(0, 1]``."""
+    return np.exp(-_entropy(np.asarray(probs, dtype=np.float64)))
+
+
 def reference_mistakenness(
     pred_labels: Sequence,
     confidences: Sequence[float] | None,
@@ -241,7 +246,7 @@ def reference_mistakenness(
                 raise ValueError(
                     f"sample {_sample(ids, int(i))}: empty, NaN, +inf or all -inf logits"
                 )
-            sure[i] = np.exp(-_entropy(softmax(z[None, :]))[0])
+            sure[i] = certainty(softmax(z[None, :]))[0]
     else:
         if confidences is None:
             raise ValueError("reference_mistakenness: confidences are required")
