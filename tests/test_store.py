@@ -223,7 +223,7 @@ def test_run_lock_waits_for_the_holder_when_asked(store):
 def test_run_lock_takes_over_a_dead_worker_on_another_host(store, monkeypatch):
     import time
 
-    import dagster_brain.store as store_module
+    import dagster_brain.store.locks as store_module
 
     _dataset(store)
 
@@ -248,3 +248,87 @@ def test_run_lock_takes_over_a_dead_worker_on_another_host(store, monkeypatch):
         later = store.query("SELECT holder, heartbeat_at FROM brain_locks").iloc[0]
         assert later["holder"] == "run B" and later["heartbeat_at"] > first  # it beats
     assert store.query("SELECT * FROM brain_locks").empty
+
+
+def test_nested_transactions_keep_their_own_parquet_copies(store):
+    """Each transaction carries its rename list: an inner one that commits or fails does not
+    take the outer one's pending copies with it (they were one list on the Store before)."""
+    ids = _dataset(store)
+    copy = store.parquet_path("d", "samples")
+    before = copy.read_bytes()
+    with store.transaction() as outer:
+        store.save_view("d", "inner", pd.DataFrame({"sample_id": ids[:2]}))  # commits inside
+        with pytest.raises(RuntimeError, match="boom"):
+            with store.transaction() as failing:
+                store._mirror(failing, "d", "views/failed", "SELECT 1 AS x")
+                raise RuntimeError("boom")
+        store._mirror(outer, "d", "samples", "SELECT * FROM samples WHERE sample_id = ?", [ids[0]])
+        assert [final for _, final in outer.renames] == [copy]
+        assert copy.read_bytes() == before  # replaced only after the commit
+    assert pd.read_parquet(copy)["sample_id"].tolist() == [ids[0]]
+    assert pd.read_parquet(store.parquet_path("d", "views/inner"))["sample_id"].tolist() == ids[:2]
+    assert not store.parquet_path("d", "views/failed").exists()
+    assert not list(store.parquet_dir.rglob("*.tmp"))
+
+
+def test_concurrent_transactions_on_one_store_do_not_mix_copies(store):
+    import threading
+
+    ids = _dataset(store)
+    both_open = threading.Barrier(2, timeout=60)
+    seen: dict[str, list] = {}
+
+    def work(name: str, fail: bool) -> None:
+        try:
+            with store.transaction() as tx:
+                store._mirror(
+                    tx, "d", f"views/{name}", "SELECT * FROM samples WHERE sample_id = ?", [ids[0]]
+                )
+                both_open.wait()  # both transactions hold a pending copy now
+                seen[name] = [final.name for _, final in tx.renames]
+                both_open.wait()
+                if fail:
+                    raise RuntimeError(f"{name} failed")
+        except RuntimeError:
+            pass
+
+    threads = [threading.Thread(target=work, args=a) for a in (("a", False), ("b", True))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert seen == {"a": ["a.parquet"], "b": ["b.parquet"]}
+    assert store.parquet_path("d", "views/a").exists()
+    assert not store.parquet_path("d", "views/b").exists()
+    assert not list(store.parquet_dir.rglob("*.tmp"))
+
+
+def test_run_lock_logs_repeated_missed_heartbeats(store, monkeypatch, caplog):
+    import logging
+    import time
+
+    import duckdb
+
+    import dagster_brain.store.locks as locks
+
+    store.create_dataset("d")
+    monkeypatch.setattr(locks, "LOCK_HEARTBEAT_S", 0.01)
+    working = store.connect
+
+    def unreachable():
+        raise duckdb.IOException("IO Error: network share gone")
+
+    wanted = "run lock of brain key 'u' on 'd': 3 heartbeats missed in a row"
+    with caplog.at_level(logging.DEBUG, logger="dagster_brain"):
+        with store.run_lock("d", "u", "run A"):
+            monkeypatch.setattr(store, "connect", unreachable)
+            give_up = time.monotonic() + 60
+            while wanted not in caplog.text and time.monotonic() < give_up:
+                time.sleep(0.01)
+            monkeypatch.setattr(store, "connect", working)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings and wanted in warnings[0].getMessage()
+    assert "network share gone" in warnings[0].getMessage()
+    misses = [r for r in caplog.records if "heartbeat missed" in r.getMessage()]
+    assert len(misses) >= 2 and all(r.levelno == logging.DEBUG for r in misses)
+    assert store.query("SELECT * FROM brain_locks").empty  # released as usual
