@@ -27,48 +27,21 @@ from typing import Any
 
 DEFAULT_CONFIG_PATH = Path("~/.dagster_brain/brain_config.json")
 
-BUILTIN_BACKENDS: dict[str, dict[str, Any]] = {
-    "sklearn": {
-        "metric": "cosine",
-        "mean_center": False,
-        "approximate": None,
-        "approx_threshold": 200_000,
-    },
-    "qdrant": {
-        "url": None,
-        "api_key": None,
-        "path": None,
-        "collection_name": None,
-        "metric": "cosine",
-    },
-    "pinecone": {
-        "api_key": None,
-        "host": None,
-        "index_name": None,
-        "namespace": None,
-        "metric": "cosine",
-        "cloud": "aws",
-        "region": "us-east-1",
-    },
-    "milvus": {
-        "uri": None,
-        "user": None,
-        "password": None,
-        "token": None,
-        "db_name": "default",
-        "collection_name": None,
-        "metric": "cosine",
-        "consistency_level": "Strong",
-    },
-    "lancedb": {"uri": None, "table_name": None, "metric": "cosine"},
-}
+
+def builtin_backends() -> dict[str, dict[str, Any]]:
+    """Each registered similarity backend's default settings (its adapter's ``Settings``)."""
+    # imported here: the adapters use config helpers (is_secret) at import time
+    from dagster_brain.similarity.backends.registry import backend_defaults
+
+    return backend_defaults()
+
 
 DEFAULTS: dict[str, Any] = {
     "data_dir": "data",
     "brain_keys_path": None,
     "default_model": "efficientnet-lite0",
     "default_similarity_backend": "sklearn",
-    "similarity_backends": BUILTIN_BACKENDS,
+    "similarity_backends": {},  # the registered backends' defaults: see defaults()
     "executor": "multiprocess",  # how runs execute steps (dagster_brain.execution)
     "refresh_cron": "0 3 * * *",  # the nightly_brain_refresh schedule (UTC)
 }
@@ -82,6 +55,11 @@ TOP_LEVEL_ENV = (
     "refresh_cron",
 )
 SECRET_WORDS = ("api_key", "apikey", "password", "token", "secret")
+
+
+def defaults() -> dict[str, Any]:
+    """The lowest config layer, with every registered backend's defaults."""
+    return {**DEFAULTS, "similarity_backends": builtin_backends()}
 
 
 class BrainConfigError(ValueError):
@@ -160,7 +138,7 @@ def read_env_layer(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str] | 
         exposed = [
             b.strip().lower() for b in env["BRAIN_SIMILARITY_BACKENDS"].split(",") if b.strip()
         ]
-    known = set(BUILTIN_BACKENDS) | set(exposed or [])
+    known = set(builtin_backends()) | set(exposed or [])
     backends: dict[str, dict[str, Any]] = {}
     for var, raw in env.items():
         if not var.startswith("BRAIN_SIMILARITY_") or var == "BRAIN_SIMILARITY_BACKENDS":
@@ -204,7 +182,7 @@ class BrainConfig:
 
     def as_dict(self) -> dict[str, Any]:
         """The merged settings (secrets in clear: do not print this; print ``masked``)."""
-        merged = _merge(_merge(_merge(DEFAULTS, self._file), self._env_layer), self._runtime)
+        merged = _merge(_merge(_merge(defaults(), self._file), self._env_layer), self._runtime)
         if self._exposed is not None:
             merged["similarity_backends"] = {
                 b: merged["similarity_backends"].get(b, {}) for b in self._exposed

@@ -20,11 +20,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlparse
 
 import dagster as dg
 
 from dagster_brain.config import BrainConfig, BrainConfigError, get_brain_config
+from dagster_brain.similarity.backends.registry import embedded_reason
 from dagster_brain.specs import BrainKeysFile, BrainRunSpec, SimilaritySpec
 
 EXECUTORS = ("multiprocess", "in_process", "celery")
@@ -32,7 +32,6 @@ EXECUTORS = ("multiprocess", "in_process", "celery")
 DISTRIBUTED_EXECUTORS = frozenset({"celery", "celery-k8s", "celery-docker", "k8s", "docker"})
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 DEFAULT_QUEUE = "dagster"
-MILVUS_SERVER_SCHEMES = ("http", "https", "tcp")
 
 
 class EmbeddedBackendError(BrainConfigError):
@@ -88,19 +87,6 @@ def build_executor(
             "BRAIN_EXECUTOR=celery needs dagster-celery: pip install -e '.[distributed]'"
         ) from err
     return celery_executor.configured(celery_config(), name="celery")
-
-
-def embedded_reason(backend: str, settings: Mapping[str, Any]) -> str | None:
-    """Why a backend with these settings is embedded in one process (None: shareable)."""
-    if backend == "qdrant" and not settings.get("url"):
-        return "Qdrant local mode (no url): a folder under the data dir that one process locks"
-    if backend == "milvus":
-        uri = settings.get("uri")
-        scheme = urlparse(str(uri)).scheme if uri else ""
-        if scheme not in MILVUS_SERVER_SCHEMES or str(uri).endswith(".db"):
-            where = f"uri {uri!r}" if uri else "no uri"
-            return f"milvus-lite ({where}): a local .db file that one process locks"
-    return None
 
 
 def _problem(spec: SimilaritySpec, params: Mapping[str, Any] | None) -> str | None:

@@ -1,18 +1,24 @@
 """Similarity backends as Dagster resources: connection settings from the brain config.
 
-Definitions build one resource per exposed backend from the merged brain config; secrets
-(API keys, passwords, tokens) are passed as ``dg.EnvVar`` so the UI never shows them.
+Definitions build one resource per exposed registered backend from the merged brain config;
+each resource class is derived from its adapter's ``Settings`` (the connection settings, not
+the per-index ones such as ``metric``). Secrets (API keys, passwords, tokens) are passed as
+``dg.EnvVar`` so the UI never shows them.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, create_model
 
 from dagster_brain.config import BrainConfig, is_secret
+from dagster_brain.similarity.backends.base import VectorBackend
+from dagster_brain.similarity.backends.registry import BACKENDS, BackendTable, check_settings
 
 
 class SimilarityBackendResource(dg.ConfigurableResource):
@@ -25,64 +31,29 @@ class SimilarityBackendResource(dg.ConfigurableResource):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
-class SklearnSimilarityResource(SimilarityBackendResource):
-    """The default exact in-process backend (Parquet beside the store)."""
-
-    backend: ClassVar[str] = "sklearn"
-    mean_center: bool = Field(default=False, description="subtract the mean before cosine")
-    approximate: bool | None = Field(default=None, description="None: automatic by size")
-    approx_threshold: int | None = Field(default=None, description="vectors above which ANN")
-
-
-class QdrantSimilarityResource(SimilarityBackendResource):
-    """Qdrant: local mode (a folder per index) unless ``url`` names a server."""
-
-    backend: ClassVar[str] = "qdrant"
-    url: str | None = None
-    api_key: str | None = None
-    path: str | None = None
-
-
-class MilvusSimilarityResource(SimilarityBackendResource):
-    """Milvus: milvus-lite (a file per index) unless ``uri`` names a server."""
-
-    backend: ClassVar[str] = "milvus"
-    uri: str | None = None
-    user: str | None = None
-    password: str | None = None
-    token: str | None = None
-    db_name: str | None = None
-    consistency_level: str | None = None
-
-
-class LanceDBSimilarityResource(SimilarityBackendResource):
-    """LanceDB: an embedded table on disk (``uri`` folder)."""
-
-    backend: ClassVar[str] = "lancedb"
-    uri: str | None = None
-
-
-class PineconeSimilarityResource(SimilarityBackendResource):
-    """Pinecone: the cloud service (or any host speaking its REST protocol)."""
-
-    backend: ClassVar[str] = "pinecone"
-    api_key: str | None = None
-    host: str | None = None
-    namespace: str | None = None
-    cloud: str | None = None
-    region: str | None = None
-
-
-RESOURCE_CLASSES: dict[str, type[SimilarityBackendResource]] = {
-    cls.backend: cls
-    for cls in (
-        SklearnSimilarityResource,
-        QdrantSimilarityResource,
-        MilvusSimilarityResource,
-        LanceDBSimilarityResource,
-        PineconeSimilarityResource,
+@functools.cache
+def resource_class(adapter: type[VectorBackend]) -> type[SimilarityBackendResource]:
+    """The resource class of an adapter: its connection settings, each optional."""
+    settings = adapter.Settings
+    fields: dict[str, Any] = {}
+    for name in settings.resource_fields():
+        info = settings.model_fields[name]
+        optional = info.annotation | None  # type: ignore[operator]
+        fields[name] = (optional, Field(default=None, description=info.description))
+    stem = adapter.__name__.removesuffix("Backend")
+    cls = create_model(  # type: ignore[call-overload]
+        f"{stem}SimilarityResource",
+        __base__=SimilarityBackendResource,
+        __doc__=settings.__doc__,
+        __module__=__name__,
+        **fields,
     )
-}
+    cls.backend = adapter.name
+    return cls
+
+
+# backend name -> its resource class (derived from the registry)
+RESOURCE_CLASSES: Mapping[str, type[SimilarityBackendResource]] = BackendTable(resource_class)
 
 
 def resource_key(backend: str) -> str:
@@ -91,12 +62,14 @@ def resource_key(backend: str) -> str:
 
 
 def similarity_resources(config: BrainConfig) -> dict[str, SimilarityBackendResource]:
-    """One resource per exposed built-in backend, from the merged brain config."""
+    """One resource per exposed registered backend, from the merged brain config (checked
+    against the backend's ``Settings``: a bad value is refused naming backend and setting)."""
     out: dict[str, SimilarityBackendResource] = {}
     for backend, params in config.as_dict()["similarity_backends"].items():
-        cls = RESOURCE_CLASSES.get(backend)
-        if cls is None:
+        if backend not in BACKENDS:
             continue
+        params = check_settings(backend, params)
+        cls = RESOURCE_CLASSES[backend]
         kwargs: dict[str, Any] = {}
         for name in cls.model_fields:
             env = f"BRAIN_SIMILARITY_{backend.upper()}_{name.upper()}"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from conftest import sample_frame
-from memory_backend import _COLLECTIONS
+from memory_backend import _COLLECTIONS, MemoryBackend
 
 import dagster_brain as fob
 import dagster_brain.config as config_module
@@ -21,8 +21,7 @@ def memory_backend(monkeypatch, tmp_path):
     config = BrainConfig(env={"BRAIN_CONFIG_PATH": str(tmp_path / "none.json")})
     config.set_backend_param("memory", "metric", "cosine")
     monkeypatch.setattr(config_module, "_brain_config", config)
-    monkeypatch.setitem(registry.BACKENDS, "memory", "memory_backend:MemoryBackend")
-    monkeypatch.setitem(registry.BACKEND_METRICS, "memory", ("cosine", "euclidean", "dotproduct"))
+    monkeypatch.setitem(registry.BACKENDS, MemoryBackend.name, MemoryBackend)
     yield
     _COLLECTIONS.clear()
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from dagster_brain.algorithms.knn import (
     DEFAULT_BLOCK_BYTES,
@@ -24,7 +25,7 @@ from dagster_brain.algorithms.knn import (
     normalize_rows,
     top_k_scores,
 )
-from dagster_brain.similarity.backends.base import VectorBackend
+from dagster_brain.similarity.backends.base import Answer, BackendSettings, VectorBackend
 
 _META_KEY = b"dagster_brain"
 _QUERY_CHUNK = 16_384  # query rows per faiss search call (bounds the result buffers)
@@ -123,7 +124,15 @@ class SklearnBackend(VectorBackend):
 
     name = "sklearn"
     metrics = METRICS
+    sdk = "faiss-cpu"  # the exact path is numpy; faiss answers large collections
     exact = _ExactFlag()  # type: ignore[assignment]
+
+    class Settings(BackendSettings):
+        """The default exact in-process backend (Parquet beside the store)."""
+
+        mean_center: bool = Field(False, description="subtract the mean before cosine")
+        approximate: bool | None = Field(None, description="None: automatic by size")
+        approx_threshold: int | None = Field(200_000, description="vectors above which ANN")
 
     def __init__(
         self,
@@ -187,7 +196,7 @@ class SklearnBackend(VectorBackend):
 
     # -- storage ----------------------------------------------------------------------------
 
-    def _check(self, ids: Sequence[str], vectors: np.ndarray) -> np.ndarray:
+    def _check_rows(self, ids: Sequence[str], vectors: np.ndarray) -> np.ndarray:
         what = f"sklearn collection {self.collection!r}"
         arr = np.asarray(vectors)
         if arr.ndim == 1 and len(ids) == 1:
@@ -203,7 +212,7 @@ class SklearnBackend(VectorBackend):
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Insert or overwrite vectors by id (the last of repeated ids wins)."""
         ids = list(ids)
-        X = self._check(ids, vectors)
+        X = self._check_rows(ids, vectors)
         if not ids:
             return
         last = {i: j for j, i in enumerate(ids)}  # repeated ids: the last one wins
@@ -368,12 +377,8 @@ class SklearnBackend(VectorBackend):
         order = np.argsort(d, axis=1, kind="stable")
         return np.take_along_axis(d, order, axis=1), np.take_along_axis(idx, order, axis=1)
 
-    def query(
-        self, queries: np.ndarray, k: int, allowed: Sequence[str] | None = None
-    ) -> tuple[list[list[str]], list[np.ndarray]]:
-        """Per query row: up to ``k`` nearest ids and distances, nearest first."""
-        if not isinstance(k, int | np.integer) or k < 1:
-            raise ValueError(f"sklearn collection {self.collection!r}: k must be >= 1, got {k}")
+    def _check_queries(self, queries: np.ndarray) -> np.ndarray:
+        """(n, dim) finite float32 queries; one vector may be given as a 1-D array."""
         Q = np.asarray(queries)
         if Q.ndim == 1:
             Q = Q[None, :]
@@ -382,11 +387,14 @@ class SklearnBackend(VectorBackend):
                 f"sklearn collection {self.collection!r}: queries of shape {Q.shape}, "
                 f"expected (n, {self.dim})"
             )
-        Q = check_vectors(Q, what=f"sklearn collection {self.collection!r} queries")
+        return check_vectors(Q, what=f"sklearn collection {self.collection!r} queries")
+
+    def _query(self, Q: np.ndarray, k: int, view: list[str] | None) -> Answer:
+        """Exact blocked products (views: over the view's rows), or the faiss index."""
         rows = None
-        if allowed is not None:
+        if view is not None:
             rows = np.fromiter(
-                (self._row.get(i, -1) for i in allowed), dtype=np.int64, count=len(allowed)
+                (self._row.get(i, -1) for i in view), dtype=np.int64, count=len(view)
             )
             rows = np.unique(rows[rows >= 0])
         n = self._n if rows is None else rows.size

@@ -17,15 +17,21 @@ keep recall >= 0.95 (see tests/test_backend_lancedb.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from dagster_brain.similarity.backends.base import BackendUnavailable, VectorBackend
+from dagster_brain.similarity.backends.base import (
+    Answer,
+    BackendSettings,
+    SdkErrors,
+    VectorBackend,
+    index_field,
+)
 
 _DISTANCE_TYPES = {"cosine": "cosine", "euclidean": "l2", "dotproduct": "dot"}
 MIN_INDEX_ROWS = 256  # below this a scan is as fast, and quantiser training has too few rows
@@ -40,7 +46,15 @@ class LanceDBBackend(VectorBackend):
     """One LanceDB table of string-keyed vectors (columns ``id``, ``vector``)."""
 
     name = "lancedb"
+    sdk = "lancedb"
     noun = "table"
+    unavailable = SdkErrors("lancedb.remote.errors:LanceDBClientError", OSError)
+
+    class Settings(BackendSettings):
+        """LanceDB: an embedded table on disk (``uri`` folder) or LanceDB Cloud (``db://``)."""
+
+        uri: str | None = Field(None, description="a folder or db:// URI; None: under the data dir")
+        table_name: str | None = index_field()
 
     def __init__(
         self,
@@ -98,7 +112,6 @@ class LanceDBBackend(VectorBackend):
         self.max_filter_ids = max_filter_ids
         self.batch_size = batch_size
         self._table = None
-        self._dropped = False
         if self.remote:
             extra: dict[str, Any] = {
                 "api_key": api_key,
@@ -118,22 +131,10 @@ class LanceDBBackend(VectorBackend):
             self._open_or_create()
         self.exact = not self._has_vector_index()
 
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        """Unreachable remote / unopenable folder -> BackendUnavailable naming the URI."""
-        from lancedb.remote.errors import LanceDBClientError
-
-        try:
-            yield
-        except (LanceDBClientError, OSError) as err:
-            where = self.where
-            raise BackendUnavailable(f"similarity backend 'lancedb' at {where}: {err}") from err
-
     @property
     def table(self) -> Any:
         if self._table is None:
-            state = "dropped" if self._dropped else "closed"
-            raise RuntimeError(f"lancedb table {self.collection!r} is {state}")
+            raise self._gone()
         return self._table
 
     def _schema(self) -> Any:
@@ -268,16 +269,8 @@ class LanceDBBackend(VectorBackend):
             return d - 1.0  # lance "dot" is 1 - <q, x>
         return d  # lance "cosine" is 1 - cos
 
-    def query(
-        self, queries: np.ndarray, k: int, allowed: Sequence[str] | None = None
-    ) -> tuple[list[list[str]], list[np.ndarray]]:
-        """Per query row: up to ``k`` nearest (id, distance), nearest first."""
-        Q = self._check(queries, None, what=f"queries on lancedb table {self.collection!r}")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        view, answer = self.plan_view(Q, k, allowed, self.max_filter_ids)
-        if answer is not None:
-            return answer
+    def _query(self, Q: np.ndarray, k: int, view: list[str] | None) -> Answer:
+        """Batched searches (exact until the index exists); a view becomes a prefilter."""
         where = None if view is None else f"id IN ({_sql_list(view)})"
         out_ids: list[list[str]] = [[] for _ in Q]
         out_d: list[np.ndarray] = [np.empty(0, np.float32) for _ in Q]

@@ -13,18 +13,27 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
+from pydantic import Field
 
-from dagster_brain.similarity.backends.base import BackendUnavailable, VectorBackend
+from dagster_brain.similarity.backends.base import (
+    Answer,
+    BackendSettings,
+    BackendUnavailable,
+    SdkErrors,
+    VectorBackend,
+    index_field,
+)
 
 _METRIC_TYPES = {"cosine": "COSINE", "euclidean": "L2", "dotproduct": "IP"}
 MAX_TOPK = 16384  # Milvus caps k (topk) and offset + limit of one query at this
 ID_MAX_LENGTH = 512  # VARCHAR length of the id field
+SERVER_SCHEMES = ("http", "https", "tcp")  # a uri with one of these names a Milvus server
 
 
 def _expr_list(ids: Sequence[str]) -> str:
@@ -36,7 +45,31 @@ class MilvusBackend(VectorBackend):
     """One Milvus collection of string-keyed vectors (exact FLAT index)."""
 
     name = "milvus"
+    sdk = "pymilvus"
     exact = True
+    k_limit = MAX_TOPK
+    unavailable = SdkErrors("pymilvus.exceptions:MilvusException")
+
+    class Settings(BackendSettings):
+        """Milvus: milvus-lite (a file per index) unless ``uri`` names a server."""
+
+        uri: str | None = Field(None, description="a Milvus server; None: milvus-lite")
+        user: str | None = None
+        password: str | None = None
+        token: str | None = None
+        db_name: str | None = "default"
+        collection_name: str | None = index_field()
+        consistency_level: str | None = "Strong"
+
+    @classmethod
+    def embedded(cls, settings: Mapping[str, Any]) -> str | None:
+        """milvus-lite (no server uri, or a ``.db`` path) is a file that one process locks."""
+        uri = settings.get("uri")
+        scheme = urlparse(str(uri)).scheme if uri else ""
+        if scheme in SERVER_SCHEMES and not str(uri).endswith(".db"):
+            return None
+        where = f"uri {uri!r}" if uri else "no uri"
+        return f"milvus-lite ({where}): a local .db file that one process locks"
 
     def __init__(
         self,
@@ -71,7 +104,6 @@ class MilvusBackend(VectorBackend):
         self.max_filter_ids = max_filter_ids
         self.batch_size = batch_size
         self._client = None
-        self._dropped = False
         if self.lite_path is not None:
             self.root.mkdir(parents=True, exist_ok=True)
         try:
@@ -96,26 +128,19 @@ class MilvusBackend(VectorBackend):
             self.close()
             raise
 
-    @contextmanager
-    def _guard(self) -> Iterator[Any]:
-        """The client; a lost connection becomes BackendUnavailable naming the URI/path."""
-        from pymilvus.exceptions import MilvusException, MilvusUnavailableException
-
+    def _handle(self) -> Any:
+        """The client (refused after close or drop)."""
         if self._client is None:
-            state = "dropped" if self._dropped else "closed"
-            raise RuntimeError(f"milvus collection {self.collection!r} is {state}")
-        try:
-            yield self._client
-        except MilvusUnavailableException as err:
-            raise BackendUnavailable(
-                f"similarity backend 'milvus' at {self.where}: {err.message}"
-            ) from err
-        except MilvusException as err:
-            if err.code in (2, 503):  # connection failed / unavailable
-                raise BackendUnavailable(
-                    f"similarity backend 'milvus' at {self.where}: {err.message}"
-                ) from err
-            raise
+            raise self._gone()
+        return self._client
+
+    def _unavailable_reason(self, err: BaseException) -> str | None:
+        """Unavailable, or failed to connect (codes 2 and 503); other Milvus errors pass."""
+        from pymilvus.exceptions import MilvusUnavailableException
+
+        if isinstance(err, MilvusUnavailableException) or getattr(err, "code", None) in (2, 503):
+            return getattr(err, "message", str(err))
+        return None
 
     def _open_or_create(self) -> None:
         from pymilvus import DataType
@@ -237,16 +262,8 @@ class MilvusBackend(VectorBackend):
             return np.sqrt(np.maximum(s, 0.0))  # Milvus L2 is squared
         return -s
 
-    def query(
-        self, queries: np.ndarray, k: int, allowed: Sequence[str] | None = None
-    ) -> tuple[list[list[str]], list[np.ndarray]]:
-        """Per query row: up to ``k`` nearest (id, distance), nearest first."""
-        Q = self._check(queries, None, what=f"queries on milvus collection {self.collection!r}")
-        if not 1 <= k <= MAX_TOPK:
-            raise ValueError(f"milvus: k must be in [1, {MAX_TOPK}], got {k}")
-        view, answer = self.plan_view(Q, k, allowed, self.max_filter_ids)
-        if answer is not None:
-            return answer
+    def _query(self, Q: np.ndarray, k: int, view: list[str] | None) -> Answer:
+        """Batched searches; a view becomes an ``id in [...]`` filter."""
         expr = "" if view is None else f"id in {_expr_list(view)}"
         out_ids: list[list[str]] = []
         out_d: list[np.ndarray] = []

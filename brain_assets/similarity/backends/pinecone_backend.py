@@ -25,12 +25,17 @@ from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 import numpy as np
+from pydantic import Field
 
 from dagster_brain.algorithms.knn import check_vectors
 from dagster_brain.similarity.backends.base import (
     METRICS,
+    Answer,
+    BackendSettings,
     BackendUnavailable,
+    SdkErrors,
     VectorBackend,
+    index_field,
     to_distance,
 )
 
@@ -84,8 +89,26 @@ class PineconeBackend(VectorBackend):
 
     name: ClassVar[str] = "pinecone"
     metrics: ClassVar[tuple[str, ...]] = METRICS
+    sdk: ClassVar[str] = "pinecone"
     exact: ClassVar[bool] = False  # approximate in the cloud
+    noun: ClassVar[str] = "index"
     max_k: ClassVar[int] = MAX_K
+    unavailable = SdkErrors(
+        "pinecone.errors.exceptions:PineconeConnectionError",
+        "pinecone.errors.exceptions:PineconeTimeoutError",
+        "pinecone.errors.exceptions:ServiceError",
+        "pinecone.errors.exceptions:UnauthorizedError",
+    )
+
+    class Settings(BackendSettings):
+        """Pinecone: the cloud service (or any host speaking its REST protocol)."""
+
+        api_key: str | None = None
+        host: str | None = Field(None, description="control plane; None: Pinecone's cloud")
+        index_name: str | None = index_field()
+        namespace: str | None = None
+        cloud: str | None = "aws"
+        region: str | None = "us-east-1"
 
     def __init__(
         self,
@@ -158,34 +181,36 @@ class PineconeBackend(VectorBackend):
 
     # -- errors -------------------------------------------------------------------------------
 
+    @property
+    def where(self) -> str:  # type: ignore[override]
+        """The index's own host once known, else the control plane."""
+        return self._data_host or self.control_host
+
+    def _unavailable_reason(self, err: BaseException) -> str | None:
+        from pinecone.errors.exceptions import UnauthorizedError
+
+        if isinstance(err, UnauthorizedError):
+            return (
+                f"the API key was rejected ({err.status_code}: {err.message}); "
+                "check api_key / PINECONE_API_KEY"
+            )
+        return str(err)
+
     @contextmanager
     def _errors(self, what: str, where: str | None = None) -> Iterator[None]:
-        """SDK errors -> BackendUnavailable (unreachable, bad key) or a message naming the index."""
-        from pinecone.errors.exceptions import (
-            ApiError,
-            PineconeConnectionError,
-            PineconeTimeoutError,
-            ServiceError,
-            UnauthorizedError,
-        )
+        """The shared guard (unreachable, bad key); other API errors name the index."""
+        from pinecone.errors.exceptions import ApiError
 
-        where = where or self._data_host or self.control_host
-        try:
-            yield
-        except (PineconeConnectionError, PineconeTimeoutError, ServiceError) as err:
-            raise BackendUnavailable(
-                f"similarity backend 'pinecone' at {where}: cannot {what}: {err}"
-            ) from err
-        except UnauthorizedError as err:
-            raise BackendUnavailable(
-                f"similarity backend 'pinecone' at {where}: the API key was rejected "
-                f"({err.status_code}: {err.message}); check api_key / PINECONE_API_KEY"
-            ) from err
-        except ApiError as err:
-            raise RuntimeError(
-                f"similarity backend 'pinecone' at {where}: cannot {what} "
-                f"(index {self.index_name!r}): {err}"
-            ) from err
+        with self._guard(what, where):
+            try:
+                yield
+            except ApiError as err:
+                if isinstance(err, self.unavailable):
+                    raise
+                raise RuntimeError(
+                    f"similarity backend 'pinecone' at {where or self.where}: cannot {what} "
+                    f"(index {self.index_name!r}): {err}"
+                ) from err
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -396,25 +421,33 @@ class PineconeBackend(VectorBackend):
         order = np.argsort(D, kind="stable")[:k]
         return [ids[i] for i in order], D[order]
 
-    def query(
-        self, queries: np.ndarray, k: int, allowed: Sequence[str] | None = None
-    ) -> tuple[list[list[str]], list[np.ndarray]]:
-        """One request per query row (a few in parallel); views become ``$in`` filters."""
+    @property
+    def max_filter_ids(self) -> int:  # type: ignore[override]
+        """Views longer than this are answered by an exact scan of their vectors."""
+        return FILTER_MAX_IDS
+
+    def _check_queries(self, queries: np.ndarray) -> np.ndarray:
         Q = check_vectors(queries, what=f"pinecone index {self.index_name!r} queries")
         if Q.shape[1] != self.dim:
             raise ValueError(
                 f"pinecone index {self.index_name!r}: queries have dimension {Q.shape[1]}, "
                 f"the index has {self.dim}"
             )
-        if k < 1:
-            raise ValueError(f"pinecone index {self.index_name!r}: k must be >= 1, got {k}")
-        view = None if allowed is None else list(dict.fromkeys(str(i) for i in allowed))
-        if view is not None:
-            view = [v for v in view if v and len(v) <= ID_MAX_LEN and v.isascii()]
-            if not view:
-                return [[] for _ in Q], [np.zeros(0) for _ in Q]
-        if k > MAX_K or (view is not None and len(view) > FILTER_MAX_IDS):
-            return self.scan(Q, k, view)
+        return Q
+
+    def plan_view(
+        self, queries: np.ndarray, k: int, allowed: Sequence[str] | None, max_filter_ids: int
+    ) -> tuple[list[str] | None, Answer | None]:
+        """Ids Pinecone cannot hold are left out of views; ``k`` over its cap is a scan."""
+        if allowed is not None:
+            allowed = [v for v in map(str, allowed) if v and len(v) <= ID_MAX_LEN and v.isascii()]
+        view, answer = super().plan_view(queries, k, allowed, max_filter_ids)
+        if answer is None and k > MAX_K:
+            answer = self.scan(queries, k, view)
+        return view, answer
+
+    def _query(self, Q: np.ndarray, k: int, view: list[str] | None) -> Answer:
+        """One request per query row (a few in parallel); views become ``$in`` filters."""
         if self.metric == "cosine":
             zero = np.flatnonzero(~Q.any(axis=1))
             if zero.size:

@@ -15,15 +15,22 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from dagster_brain.algorithms.knn import normalize_rows
-from dagster_brain.similarity.backends.base import BackendUnavailable, VectorBackend
+from dagster_brain.similarity.backends.base import (
+    Answer,
+    BackendSettings,
+    BackendUnavailable,
+    SdkErrors,
+    VectorBackend,
+    index_field,
+)
 
 ID_KEY = "id"  # payload key holding the original string id
 NORM_KEY = "norm"  # cosine collections: payload key holding the original vector norm
@@ -40,6 +47,25 @@ class QdrantBackend(VectorBackend):
     """One Qdrant collection of string-keyed vectors."""
 
     name = "qdrant"
+    sdk = "qdrant-client"
+    unavailable = SdkErrors(
+        "qdrant_client.http.exceptions:ResponseHandlingException", ConnectionError
+    )
+
+    class Settings(BackendSettings):
+        """Qdrant: local mode (a folder per index) unless ``url`` names a server."""
+
+        url: str | None = Field(None, description="a Qdrant server; None: local mode")
+        api_key: str | None = None
+        path: str | None = None
+        collection_name: str | None = index_field()
+
+    @classmethod
+    def embedded(cls, settings: Mapping[str, Any]) -> str | None:
+        """Local mode (no ``url``) is a folder that one process locks."""
+        if settings.get("url"):
+            return None
+        return "Qdrant local mode (no url): a folder under the data dir that one process locks"
 
     def __init__(
         self,
@@ -75,7 +101,6 @@ class QdrantBackend(VectorBackend):
         self.exact_search = exact_search
         self.max_filter_ids = max_filter_ids
         self.batch_size = batch_size
-        self._dropped = False
         self._client = None
         try:
             if url:
@@ -96,18 +121,11 @@ class QdrantBackend(VectorBackend):
             self._client.close()
             raise
 
-    @contextmanager
-    def _guard(self) -> Iterator[Any]:
-        """The client; connection failures become BackendUnavailable naming the URL/path."""
-        from qdrant_client.http.exceptions import ResponseHandlingException
-
+    def _handle(self) -> Any:
+        """The client (refused after close or drop)."""
         if self._client is None:
-            state = "dropped" if self._dropped else "closed"
-            raise RuntimeError(f"qdrant collection {self.collection!r} is {state}")
-        try:
-            yield self._client
-        except (ResponseHandlingException, ConnectionError) as err:
-            raise BackendUnavailable(f"similarity backend 'qdrant' at {self.where}: {err}") from err
+            raise self._gone()
+        return self._client
 
     def _open_or_create(self) -> None:
         from qdrant_client import models
@@ -232,18 +250,10 @@ class QdrantBackend(VectorBackend):
             return -scores
         return scores  # Euclid scores are already L2 distances
 
-    def query(
-        self, queries: np.ndarray, k: int, allowed: Sequence[str] | None = None
-    ) -> tuple[list[list[str]], list[np.ndarray]]:
-        """Per query row: up to ``k`` nearest (id, distance), nearest first."""
+    def _query(self, Q: np.ndarray, k: int, view: list[str] | None) -> Answer:
+        """Batched point queries; a view becomes a payload filter on the original ids."""
         from qdrant_client import models
 
-        Q = self._check(queries, None, what=f"queries on qdrant collection {self.collection!r}")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        view, answer = self.plan_view(Q, k, allowed, self.max_filter_ids)
-        if answer is not None:
-            return answer
         query_filter = None
         if view is not None:
             query_filter = models.Filter(
