@@ -24,6 +24,7 @@ _API = {
     "compute_mistakenness": "dagster_brain.api",
     "compute_hardness": "dagster_brain.api",
     "compute_visualization": "dagster_brain.api",
+    "compute_brain": "dagster_brain.api",
     "get_embeddings": "dagster_brain.api",
     "BrainConfig": "dagster_brain.config",
     "Store": "dagster_brain.store",

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from dagster_brain.config import get_brain_config
-from dagster_brain.methods import RunOutcome, run_uniqueness
+from dagster_brain.methods import RunOutcome, get_method, run_brain
+from dagster_brain.methods.registry import API_HOLDER
 from dagster_brain.names import check_name
 from dagster_brain.specs import EmbeddingsSpec, UniquenessSpec
 from dagster_brain.store import EmbeddingSet, Store
@@ -272,7 +273,20 @@ def compute_uniqueness(
         metric=metric,
     )
     artifacts = [{"type": "embeddings", "key": emb_key}] if created else []
-    return run_uniqueness(spec, dataset.store, ids=ids, artifacts=artifacts)
+    return run_brain(spec, dataset.store, ids=ids, artifacts=artifacts)
+
+
+def compute_brain(
+    samples: Dataset | DatasetView, kind: str, brain_key: str | None = None, **fields: Any
+) -> RunOutcome:
+    """Run any registered brain method: ``fields`` are its spec's fields (the brain key
+    defaults to the kind). The brain key is held for the run, as a Dagster run holds it."""
+    method = get_method(kind, brain_key)
+    dataset, ids = _as_view(samples)
+    spec = method.spec.model_validate(
+        {"kind": kind, "dataset": dataset.name, "brain_key": brain_key or kind, **fields}
+    )
+    return run_brain(spec, dataset.store, ids=ids)
 
 
 def get_embeddings(dataset: Dataset, key: str) -> EmbeddingSet:
@@ -315,14 +329,17 @@ def compute_similarity(
         model=model,
     )
     artifacts = [{"type": "embeddings", "key": emb_key}] if created else []
-    index, _, _ = build_index(
-        spec,
-        dataset.store,
-        ids=ids,
-        params=backend_params or None,
-        overwrite=overwrite,
-        artifacts=artifacts,
-    )
+    # the brain key is held like run_brain holds it (the index is returned open, so the
+    # build is called here rather than through the method's runner, which closes it)
+    with dataset.store.run_lock(spec.dataset, spec.brain_key, API_HOLDER):
+        index, _, _ = build_index(
+            spec,
+            dataset.store,
+            ids=ids,
+            params=backend_params or None,
+            overwrite=overwrite,
+            artifacts=artifacts,
+        )
     return index
 
 
@@ -385,7 +402,6 @@ def compute_near_duplicates(
     By default the threshold is chosen from the data and candidate pairs are confirmed on
     the images; ``thresh`` (a distance) or ``fraction`` (the share to flag) fix it instead.
     """
-    from dagster_brain.similarity.runs import run_duplicates
     from dagster_brain.specs import DuplicatesSpec
 
     dataset, ids = _as_view(samples)
@@ -398,19 +414,18 @@ def compute_near_duplicates(
         fraction=fraction,
         verify=verify,
     )
-    return run_duplicates(spec, dataset.store, ids=ids)
+    return run_brain(spec, dataset.store, ids=ids)
 
 
 def compute_exact_duplicates(
     samples: Dataset | DatasetView, brain_key: str = "exact_duplicates"
 ) -> RunOutcome:
     """Groups of byte-identical or pixel-identical samples (no embeddings needed)."""
-    from dagster_brain.similarity.runs import run_exact_duplicates
     from dagster_brain.specs import ExactDuplicatesSpec
 
     dataset, ids = _as_view(samples)
     spec = ExactDuplicatesSpec(brain_key=brain_key, kind="exact_duplicates", dataset=dataset.name)
-    return run_exact_duplicates(spec, dataset.store, ids=ids)
+    return run_brain(spec, dataset.store, ids=ids)
 
 
 def compute_mistakenness(
@@ -426,7 +441,6 @@ def compute_mistakenness(
     """How likely each annotation is wrong (classification or detections); the brain key is
     ``mistakenness_field``, as in the reference. ``method`` / ``use_logits`` left out: the
     spec's defaults for the field's kind."""
-    from dagster_brain.scores import run_mistakenness
     from dagster_brain.specs import MistakennessSpec
 
     dataset, ids = _as_view(samples)
@@ -441,7 +455,7 @@ def compute_mistakenness(
         **{k: v for k, v in given.items() if v is not None},
         **detection_params,
     )
-    return run_mistakenness(spec, dataset.store, ids=ids)
+    return run_brain(spec, dataset.store, ids=ids)
 
 
 def compute_hardness(
@@ -451,7 +465,6 @@ def compute_hardness(
     method: str = "entropy",
 ) -> RunOutcome:
     """The model's uncertainty per sample from the logits of ``label_field`` (predictions)."""
-    from dagster_brain.scores import run_hardness
     from dagster_brain.specs import HardnessSpec
 
     dataset, ids = _as_view(samples)
@@ -462,7 +475,7 @@ def compute_hardness(
         label_field=label_field,
         method=method,
     )
-    return run_hardness(spec, dataset.store, ids=ids)
+    return run_brain(spec, dataset.store, ids=ids)
 
 
 def compute_visualization(
@@ -480,7 +493,6 @@ def compute_visualization(
 ) -> RunOutcome:
     """2-D/3-D points of the samples (or patches), with a PNG and an interactive HTML plot."""
     from dagster_brain.specs import VisualizationSpec
-    from dagster_brain.visualization_runs import run_visualization
 
     dataset, ids = _as_view(samples)
     emb_key, created = (None, False)
@@ -501,4 +513,4 @@ def compute_visualization(
         points_path=points_path,
     )
     artifacts = [{"type": "embeddings", "key": emb_key}] if created else []
-    return run_visualization(spec, dataset.store, ids=ids, artifacts=artifacts)
+    return run_brain(spec, dataset.store, ids=ids, artifacts=artifacts)

@@ -11,34 +11,10 @@ import dagster as dg
 import numpy as np
 
 from dagster_brain.factory import brain_key_asset, embeddings_key
+from dagster_brain.methods import get_method
 from dagster_brain.resources.store import BrainStoreResource
 from dagster_brain.specs import BrainRunSpec, EmbeddingsSpec
 from dagster_brain.store import Store
-
-# kind -> (score column, low, high) for scores with a documented range
-SCORE_RANGES: dict[str, tuple[str, float, float]] = {
-    "uniqueness": ("uniqueness", 0.0, 1.0),
-    "mistakenness": ("mistakenness", 0.0, 1.0),
-    "hardness": ("hardness", 0.0, 1.0),
-}
-
-
-def _embedding_count(store: Store, dataset: str, key: str) -> int | None:
-    sets = store.embedding_sets(dataset)
-    row = sets[sets["embeddings_key"] == key]
-    return None if row.empty else int(row["count"].iloc[0])
-
-
-def _expected_rows(store: Store, spec: BrainRunSpec) -> int | None:
-    """How many rows the run should have written (None: no fixed expectation)."""
-    kind = spec.kind  # type: ignore[attr-defined]
-    if kind in ("uniqueness", "similarity") or (kind == "visualization" and spec.embeddings):
-        return _embedding_count(store, spec.dataset, spec.embeddings)
-    if kind == "visualization":
-        return len(store.load_results(spec.dataset, spec.similarity))
-    if kind == "unique":
-        return min(spec.count, len(store.load_results(spec.dataset, spec.similarity)))
-    return None
 
 
 def check_results(
@@ -49,7 +25,7 @@ def check_results(
     ``batch``: an inbox batch's update of an index, checked for that batch (its vectors are
     indexed) rather than against the whole key, which other batches may be changing.
     """
-    kind = spec.kind  # type: ignore[attr-defined]
+    method = get_method(spec.kind, spec.brain_key)  # type: ignore[attr-defined]
     results = store.load_results(spec.dataset, spec.brain_key)
     problems: list[str] = []
     meta: dict[str, Any] = {"rows": len(results)}
@@ -62,7 +38,7 @@ def check_results(
             problems.append(
                 f"{len(missing)} vectors of batch {batch!r} not indexed, e.g. {missing[:3]}"
             )
-    expected = None if batch is not None else _expected_rows(store, spec)
+    expected = None if batch is not None else method.expected_rows(store, spec)
     if expected is not None:
         meta["expected_rows"] = expected
         if len(results) != expected:
@@ -71,28 +47,20 @@ def check_results(
     nan_cols = [c for c in numeric if numeric[c].isna().any() and c != "distance"]
     if nan_cols:
         problems.append(f"NaN in {nan_cols}")
-    if kind in SCORE_RANGES:
-        col, lo, hi = SCORE_RANGES[kind]
+    score = method.score
+    if score is not None and score.has_range:
+        col, lo, hi = score.column, score.low, score.high
         bad = results.loc[~results[col].between(lo, hi), "sample_id"]
         meta["out_of_range"] = int(len(bad))
         if len(bad):
             problems.append(
                 f"{len(bad)} {col} scores outside [{lo}, {hi}], e.g. {bad.head(3).tolist()}"
             )
-    if kind == "similarity":
-        from dagster_brain.similarity.compute import load_index
-
-        index = load_index(store, spec.dataset, spec.brain_key)
-        try:
-            stored = index.backend.count()
-        finally:
-            index.close()
-        meta["backend_count"] = stored
-        if stored != len(results):
-            problems.append(f"backend holds {stored} vectors, the run indexed {len(results)}")
+    if method.check is not None:
+        problems.extend(method.check(store, spec, results, meta))
     patches = "label_id" in results and results["label_id"].notna().any()
     id_col = "label_id" if patches else "sample_id"
-    if kind not in ("duplicates", "exact_duplicates") and results[id_col].duplicated().any():
+    if method.unique_ids and results[id_col].duplicated().any():
         problems.append(f"duplicate {id_col}s")
     meta["problems"] = dg.MetadataValue.json(problems)
     return not problems, meta

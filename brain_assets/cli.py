@@ -458,16 +458,11 @@ def duplicates_cmd(
 @user_errors
 def unique_cmd(brain_key, count, out_key, dataset, data_dir) -> None:
     """COUNT maximally spread items of similarity index BRAIN_KEY."""
-    from dagster_brain.api import Dataset
-    from dagster_brain.similarity.runs import run_unique
-    from dagster_brain.specs import UniqueSpec
+    from dagster_brain.api import Dataset, compute_brain
 
     store = _store(data_dir)
     ds = Dataset(_dataset_of(store, brain_key, dataset), store)
-    spec = UniqueSpec(
-        brain_key=out_key, kind="unique", dataset=ds.name, similarity=brain_key, count=count
-    )
-    out = run_unique(spec, store)
+    out = compute_brain(ds, "unique", out_key, similarity=brain_key, count=count)
     click.echo(out.results.to_string(index=False, max_rows=60))
 
 
@@ -590,16 +585,6 @@ def lineage_cmd(brain_key, sample_id, dataset, data_dir) -> None:
     click.echo(json.dumps(info, indent=2, default=str))
 
 
-# The score column each kind of brain run ranks by.
-SCORE_COLUMNS = {
-    "uniqueness": "uniqueness",
-    "mistakenness": "mistakenness",
-    "hardness": "hardness",
-    "duplicates": "distance",
-    "unique": "rank",
-}
-
-
 @main.command("top")
 @click.argument("brain_key")
 @click.option("-n", "limit", default=20, show_default=True, help="How many items.")
@@ -621,11 +606,14 @@ def top_cmd(brain_key, limit, ascending, html_out, dataset, data_dir) -> None:
     store = _store(data_dir)
     ds = Dataset(_dataset_of(store, brain_key, dataset), store)
     record = store.get_run(ds.name, brain_key)
-    score = SCORE_COLUMNS.get(record.kind)
-    if score is None:
+    from dagster_brain.methods import get_method
+
+    ranked = get_method(record.kind, brain_key).score
+    if ranked is None:
         raise ValueError(f"brain run {brain_key!r} is a {record.kind} run: it has no scores")
+    score = ranked.column
     view = ds.load_brain_view(brain_key)
-    ascending = ascending or record.kind == "unique"
+    ascending = ascending or ranked.ascending
     rows = view.sort_by(score, reverse=not ascending).to_pandas().head(limit)
     cols = [c for c in ("sample_id", "label_id", score, "filepath") if c in rows]
     click.echo(rows[cols].to_string(index=False))
@@ -634,6 +622,69 @@ def top_cmd(brain_key, limit, ascending, html_out, dataset, data_dir) -> None:
 
         path = write_contact_sheet(rows, score, f"{ds.name}/{brain_key}: top {limit}", html_out)
         click.echo(f"contact sheet: {path}")
+
+
+def _parse_field(ctx, param, values: tuple[str, ...]) -> dict:
+    """``FIELD=VALUE`` pairs, each value read as YAML (``k=5``, ``verify=false``)."""
+    import yaml
+
+    out = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r} is not FIELD=VALUE", ctx=ctx, param=param)
+        out[name.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _method_command(kind: str) -> click.Command | None:
+    """``brain compute KIND DATASET``: one registered brain method, run through run_brain."""
+    from dagster_brain.methods import METHODS
+
+    method = METHODS.get(kind)
+    if method is None:
+        return None
+    fields = ", ".join(f for f in method.spec.model_fields if f not in ("kind", "dataset"))
+
+    @click.command(kind, help=f"{method.summary}\n\nSpec fields: {fields}.")
+    @click.argument("dataset")
+    @click.option("--brain-key", default=kind, show_default=True)
+    @click.option(
+        "--set",
+        "fields",
+        multiple=True,
+        callback=_parse_field,
+        metavar="FIELD=VALUE",
+        help="A spec field (repeatable; the value is read as YAML).",
+    )
+    @data_dir_option
+    @user_errors
+    def run(dataset: str, brain_key: str, fields: dict, data_dir: Path | None) -> None:
+        from dagster_brain.api import Dataset, compute_brain
+
+        out = compute_brain(Dataset(dataset, _store(data_dir)), kind, brain_key, **fields)
+        click.echo(f"{kind} {dataset}/{brain_key}: {len(out.results)} rows")
+        if len(out.results):
+            click.echo(out.results.head(20).to_string(index=False))
+
+    return run
+
+
+class _MethodGroup(click.Group):
+    """One subcommand per registered brain method (read from the registry when used)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from dagster_brain.methods import METHODS
+
+        return sorted(METHODS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return _method_command(cmd_name)
+
+
+@main.group("compute", cls=_MethodGroup)
+def compute_group() -> None:
+    """Run any brain method on a dataset: brain compute KIND DATASET --set FIELD=VALUE."""
 
 
 def _attach_optional_groups() -> None:

@@ -9,25 +9,28 @@ updated batch by batch; its other brain runs score the whole dataset and are ref
 eager automation condition once the batches they read have landed.
 """
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import functools
 from enum import Enum, StrEnum
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, create_model
 
-from dagster_brain.config import get_brain_config
 from dagster_brain.embeddings import compute_embeddings, update_embeddings
 from dagster_brain.execution import refuse_embedded_step, step_executor
 from dagster_brain.ingest.inbox import ingest_batch
 from dagster_brain.ingest.sources import data_path, ingest_dataset
-from dagster_brain.metadata import lineage_metadata, rows_table, score_metadata
-from dagster_brain.methods import METHOD_VERSIONS, RunOutcome, code_version, run_brain
+from dagster_brain.metadata import lineage_metadata, score_metadata
+from dagster_brain.methods import BrainMethod, Input, get_method, run_brain
 from dagster_brain.resources.embedder import EmbedderResource
-from dagster_brain.resources.similarity import resource_key
 from dagster_brain.resources.store import BrainStoreResource
+from dagster_brain.runs import (
+    EMBEDDINGS_VERSION,
+    INGEST_VERSION,
+    RunOutcome,
+    code_version,
+    spec_code_version,
+)
 from dagster_brain.similarity.backends.base import BackendUnavailable
 from dagster_brain.specs import BrainRunSpec, DatasetSpec, EmbeddingsSpec
 
@@ -72,7 +75,7 @@ def refresh_condition(spec: BrainRunSpec) -> dg.AutomationCondition:
 
 def is_batched(kind: str) -> bool:
     """Whether a brain kind of an incremental dataset is updated batch by batch."""
-    return kind == "similarity"
+    return get_method(kind).batched
 
 
 class EmbeddingsRunConfig(dg.Config):
@@ -81,26 +84,6 @@ class EmbeddingsRunConfig(dg.Config):
     batch_size: int | None = Field(default=None, ge=1, description="images per batch")
     num_workers: int | None = Field(default=None, ge=0, description="decode worker processes")
     device: str | None = Field(default=None, description="'cpu', 'cuda' or 'auto'")
-
-
-class DistanceMetric(StrEnum):
-    """Distance between embeddings."""
-
-    cosine = "cosine"
-    euclidean = "euclidean"
-
-
-class UniquenessRunConfig(dg.Config):
-    """Launch-time overrides for a uniqueness run (unset: the YAML's values)."""
-
-    k: int | None = Field(default=None, ge=1, le=100, description="neighbours per item")
-    metric: DistanceMetric | None = Field(default=None, description="cosine or euclidean")
-
-
-class SimilarityRunConfig(dg.Config):
-    """Launch-time overrides for a similarity index (unset: the YAML's values)."""
-
-    metric: str | None = Field(default=None, description="cosine, euclidean or dotproduct")
 
 
 def with_overrides(spec, config: dg.Config):
@@ -128,7 +111,7 @@ def build_samples_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     @dg.asset(
         key=samples_key(spec.name),
         group_name=spec.name,
-        code_version=code_version("ingest", spec.spec_hash()),
+        code_version=code_version("ingest", INGEST_VERSION, spec.spec_hash()),
         description=f"Samples and labels of dataset {spec.name!r} ({spec.source.type} source)",
         kinds={"duckdb", "parquet"},
     )
@@ -163,7 +146,7 @@ def build_batch_samples_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         key=samples_key(spec.name),
         group_name=spec.name,
         partitions_def=batch_partitions(spec.name),
-        code_version=code_version("ingest", spec.spec_hash()),
+        code_version=code_version("ingest", INGEST_VERSION, spec.spec_hash()),
         description=f"Samples and labels of dataset {spec.name!r}, batch by batch from its "
         f"inbox {spec.source.path!r} ({spec.source.layout} layout)",
         kinds={"duckdb", "parquet"},
@@ -232,7 +215,7 @@ def build_embeddings_asset(spec: EmbeddingsSpec, incremental: bool = False) -> d
         deps=deps,
         group_name=spec.dataset,
         partitions_def=batch_partitions(spec.dataset) if incremental else None,
-        code_version=code_version("embeddings", spec.spec_hash()),
+        code_version=code_version("embeddings", EMBEDDINGS_VERSION, spec.spec_hash()),
         description=f"Embeddings {spec.key!r} of {spec.dataset!r} ({spec.source} source"
         + (f", patches of {spec.patches_field!r}" if spec.patches_field else "")
         + ")",
@@ -287,292 +270,62 @@ def build_embeddings_asset(spec: EmbeddingsSpec, incremental: bool = False) -> d
     return _embeddings
 
 
-def _no_resources(spec) -> set[str]:
-    return set()
+def input_key(dataset: str, item: Input) -> dg.AssetKey:
+    """The asset key of one input of a brain run."""
+    if item.kind == "samples":
+        return samples_key(dataset)
+    if item.kind == "embeddings":
+        return embeddings_key(dataset, item.key)
+    return brain_key_asset(dataset, item.key)
 
 
-def _no_kwargs(spec, resources) -> dict[str, Any]:
-    return {}
+def _camel(name: str) -> str:
+    return "".join(part.title() for part in name.split("_"))
 
 
-@dataclass(frozen=True)
-class KindAsset:
-    """How one brain-run kind becomes an asset: config, inputs, resources, metadata."""
+@functools.cache
+def run_config_class(method: BrainMethod) -> type[dg.Config]:
+    """The launch-time config of a method: its ``run_fields``, each optional (unset: the
+    YAML's value); a field with ``choices`` is an enum in the launchpad."""
+    fields: dict[str, Any] = {}
+    for f in method.run_fields:
+        typ: Any = f.type
+        choices = method.field_choices(f)
+        if choices:
+            typ = StrEnum(_camel(method.kind) + _camel(f.name), {c: c for c in choices})
+        fields[f.name] = (
+            typ | None,
+            Field(default=None, ge=f.ge, gt=f.gt, le=f.le, description=f.description or None),
+        )
+    doc = f"Launch-time overrides for a {method.kind} run (unset: the YAML's values)."
+    return create_model(
+        f"{_camel(method.kind)}RunConfig", __base__=dg.Config, __doc__=doc, **fields
+    )
 
-    config: type[dg.Config]
-    inputs: Callable[[BrainRunSpec], list[dg.AssetKey]]
-    metadata: Callable[[RunOutcome], dict[str, Any]]
-    resources: Callable[[BrainRunSpec], set[str]] = _no_resources
-    run_kwargs: Callable[[BrainRunSpec, Any], dict[str, Any]] = _no_kwargs
-    kinds: frozenset[str] = frozenset({"numpy", "duckdb"})
 
-
-def _embeddings_input(spec) -> list[dg.AssetKey]:
-    return [embeddings_key(spec.dataset, spec.embeddings)]
-
-
-def _uniqueness_metadata(outcome: RunOutcome) -> dict[str, Any]:
+def default_metadata(method: BrainMethod, outcome: RunOutcome) -> dict[str, Any]:
+    """Row count, and score statistics when the method has a score column."""
+    if method.score is None or method.score.column not in outcome.results:
+        return {"dagster/row_count": len(outcome.results)}
     ids = ["sample_id"] + (["label_id"] if "label_id" in outcome.results else [])
-    return score_metadata(outcome.results, "uniqueness", ids)
-
-
-def _similarity_backend(spec) -> str:
-    return spec.backend or get_brain_config().default_similarity_backend
-
-
-def _similarity_metadata(outcome: RunOutcome) -> dict[str, Any]:
-    index = outcome.record.config["index"]
-    return {
-        "dagster/row_count": len(outcome.results),
-        "backend": index["backend"],
-        "collection": index["collection"],
-        "metric": index["metric"],
-        "dim": index["dim"],
-        "model": index["model"] or "",
-        "supports_prompts": bool(index["supports_prompts"]),
-        "backend_location": dg.MetadataValue.json(outcome.record.upstream.get("backend", {})),
-    }
-
-
-class DuplicatesRunConfig(dg.Config):
-    """Launch-time overrides for near-duplicates (unset: the YAML's values)."""
-
-    thresh: float | None = Field(default=None, ge=0, description="a fixed distance threshold")
-    fraction: float | None = Field(default=None, ge=0, le=1, description="share to flag")
-    verify: bool | None = Field(default=None, description="confirm pairs on the images")
-
-
-class UniqueRunConfig(dg.Config):
-    """Launch-time overrides for a unique subset."""
-
-    count: int | None = Field(default=None, ge=1, description="items to pick")
-
-
-class NoConfig(dg.Config):
-    """This kind has no launch-time settings."""
-
-
-def _similarity_input(spec) -> list[dg.AssetKey]:
-    return [brain_key_asset(spec.dataset, spec.similarity)]
-
-
-def _png_md(png: bytes, alt: str) -> dg.MetadataValue:
-    import base64
-
-    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
-
-
-def _duplicates_metadata(outcome: RunOutcome) -> dict[str, Any]:
-    from dagster_brain.algorithms.duplicates import visualize_duplicates
-
-    s = outcome.summary
-    df = outcome.results
-    meta: dict[str, Any] = {
-        "dagster/row_count": len(df),
-        "duplicates": s["duplicates"],
-        "groups": s["groups"],
-        "pairs": s["pairs"],  # every pair within thresh: the run's "pairs" table
-        "thresh": float(s["thresh"]),
-        "method": s["method"],
-        "duplicates_plot": _png_md(
-            visualize_duplicates(None, s["ids"], s["result"], vectors=s["vectors"]),
-            "duplicates",
-        ),
-    }
-    if s["choice"] is not None:
-        meta["threshold_choice"] = s["choice"].describe()
-        meta["est_precision"] = float(s["choice"].est_precision)
-        meta["est_recall"] = float(s["choice"].est_recall)
-    if len(df):
-        cols = [
-            c for c in ("group", "sample_id", "label_id", "role", "distance", "path") if c in df
-        ]
-        meta["groups_preview"] = rows_table(df.head(20), cols)
-    return meta
-
-
-def _exact_metadata(outcome: RunOutcome) -> dict[str, Any]:
-    df = outcome.results
-    meta: dict[str, Any] = {"dagster/row_count": len(df), "groups": outcome.summary["groups"]}
-    if len(df):
-        meta["groups_preview"] = rows_table(df.head(20), list(df.columns))
-    return meta
-
-
-def _unique_metadata(outcome: RunOutcome) -> dict[str, Any]:
-    from dagster_brain.algorithms.duplicates import visualize_unique
-
-    s = outcome.summary
-    return {
-        "dagster/row_count": len(outcome.results),
-        "unique_plot": _png_md(
-            visualize_unique(None, s["ids"], s["unique_ids"], vectors=s["vectors"]), "unique"
-        ),
-        "first_picks": rows_table(outcome.results.head(20), list(outcome.results.columns)),
-    }
-
-
-class MistakennessMethod(StrEnum):
-    """Classification mistakenness method."""
-
-    confident_learning = "confident_learning"
-    reference = "reference"
-
-
-class MistakennessRunConfig(dg.Config):
-    """Launch-time overrides for mistakenness (unset: the YAML's values)."""
-
-    method: MistakennessMethod | None = None
-    missing_conf: float | None = Field(default=None, ge=0, le=1, description="detections")
-    iou_thresh: float | None = Field(default=None, gt=0, le=1, description="detections")
-
-
-class HardnessMethod(StrEnum):
-    """Hardness measure."""
-
-    entropy = "entropy"
-    margin = "margin"
-
-
-class HardnessRunConfig(dg.Config):
-    """Launch-time overrides for hardness."""
-
-    method: HardnessMethod | None = None
-
-
-def _scores_metadata(score: str):
-    def build(outcome: RunOutcome) -> dict[str, Any]:
-        meta = score_metadata(outcome.results, score, ["sample_id"])
-        for reason, count in (outcome.summary.get("skipped") or {}).items():
-            meta[f"skipped_{reason}"] = count
-        objects = outcome.summary.get("objects")
-        if objects is not None:
-            for flag in ("possible_missing", "possible_spurious"):
-                if flag in objects:
-                    meta[flag] = int(objects[flag].eq(True).sum())
-            gt = (
-                objects[objects["mistakenness_loc"].notna()]
-                if "mistakenness_loc" in objects
-                else objects
-            )
-            cols = [c for c in ("sample_id", "label_id", "label", "mistakenness_loc") if c in gt]
-            meta["top_mistakenness_loc"] = rows_table(gt.nlargest(10, "mistakenness_loc"), cols)
-        return meta
-
-    return build
-
-
-class VisualizationMethod(StrEnum):
-    """Dimensionality reduction method."""
-
-    umap = "umap"
-    tsne = "tsne"
-    pca = "pca"
-
-
-class VisualizationRunConfig(dg.Config):
-    """Launch-time overrides for a visualization (unset: the YAML's values)."""
-
-    method: VisualizationMethod | None = None
-    num_dims: int | None = Field(default=None, ge=2, le=3)
-    seed: int | None = None
-
-
-def _visualization_input(spec) -> list[dg.AssetKey]:
-    if spec.similarity is not None:
-        return [brain_key_asset(spec.dataset, spec.similarity)]
-    return [embeddings_key(spec.dataset, spec.embeddings)]
-
-
-def _visualization_metadata(outcome: RunOutcome) -> dict[str, Any]:
-    s = outcome.summary
-    meta: dict[str, Any] = {
-        "dagster/row_count": len(outcome.results),
-        "scatter": _png_md(s["png"], "scatter"),
-        "interactive_plot": dg.MetadataValue.path(str(s["html_path"])),
-        "interactive_plot_url": dg.MetadataValue.url(Path(s["html_path"]).as_uri()),
-        "png_path": dg.MetadataValue.path(str(s["png_path"])),
-        "fit_size": int(s["fit_size"]),
-        "timings_s": dg.MetadataValue.json({k: round(v, 3) for k, v in s["timings"].items()}),
-    }
-    if s["trustworthiness_at_10"] is not None:
-        meta["trustworthiness_at_10"] = float(s["trustworthiness_at_10"])
-    return meta
-
-
-def _labels_input(spec) -> list[dg.AssetKey]:
-    return [samples_key(spec.dataset)]
-
-
-KIND_ASSETS: dict[str, KindAsset] = {
-    "uniqueness": KindAsset(
-        config=UniquenessRunConfig,
-        inputs=_embeddings_input,
-        metadata=_uniqueness_metadata,
-    ),
-    "similarity": KindAsset(
-        config=SimilarityRunConfig,
-        inputs=_embeddings_input,
-        resources=lambda spec: {resource_key(_similarity_backend(spec))},
-        run_kwargs=lambda spec, resources: {
-            "params": getattr(resources, resource_key(_similarity_backend(spec))).params()
-        },
-        metadata=_similarity_metadata,
-        kinds=frozenset({"duckdb"}),
-    ),
-    "duplicates": KindAsset(
-        config=DuplicatesRunConfig,
-        inputs=_similarity_input,
-        metadata=_duplicates_metadata,
-    ),
-    "exact_duplicates": KindAsset(
-        config=NoConfig,
-        inputs=_labels_input,
-        metadata=_exact_metadata,
-        kinds=frozenset({"duckdb"}),
-    ),
-    "mistakenness": KindAsset(
-        config=MistakennessRunConfig,
-        inputs=_labels_input,
-        metadata=_scores_metadata("mistakenness"),
-    ),
-    "hardness": KindAsset(
-        config=HardnessRunConfig,
-        inputs=_labels_input,
-        metadata=_scores_metadata("hardness"),
-    ),
-    "visualization": KindAsset(
-        config=VisualizationRunConfig,
-        inputs=_visualization_input,
-        metadata=_visualization_metadata,
-        kinds=frozenset({"umap", "duckdb"}),
-    ),
-    "unique": KindAsset(
-        config=UniqueRunConfig,
-        inputs=_similarity_input,
-        metadata=_unique_metadata,
-    ),
-}
+    return score_metadata(outcome.results, method.score.column, ids)
 
 
 def build_brain_asset(spec: BrainRunSpec, incremental: bool = False) -> dg.AssetsDefinition:
     """``<dataset>/brain/<brain_key>``: one brain run, with typed launch-time config.
 
-    ``incremental``: a similarity index is partitioned by batch (each partition adds its batch
-    with ``add_to_index``); other kinds score the whole dataset and refresh eagerly.
+    ``incremental``: a batched method (a similarity index) is partitioned by batch (each
+    partition adds its batch with ``add_to_index``); other kinds score the whole dataset and
+    refresh eagerly.
     """
-    kind = spec.kind  # type: ignore[attr-defined]
-    if kind not in KIND_ASSETS:
-        raise ValueError(f"brain key {spec.brain_key!r}: no asset for kind {kind!r}")
-    info = KIND_ASSETS[kind]
-    if kind == "similarity":
-        from dagster_brain.similarity.compute import resolve_backend
-
-        resolve_backend(spec)  # unknown backend / unsupported metric: refused at load time
+    method = get_method(spec.kind, spec.brain_key)  # type: ignore[attr-defined]
+    if method.validate is not None:
+        method.validate(spec)  # e.g. an unknown backend: refused at load time
+    render = method.asset_metadata or functools.partial(default_metadata, method)
 
     def _compute(context: dg.AssetExecutionContext, config):
         db = context.resources.store.get()
-        kwargs = info.run_kwargs(spec, context.resources)
+        kwargs = method.run_kwargs(spec, context.resources)
         refuse_embedded_step(step_executor(context), spec, kwargs.get("params"))
         if context.has_partition_key:
             from dagster_brain.similarity.compute import SampleChange
@@ -593,7 +346,7 @@ def build_brain_asset(spec: BrainRunSpec, incremental: bool = False) -> dg.Asset
         except BackendUnavailable as err:  # transient: retried, the previous results stay
             raise dg.RetryRequested(max_retries=2, seconds_to_wait=5) from err
         meta = {
-            **info.metadata(outcome),
+            **render(outcome),
             **lineage_metadata(
                 outcome.record, str(db.parquet_path(spec.dataset, f"results/{spec.brain_key}"))
             ),
@@ -603,19 +356,18 @@ def build_brain_asset(spec: BrainRunSpec, incremental: bool = False) -> dg.Asset
         )
 
     # Dagster reads the config type from the annotation, so set it per kind.
-    _compute.__annotations__["config"] = info.config
+    _compute.__annotations__["config"] = run_config_class(method)
+    batched = incremental and method.batched
     return dg.asset(
         key=brain_key_asset(spec.dataset, spec.brain_key),
-        deps=info.inputs(spec),
+        deps=[input_key(spec.dataset, item) for item in method.inputs(spec)],
         group_name=spec.dataset,
-        code_version=code_version(kind, spec.spec_hash()),
-        description=f"{kind} brain run {spec.brain_key!r} on {spec.dataset!r}",
-        kinds=set(info.kinds | {_similarity_backend(spec)} if kind == "similarity" else info.kinds),
-        tags={"brain/kind": kind},
-        metadata={"brain_key": spec.brain_key, "method_version": METHOD_VERSIONS[kind]},
-        required_resource_keys={"store", *info.resources(spec)},
-        partitions_def=batch_partitions(spec.dataset) if incremental and is_batched(kind) else None,
-        automation_condition=refresh_condition(spec)
-        if incremental and not is_batched(kind)
-        else None,
+        code_version=spec_code_version(spec),
+        description=f"{method.kind} brain run {spec.brain_key!r} on {spec.dataset!r}",
+        kinds=set(method.asset_kinds(spec)),
+        tags={"brain/kind": method.kind},
+        metadata={"brain_key": spec.brain_key, "method_version": method.version},
+        required_resource_keys={"store", *method.resources(spec)},
+        partitions_def=batch_partitions(spec.dataset) if batched else None,
+        automation_condition=refresh_condition(spec) if incremental and not batched else None,
     )(_compute)

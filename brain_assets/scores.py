@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dagster_brain.methods import new_record
+from dagster_brain.runs import RunContext, RunOutcome, commit_outcome, frame_version, new_record
 from dagster_brain.specs import HardnessSpec, MistakennessSpec
 from dagster_brain.store import Store
 
@@ -51,7 +51,7 @@ def run_mistakenness(
     log: Any = _LOG,
     ids: list[str] | None = None,
     artifacts: list[dict[str, Any]] | None = None,
-):
+) -> RunOutcome:
     """``compute_mistakenness`` for classification or detection label fields."""
     fields = _fields(store, spec, spec.label_field, spec.pred_field)
     gt_kind, classes = fields[spec.label_field]
@@ -89,7 +89,6 @@ def _classification_mistakenness(spec, store, gt, pred, classes, run_id, log, up
         label_noise_model,
         probabilities,
     )
-    from dagster_brain.methods import RunOutcome, frame_version
 
     if not classes:
         raise ValueError(
@@ -182,7 +181,6 @@ def _reference_classification(
     a disagreement. Samples with neither are left out.
     """
     from dagster_brain.algorithms.mistakenness import reference_mistakenness
-    from dagster_brain.methods import RunOutcome, frame_version
 
     only_gt = gt[gt["sample_id"].isin(set(skipped["no_prediction"])) & gt["label"].notna()]
     only_pred = pred[
@@ -293,7 +291,6 @@ def _detection_mistakenness(spec, store, gt, pred, classes, run_id, log, upstrea
         detection_mistakenness,
         reference_detection_mistakenness,
     )
-    from dagster_brain.methods import RunOutcome, frame_version
 
     # use_logits as asked; unasked, the default rule uses logits when every prediction has
     # them (the reference's own default is not to).
@@ -419,10 +416,9 @@ def run_hardness(
     log: Any = _LOG,
     ids: list[str] | None = None,
     artifacts: list[dict[str, Any]] | None = None,
-):
+) -> RunOutcome:
     """``compute_hardness``: normalised entropy (default) or margin of the predictions."""
     from dagster_brain.algorithms.hardness import hardness
-    from dagster_brain.methods import RunOutcome, frame_version
 
     kind, classes = _fields(store, spec, spec.label_field)[spec.label_field]
     if kind != "classification":
@@ -456,15 +452,14 @@ def run_hardness(
     results = pd.DataFrame(
         {"sample_id": sample_ids, "hardness": scores, "prediction": pred["label"].tolist()}
     )
-    record = new_record(
+    return commit_outcome(
         spec,
         store,
+        RunContext(run_id, log, ids, tuple(artifacts or ())),
+        results,
         method=spec.method,
         sample_ids=list(sample_ids),
-        run_id=run_id,
         upstream={"labels": {"pred_field": spec.label_field}, "skipped": len(skipped)},
-        artifacts=artifacts,
         packages=("cleanlab", "scikit-learn"),
+        summary={"skipped": len(skipped)},
     )
-    store.commit_run(record, results)
-    return RunOutcome(record, results, frame_version(results), {"skipped": len(skipped)})

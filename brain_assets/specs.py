@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -234,6 +234,9 @@ class BrainRunSpec(_Spec):
     landed, instead of as soon as they land.
     """
 
+    # Bumped when the method's algorithm changes its output; part of each asset's code version.
+    version: ClassVar[str] = "1"
+
     brain_key: str = Field(pattern=NAME, max_length=60)
     dataset: str = Field(pattern=NAME)
     refresh_cron: str | None = None
@@ -251,6 +254,7 @@ class BrainRunSpec(_Spec):
 class UniquenessSpec(BrainRunSpec):
     """``compute_uniqueness``: a [0, 1] score per sample (or patch) from its neighbours."""
 
+    version: ClassVar[str] = "2"
     kind: Literal["uniqueness"]
     embeddings: str = Field(pattern=NAME)
     model: str | None = None  # if set, the embeddings key must come from this model
@@ -277,7 +281,7 @@ class SimilaritySpec(BrainRunSpec):
 
     @model_validator(mode="after")
     def _backend_supports_metric(self) -> SimilaritySpec:
-        from dagster_brain.similarity.backends.registry import BACKEND_METRICS
+        from dagster_brain.similarity.backends.registry import BACKEND_METRICS, check_settings
 
         if self.backend is not None:
             if self.backend not in BACKEND_METRICS:
@@ -290,6 +294,7 @@ class SimilaritySpec(BrainRunSpec):
                     f"backend {self.backend!r} does not support metric {self.metric!r} "
                     f"(supported: {', '.join(BACKEND_METRICS[self.backend])})"
                 )
+            check_settings(self.backend, {"metric": self.metric, **self.backend_params})
         secrets = [k for k in self.backend_params if is_secret(k)]
         if secrets:
             raise ValueError(
@@ -437,17 +442,19 @@ class VisualizationSpec(BrainRunSpec):
         return self
 
 
-# kind -> spec class; each brain method registers its spec here.
-RUN_SPECS: dict[str, type[BrainRunSpec]] = {
-    "uniqueness": UniquenessSpec,
-    "similarity": SimilaritySpec,
-    "duplicates": DuplicatesSpec,
-    "exact_duplicates": ExactDuplicatesSpec,
-    "unique": UniqueSpec,
-    "mistakenness": MistakennessSpec,
-    "hardness": HardnessSpec,
-    "visualization": VisualizationSpec,
-}
+def run_spec_types() -> dict[str, type[BrainRunSpec]]:
+    """kind -> spec class, for every brain-run spec class defined so far (a brain method's
+    module defines its spec; importing the method registry defines them all)."""
+    out: dict[str, type[BrainRunSpec]] = {}
+    todo = list(BrainRunSpec.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        kind = cls.model_fields.get("kind")
+        if kind is not None:
+            for value in get_args(kind.annotation):
+                out[value] = cls
+    return out
 
 
 class BrainKeysFile(_Spec):
@@ -546,9 +553,10 @@ def parse_specs(data: Any, origin: str = "brain keys") -> BrainKeysFile:
     for i, entry in enumerate(data.get("brain_runs") or []):
         where = f"{origin}: {_entry_name('brain_runs', entry)} (#{i + 1})"
         kind = entry.get("kind") if isinstance(entry, dict) else None
-        if kind not in RUN_SPECS:
-            raise SpecError(f"{where}: field 'kind': {kind!r} is not one of {sorted(RUN_SPECS)}")
-        runs.append(_validate_entry(RUN_SPECS[kind], entry, where))
+        types = run_spec_types()
+        if kind not in types:
+            raise SpecError(f"{where}: field 'kind': {kind!r} is not one of {sorted(types)}")
+        runs.append(_validate_entry(types[kind], entry, where))
     try:
         return BrainKeysFile(**parsed, brain_runs=runs)
     except ValidationError as err:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from dagster_brain.runs import RunOutcome, frame_version, new_record
 from dagster_brain.specs import VisualizationSpec
 from dagster_brain.store import Store
 
@@ -73,7 +74,7 @@ def run_visualization(
     log: Any = _LOG,
     ids: list[str] | None = None,
     artifacts: list[dict[str, Any]] | None = None,
-):
+) -> RunOutcome:
     """Reduce vectors to 2-D/3-D points; store them with a PNG and an HTML plot."""
     from dagster_brain.algorithms.visualization import (
         reduce,
@@ -81,7 +82,6 @@ def run_visualization(
         scatter_png,
         trustworthiness_at_k,
     )
-    from dagster_brain.methods import RunOutcome, frame_version, new_record
 
     t0 = time.perf_counter()
     item_ids, sample_ids, label_ids, X, upstream = _vectors(spec, store, ids)

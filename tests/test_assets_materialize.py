@@ -103,7 +103,7 @@ def test_failed_run_keeps_previous_results(project, monkeypatch):
     before = store.load_results("pets", "uniqueness")
     created = store.get_run("pets", "uniqueness").created_at
 
-    import dagster_brain.methods as methods
+    import dagster_brain.methods.uniqueness as methods
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated crash in the middle of the run")

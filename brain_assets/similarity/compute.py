@@ -9,7 +9,8 @@ from typing import Any
 import pandas as pd
 
 from dagster_brain.config import get_brain_config, is_secret
-from dagster_brain.similarity.backends.registry import BACKEND_METRICS
+from dagster_brain.runs import embeddings_lineage, new_record
+from dagster_brain.similarity.backends.registry import BACKEND_METRICS, SDKS, check_settings
 from dagster_brain.similarity.index import (
     ADD_BATCH,
     SimilarityConfig,
@@ -27,11 +28,12 @@ _LOG = logging.getLogger("dagster_brain")
 
 
 def backend_settings(backend: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A backend's parameters: brain config (defaults < file < env < runtime) < overrides."""
+    """A backend's parameters: brain config (defaults < file < env < runtime) < overrides,
+    checked against the backend's ``Settings``."""
     config = get_brain_config()
     params = config.backend_params(backend)
     params.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return params
+    return check_settings(backend, params)
 
 
 def public_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -86,8 +88,6 @@ def build_index(
     The previous collection is dropped only after the new run record is committed, so a
     failure (an unreachable backend, bad vectors) leaves the previous index and run intact.
     """
-    from dagster_brain.methods import embeddings_lineage, new_record
-
     backend_name = resolve_backend(spec)
     settings = backend_settings(backend_name, {**spec.backend_params, **(params or {})})
     emb = store.read_embeddings(spec.dataset, spec.embeddings, ids=ids)
@@ -216,8 +216,6 @@ def update_index(
     A failure between the backend writes and the commit leaves extra vectors that the next
     update of the same samples overwrites (writes are upserts by id).
     """
-    from dagster_brain.methods import new_record
-
     existing = store.get_run(spec.dataset, spec.brain_key, missing_ok=True)
     rebuild = (
         existing is None
@@ -285,18 +283,9 @@ def update_index(
     return index, record, members
 
 
-_SDKS = {
-    "sklearn": "faiss-cpu",
-    "qdrant": "qdrant-client",
-    "milvus": "pymilvus",
-    "lancedb": "lancedb",
-    "pinecone": "pinecone",
-}
-
-
 def _sdk(backend: str) -> str:
     """The package whose version shapes a backend's answers."""
-    return _SDKS.get(backend, backend)
+    return SDKS.get(backend, backend)
 
 
 def _drop_quietly(backend, log: Any) -> None:

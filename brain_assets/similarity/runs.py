@@ -16,7 +16,7 @@ from dagster_brain.algorithms.duplicates import (
     find_duplicates,
     find_unique,
 )
-from dagster_brain.methods import new_record
+from dagster_brain.runs import RunContext, RunOutcome, commit_outcome, frame_version, new_record
 from dagster_brain.similarity.compute import load_index
 from dagster_brain.specs import DuplicatesSpec, ExactDuplicatesSpec, UniqueSpec
 from dagster_brain.store import Store
@@ -129,10 +129,8 @@ def run_duplicates(
     log: Any = _LOG,
     ids: list[str] | None = None,
     artifacts: list[dict[str, Any]] | None = None,
-):
+) -> RunOutcome:
     """Near-duplicate groups on a similarity index's vectors (any backend)."""
-    from dagster_brain.methods import RunOutcome, frame_version
-
     iv = read_index(store, spec.dataset, spec.similarity, ids)
     item_ids, X, sample_of, metric = iv.ids, iv.vectors, iv.sample_of, iv.metric
     patches, upstream = iv.patches, iv.upstream
@@ -225,10 +223,8 @@ def run_exact_duplicates(
     log: Any = _LOG,
     ids: list[str] | None = None,
     artifacts: list[dict[str, Any]] | None = None,
-):
+) -> RunOutcome:
     """Groups of byte-identical or pixel-identical samples (content hashes, no embeddings)."""
-    from dagster_brain.methods import RunOutcome, frame_version
-
     samples = store.samples(spec.dataset, ids)
     frame = exact_duplicate_groups(
         samples["sample_id"].tolist(),
@@ -241,23 +237,16 @@ def run_exact_duplicates(
         len(frame),
         frame["group"].nunique() if len(frame) else 0,
     )
-    record = new_record(
+    return commit_outcome(
         spec,
         store,
+        RunContext(run_id, log, ids, tuple(artifacts or ())),
+        frame,
         method="sha256",
         sample_ids=list(samples["sample_id"]),
-        label_ids=None,
-        run_id=run_id,
         upstream={"samples": {"data_version": store.data_version(spec.dataset, ids)}},
-        artifacts=artifacts,
         packages=("scikit-learn", "imagehash"),
-    )
-    store.commit_run(record, frame)
-    return RunOutcome(
-        record,
-        frame,
-        frame_version(frame),
-        {"groups": int(frame["group"].nunique()) if len(frame) else 0},
+        summary={"groups": int(frame["group"].nunique()) if len(frame) else 0},
     )
 
 
@@ -269,10 +258,8 @@ def run_unique(
     log: Any = _LOG,
     ids: list[str] | None = None,
     artifacts: list[dict[str, Any]] | None = None,
-):
+) -> RunOutcome:
     """``count`` maximally spread items of a similarity index (k-center greedy)."""
-    from dagster_brain.methods import RunOutcome, frame_version
-
     iv = read_index(store, spec.dataset, spec.similarity, ids)
     item_ids, X, members, patches = iv.ids, iv.vectors, iv.sample_of, iv.patches
     chosen = find_unique(X, item_ids, spec.count, metric=iv.metric, seed=spec.seed)
@@ -281,21 +268,15 @@ def run_unique(
         frame["label_id"] = chosen
     frame["rank"] = range(len(chosen))
     log.info("%s: %d unique items of %d", spec.brain_key, len(chosen), len(item_ids))
-    record = new_record(
+    return commit_outcome(
         spec,
         store,
-        method="k-center-greedy",
-        sample_ids=list([members[i] for i in item_ids]),
-        label_ids=chosen if patches else None,
-        run_id=run_id,
-        upstream=iv.upstream,
-        artifacts=artifacts,
-        packages=("scikit-learn", "imagehash"),
-    )
-    store.commit_run(record, frame)
-    return RunOutcome(
-        record,
+        RunContext(run_id, log, ids, tuple(artifacts or ())),
         frame,
-        frame_version(frame),
-        {"unique": len(chosen), "vectors": X, "ids": item_ids, "unique_ids": chosen},
+        method="k-center-greedy",
+        sample_ids=[members[i] for i in item_ids],
+        label_ids=chosen if patches else None,
+        upstream=iv.upstream,
+        packages=("scikit-learn", "imagehash"),
+        summary={"unique": len(chosen), "vectors": X, "ids": item_ids, "unique_ids": chosen},
     )

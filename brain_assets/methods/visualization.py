@@ -1,0 +1,63 @@
+"""Visualization: 2-D/3-D points of an embeddings key (or a similarity index)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dagster_brain.methods.base import BrainMethod, Input, RunField, one_row_per_embedding
+from dagster_brain.runs import RunOutcome
+from dagster_brain.specs import VisualizationSpec
+from dagster_brain.store import Store
+from dagster_brain.visualization_runs import run_visualization
+
+
+def _inputs(spec: VisualizationSpec) -> list[Input]:
+    if spec.similarity is not None:
+        return [Input("brain", spec.similarity)]
+    return [Input("embeddings", spec.embeddings)]
+
+
+def _expected_rows(store: Store, spec: VisualizationSpec) -> int | None:
+    """One point per vector of the embeddings key or the similarity index."""
+    if spec.embeddings:
+        return one_row_per_embedding(store, spec)
+    return len(store.load_results(spec.dataset, spec.similarity))
+
+
+def _metadata(outcome: RunOutcome) -> dict[str, Any]:
+    import dagster as dg
+
+    from dagster_brain.methods.render import png_md
+
+    s = outcome.summary
+    meta: dict[str, Any] = {
+        "dagster/row_count": len(outcome.results),
+        "scatter": png_md(s["png"], "scatter"),
+        "interactive_plot": dg.MetadataValue.path(str(s["html_path"])),
+        "interactive_plot_url": dg.MetadataValue.url(Path(s["html_path"]).as_uri()),
+        "png_path": dg.MetadataValue.path(str(s["png_path"])),
+        "fit_size": int(s["fit_size"]),
+        "timings_s": dg.MetadataValue.json({k: round(v, 3) for k, v in s["timings"].items()}),
+    }
+    if s["trustworthiness_at_10"] is not None:
+        meta["trustworthiness_at_10"] = float(s["trustworthiness_at_10"])
+    return meta
+
+
+METHOD = BrainMethod(
+    kind="visualization",
+    spec=VisualizationSpec,
+    run=run_visualization,
+    inputs=_inputs,
+    expected_rows=_expected_rows,
+    score=None,
+    summary="2-D/3-D points of an embeddings key or a similarity index.",
+    run_fields=(
+        RunField("method", str, "umap, tsne or pca", choices=("umap", "tsne", "pca")),
+        RunField("num_dims", int, "", ge=2, le=3),
+        RunField("seed", int),
+    ),
+    asset_kinds=lambda spec: {"umap", "duckdb"},
+    asset_metadata=_metadata,
+)
