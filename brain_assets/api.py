@@ -21,6 +21,7 @@ from dagster_brain.config import get_brain_config
 from dagster_brain.methods import RunOutcome, get_method, run_brain
 from dagster_brain.methods.registry import API_HOLDER
 from dagster_brain.names import check_name
+from dagster_brain.owned import owner_of, run_owned
 from dagster_brain.specs import EmbeddingsSpec, UniquenessSpec
 from dagster_brain.store import EmbeddingSet, Store
 
@@ -211,9 +212,14 @@ def resolve_embeddings(
     ids: list[str] | None,
     default_key: str,
     patches_field: str | None = None,
+    brain_key: str | None = None,
 ) -> tuple[str, bool]:
     """The embeddings key to use (an existing key, a stored array, or a model's output),
-    and whether this call wrote it."""
+    and whether this call wrote it.
+
+    ``brain_key``: the run's key; when its asset owns it, nothing is written here: no
+    ``embeddings`` means the declared key, and an array or a model is refused.
+    """
     from dagster_brain.embeddings import compute_embeddings
     from dagster_brain.resources.embedder import EmbedderResource
 
@@ -221,6 +227,15 @@ def resolve_embeddings(
     if isinstance(embeddings, str):
         store.read_embeddings(dataset.name, embeddings, ids=[])  # clear error if unknown
         return embeddings, False
+    owner = owner_of(store, dataset.name, brain_key) if brain_key else None
+    if owner is not None:
+        declared = getattr(owner.spec, "embeddings", None)
+        if embeddings is None and model is None and declared:
+            return declared, False
+        raise owner.refuse(
+            f"its embeddings are the declared key {declared!r}; pass that key rather than "
+            "an array or a model"
+        )
     if embeddings is not None:
         vectors = np.asarray(embeddings, dtype=np.float32)
         sample_ids = ids if ids is not None else dataset.sample_ids
@@ -239,6 +254,18 @@ def resolve_embeddings(
     )
     compute_embeddings(spec, store, embedder=EmbedderResource(model=model_name), ids=ids)
     return default_key, True
+
+
+def _run(
+    spec: Any, store: Store, ids: list[str] | None = None, artifacts: list | None = None
+) -> RunOutcome:
+    """Run a brain-run spec: an ad-hoc key through ``run_brain`` (holding its lock); a key
+    declared in the brain-keys YAML as a materialisation of its asset, or refused."""
+    owner = owner_of(store, spec.dataset, spec.brain_key)
+    if owner is not None:
+        return run_owned(owner, spec, store, ids)
+    extra = {} if artifacts is None else {"artifacts": artifacts}
+    return run_brain(spec, store, ids=ids, **extra)
 
 
 def compute_uniqueness(
@@ -261,7 +288,7 @@ def compute_uniqueness(
     dataset, ids = _as_view(samples)
     key = brain_key or uniqueness_field
     emb_key, created = resolve_embeddings(
-        dataset, embeddings, model, ids, f"{key}_embeddings", patches_field
+        dataset, embeddings, model, ids, f"{key}_embeddings", patches_field, key
     )
     spec = UniquenessSpec(
         brain_key=key,
@@ -273,7 +300,7 @@ def compute_uniqueness(
         metric=metric,
     )
     artifacts = [{"type": "embeddings", "key": emb_key}] if created else []
-    return run_brain(spec, dataset.store, ids=ids, artifacts=artifacts)
+    return _run(spec, dataset.store, ids=ids, artifacts=artifacts)
 
 
 def compute_brain(
@@ -286,7 +313,7 @@ def compute_brain(
     spec = method.spec.model_validate(
         {"kind": kind, "dataset": dataset.name, "brain_key": brain_key or kind, **fields}
     )
-    return run_brain(spec, dataset.store, ids=ids)
+    return _run(spec, dataset.store, ids=ids)
 
 
 def get_embeddings(dataset: Dataset, key: str) -> EmbeddingSet:
@@ -317,7 +344,7 @@ def compute_similarity(
     dataset, ids = _as_view(samples)
     key = brain_key or "similarity"
     emb_key, created = resolve_embeddings(
-        dataset, embeddings, model, ids, f"{key}_embeddings", patches_field
+        dataset, embeddings, model, ids, f"{key}_embeddings", patches_field, key
     )
     spec = SimilaritySpec(
         brain_key=key,
@@ -329,6 +356,14 @@ def compute_similarity(
         model=model,
     )
     artifacts = [{"type": "embeddings", "key": emb_key}] if created else []
+    owner = owner_of(dataset.store, spec.dataset, spec.brain_key)
+    if owner is not None:
+        if backend_params:
+            raise owner.refuse(f"backend settings {sorted(backend_params)} are not launch-time")
+        run_owned(owner, spec, dataset.store, ids)
+        from dagster_brain.similarity.compute import load_index
+
+        return load_index(dataset.store, dataset.name, spec.brain_key)
     # the brain key is held like run_brain holds it (the index is returned open, so the
     # build is called here rather than through the method's runner, which closes it)
     with dataset.store.run_lock(spec.dataset, spec.brain_key, API_HOLDER):
@@ -414,7 +449,7 @@ def compute_near_duplicates(
         fraction=fraction,
         verify=verify,
     )
-    return run_brain(spec, dataset.store, ids=ids)
+    return _run(spec, dataset.store, ids=ids)
 
 
 def compute_exact_duplicates(
@@ -425,7 +460,7 @@ def compute_exact_duplicates(
 
     dataset, ids = _as_view(samples)
     spec = ExactDuplicatesSpec(brain_key=brain_key, kind="exact_duplicates", dataset=dataset.name)
-    return run_brain(spec, dataset.store, ids=ids)
+    return _run(spec, dataset.store, ids=ids)
 
 
 def compute_mistakenness(
@@ -455,7 +490,7 @@ def compute_mistakenness(
         **{k: v for k, v in given.items() if v is not None},
         **detection_params,
     )
-    return run_brain(spec, dataset.store, ids=ids)
+    return _run(spec, dataset.store, ids=ids)
 
 
 def compute_hardness(
@@ -475,7 +510,7 @@ def compute_hardness(
         label_field=label_field,
         method=method,
     )
-    return run_brain(spec, dataset.store, ids=ids)
+    return _run(spec, dataset.store, ids=ids)
 
 
 def compute_visualization(
@@ -498,7 +533,7 @@ def compute_visualization(
     emb_key, created = (None, False)
     if similarity_index is None:
         emb_key, created = resolve_embeddings(
-            dataset, embeddings, model, ids, f"{brain_key}_embeddings", patches_field
+            dataset, embeddings, model, ids, f"{brain_key}_embeddings", patches_field, brain_key
         )
     spec = VisualizationSpec(
         brain_key=brain_key,
@@ -513,4 +548,4 @@ def compute_visualization(
         points_path=points_path,
     )
     artifacts = [{"type": "embeddings", "key": emb_key}] if created else []
-    return run_brain(spec, dataset.store, ids=ids, artifacts=artifacts)
+    return _run(spec, dataset.store, ids=ids, artifacts=artifacts)

@@ -17,6 +17,16 @@ from dagster_brain.specs import BrainRunSpec, EmbeddingsSpec
 from dagster_brain.store import Store
 
 
+def as_run(store: Store, spec: BrainRunSpec, method) -> BrainRunSpec:
+    """The declared spec with the launch-time fields the committed run used (a run launched
+    with ``count=10`` is checked for 10 rows, not the YAML's count)."""
+    record = store.get_run(spec.dataset, spec.brain_key, missing_ok=True)
+    if record is None:
+        return spec
+    used = {f.name: record.config[f.name] for f in method.run_fields if f.name in record.config}
+    return type(spec).model_validate({**spec.model_dump(), **used}) if used else spec
+
+
 def check_results(
     store: Store, spec: BrainRunSpec, batch: str | None = None
 ) -> tuple[bool, dict[str, Any]]:
@@ -26,6 +36,7 @@ def check_results(
     indexed) rather than against the whole key, which other batches may be changing.
     """
     method = get_method(spec.kind, spec.brain_key)  # type: ignore[attr-defined]
+    spec = as_run(store, spec, method)
     results = store.load_results(spec.dataset, spec.brain_key)
     problems: list[str] = []
     meta: dict[str, Any] = {"rows": len(results)}

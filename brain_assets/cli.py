@@ -123,10 +123,11 @@ def materialize_cmd(
     """Materialise brain assets in this process, recorded in the Dagster instance."""
     import dagster as dg
 
-    from dagster_brain.definitions import ALL_JOB, batch_job_name, build_defs
+    from dagster_brain.definitions import batch_job_name, build_defs
+    from dagster_brain.owned import materialize, project_instance
 
     defs = build_defs(brain_keys, data_dir)
-    instance = dg.DagsterInstance.get() if _has_dagster_home() else dg.DagsterInstance.ephemeral()
+    instance = project_instance()
     graph = defs.resolve_asset_graph()
     keys = dg.AssetSelection.from_string(selection).resolve(graph)
     if not keys:
@@ -160,11 +161,7 @@ def materialize_cmd(
             keys = keys - batched
         if not keys:
             raise ValueError(f"asset selection {selection!r} matches only batch assets")
-        results = [
-            defs.resolve_job_def(ALL_JOB).execute_in_process(
-                instance=instance, asset_selection=list(keys), raise_on_error=False
-            )
-        ]
+        results = [materialize(defs, keys, instance)]
     store = _store(data_dir)
     click.echo("")
     click.echo(f"{'asset':<40} status")
@@ -328,9 +325,23 @@ def uniqueness_cmd(
         k=k,
         metric=metric,
     )
+    _owned_run(out)
     top = out.results.nlargest(5, "uniqueness")
     click.echo(f"{brain_key}: {len(out.results)} scored; most unique:")
     click.echo(top.to_string(index=False))
+
+
+def _owned_run(out) -> bool:
+    """Print which asset and Dagster run wrote an asset-owned key (True), else False."""
+    run_id = out.summary.get("dagster_run_id")
+    if run_id is None:
+        return False
+    config = out.summary.get("run_config") or {}
+    click.echo(
+        f"materialized asset {out.summary['asset']} in Dagster run {run_id}"
+        + (f" (run config {json.dumps(config)})" if config else "")
+    )
+    return True
 
 
 def _dataset_of(store, brain_key: str, dataset: str | None) -> str:
@@ -435,12 +446,13 @@ def duplicates_cmd(
         brain_key=out_key,
     )
     s = out.summary
-    click.echo(
-        f"{out_key}: {s['duplicates']} duplicates in {s['groups']} groups, {s['pairs']} pairs "
-        f"(thresh {s['thresh']:.4g}, {s['method']})"
-    )
-    if s["choice"] is not None:
-        click.echo(f"threshold: {s['choice'].describe()}")
+    if not _owned_run(out):
+        click.echo(
+            f"{out_key}: {s['duplicates']} duplicates in {s['groups']} groups, "
+            f"{s['pairs']} pairs (thresh {s['thresh']:.4g}, {s['method']})"
+        )
+        if s["choice"] is not None:
+            click.echo(f"threshold: {s['choice'].describe()}")
     if len(out.results):
         click.echo(out.results.head(40).to_string(index=False))
     if show_pairs:
@@ -463,6 +475,7 @@ def unique_cmd(brain_key, count, out_key, dataset, data_dir) -> None:
     store = _store(data_dir)
     ds = Dataset(_dataset_of(store, brain_key, dataset), store)
     out = compute_brain(ds, "unique", out_key, similarity=brain_key, count=count)
+    _owned_run(out)
     click.echo(out.results.to_string(index=False, max_rows=60))
 
 
@@ -498,6 +511,7 @@ def mistakenness_cmd(
         copy_missing=copy_missing,
         **extra,
     )
+    _owned_run(out)
     click.echo(f"{brain_key}: {len(out.results)} samples scored; most likely mistakes:")
     cols = [
         c
@@ -529,6 +543,7 @@ def hardness_cmd(dataset, label_field, brain_key, method, data_dir) -> None:
     from dagster_brain.api import Dataset, compute_hardness
 
     out = compute_hardness(Dataset(dataset, _store(data_dir)), label_field, brain_key, method)
+    _owned_run(out)
     click.echo(f"{brain_key}: {len(out.results)} samples scored; hardest:")
     click.echo(out.results.nlargest(10, "hardness").to_string(index=False))
 
@@ -563,6 +578,8 @@ def visualization_cmd(
         brain_key=brain_key,
     )
     s = out.summary
+    if _owned_run(out):
+        return
     click.echo(
         f"{brain_key}: {len(out.results)} points ({method}); "
         f"timings {', '.join(f'{k} {v:.2f}' for k, v in s['timings'].items())}"
@@ -663,6 +680,7 @@ def _method_command(kind: str) -> click.Command | None:
         from dagster_brain.api import Dataset, compute_brain
 
         out = compute_brain(Dataset(dataset, _store(data_dir)), kind, brain_key, **fields)
+        _owned_run(out)
         click.echo(f"{kind} {dataset}/{brain_key}: {len(out.results)} rows")
         if len(out.results):
             click.echo(out.results.head(20).to_string(index=False))

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from dagster_brain.specs import BrainRunSpec
 from dagster_brain.store import BrainRunRecord, EmbeddingSet, Store, hash_strings
+from dagster_brain.store.runs import ADHOC_RUN_PREFIX
 
 _LOG = logging.getLogger("dagster_brain")
 
@@ -120,7 +121,7 @@ def new_record(
         config=config if config is not None else spec.model_dump(mode="json"),
         sample_ids=ids,
         label_ids=label_ids,
-        run_id=run_id or f"api-{uuid.uuid4().hex[:12]}",
+        run_id=run_id or f"{ADHOC_RUN_PREFIX}{uuid.uuid4().hex[:12]}",
         code_version=spec_code_version(spec),
         data_version=store.data_version(spec.dataset, ids),
         versions=package_versions(*packages),

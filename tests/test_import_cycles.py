@@ -123,7 +123,8 @@ def test_graph_sees_module_and_function_level_imports():
 
 def test_run_plumbing_sits_at_the_bottom():
     every = import_graph(module_level_only=False)
-    assert every["dagster_brain.runs"] <= {"dagster_brain.specs", "dagster_brain.store"}
+    allowed = ("dagster_brain.specs", "dagster_brain.store")
+    assert all(m.startswith(allowed) for m in every["dagster_brain.runs"])
 
 
 def test_no_module_level_import_cycles():

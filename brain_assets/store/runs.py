@@ -18,6 +18,9 @@ from dagster_brain.store.mirror import remove_tree
 from dagster_brain.store.records import BrainRunRecord, record_from_row, utcnow
 from dagster_brain.store.tables import extra_table_name, quote, results_table_name
 
+# Run ids of runs written outside Dagster (the API and CLI) start with this (runs.new_record).
+ADHOC_RUN_PREFIX = "api-"
+
 
 class RunTables(EmbeddingTables):
     """Brain runs (tables ``brain_runs``, ``brain_run_history`` and schema ``results``)."""
@@ -128,9 +131,17 @@ class RunTables(EmbeddingTables):
     def list_runs(
         self, dataset: str, kind: str | None = None, method: str | None = None
     ) -> pd.DataFrame:
-        """(brain_key, kind, method, created_at) of a dataset's runs, filtered."""
-        sql = "SELECT brain_key, kind, method, created_at FROM brain_runs WHERE dataset = ?"
-        params: list[Any] = [dataset]
+        """(brain_key, kind, method, created_at, owner) of a dataset's runs, filtered.
+
+        ``owner``: ``asset`` for a run written by a Dagster run (the key's asset), ``adhoc``
+        for one written by the API or CLI on a key that no asset owns.
+        """
+        sql = (
+            "SELECT brain_key, kind, method, created_at, CASE WHEN run_id IS NULL OR "
+            "starts_with(run_id, ?) THEN 'adhoc' ELSE 'asset' END AS owner "
+            "FROM brain_runs WHERE dataset = ?"
+        )
+        params: list[Any] = [ADHOC_RUN_PREFIX, dataset]
         if kind:
             sql += " AND kind = ?"
             params.append(kind)
