@@ -29,6 +29,7 @@ BUILTIN = {
     "mistakenness",
     "hardness",
     "visualization",
+    "knn_graph",
 }
 
 
@@ -51,6 +52,7 @@ def test_every_method_is_complete_and_every_spec_has_a_method():
         "hardness": "hardness",
         "duplicates": "distance",
         "unique": "rank",
+        "knn_graph": "nearest_distance",
     }
 
 

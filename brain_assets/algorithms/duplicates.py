@@ -10,9 +10,11 @@
 - :func:`exact_duplicate_groups`: byte- and pixel-identical groups from the store's hashes.
 - :func:`visualize_duplicates`, :func:`visualize_unique`: PNG scatterplots.
 
-Neighbours within a radius come from :func:`~dagster_brain.algorithms.knn.exact_knn` with a
-growing ``k`` (16, 64, 256 by default), so memory stays at ``n x max_k`` however dense the data;
-candidate distances are recomputed in float64, so identical vectors are at distance exactly 0.
+Neighbours within a radius start from the exact 16-nearest lists of a kNN graph (built here, or
+a stored one passed as ``graph=``: the results are the same), then grow with
+:func:`~dagster_brain.algorithms.knn.exact_knn` (64, 256 by default) for the rows that need
+more, so memory stays at ``n x max_k`` however dense the data; candidate distances near 0 and
+near the radius are recomputed in float64, so identical vectors are at distance exactly 0.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from dagster_brain.algorithms.knn import (
     exact_knn,
     pairwise_distances,
 )
+from dagster_brain.algorithms.knn_graph import KnnGraph, nearest_lists
+
+# Neighbours per item in the first pass of the radius graph (a stored graph needs this many).
+FIRST_PASS_K = 16
 
 DISTANCE_METRICS: tuple[str, ...] = ("cosine", "euclidean")
 PAIR_COLUMNS = ["id_a", "id_b", "distance", "path"]
@@ -121,13 +127,25 @@ class RadiusGraph:
 
 
 class _Neighbours:
-    """One blocked kNN pass, extended row by row when a radius needs more neighbours."""
+    """The exact ``k0``-nearest lists, extended row by row when a radius needs more.
 
-    def __init__(self, X: np.ndarray, metric: str, k0: int = 16):
+    ``graph``: a kNN graph of the rows of ``X`` (same order and metric, at least ``k0`` wide
+    or complete) whose first ``k0`` columns replace the first pass.
+    """
+
+    def __init__(
+        self, X: np.ndarray, metric: str, k0: int = FIRST_PASS_K, graph: KnnGraph | None = None
+    ):
         self.X, self.metric = X, metric
         n = len(X)
         self.k = min(k0, n - 1)
-        self.d, self.i = exact_knn(X, self.k, metric=metric) if self.k >= 1 else (None, None)
+        if self.k < 1:
+            self.d, self.i = None, None
+        elif graph is not None:
+            _check_graph(graph, n, metric, self.k)
+            self.i, self.d = graph.neighbors[:, : self.k], graph.distances[:, : self.k]
+        else:
+            self.i, self.d = nearest_lists(X, self.k, metric)  # type: ignore[arg-type]
         self.tol = _tolerance(metric, _scale(X, metric))
 
     def radius_graph(self, radius: float, max_k: int = 256) -> RadiusGraph:
@@ -176,6 +194,15 @@ class _Neighbours:
         keep = np.ones_like(is_self)
         keep[np.arange(len(rows)), drop] = False
         return d[keep].reshape(len(rows), k), i[keep].reshape(len(rows), k)
+
+
+def _check_graph(graph: KnnGraph, n: int, metric: str, k: int) -> None:
+    """Refuse a kNN graph that does not describe these ``n`` rows with ``k`` neighbours."""
+    if len(graph.ids) != n or graph.metric != metric or graph.width < k:
+        raise ValueError(
+            f"kNN graph of {len(graph.ids)} items, {graph.metric}, {graph.width} neighbours "
+            f"does not fit {n} vectors, {metric}, {k} neighbours"
+        )
 
 
 def _greedy_graph(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -238,8 +265,9 @@ class DuplicatesResult:
     :func:`find_duplicates` every unordered pair at distance ``<= thresh`` (the threshold
     chosen, with ``fraction``), for the verified pipeline every confirmed pair. Columns
     ``id_a`` (the earlier of the two in input order), ``id_b``, ``distance``; each pair once,
-    sorted by distance, then input order; distances as in ``neighbors_map`` (float32 kNN,
-    recomputed in float64 near 0 and near the threshold, so membership is exact).
+    sorted by distance, then input order; distances as in ``neighbors_map`` (float32: per pair
+    for the first 16 neighbours, blocked kNN beyond; recomputed in float64 near 0 and near the
+    threshold, so membership is exact).
     ``truncated_rows``: items whose neighbour list stopped at ``max_k`` inside the threshold;
     a pair of two such items may be missing from ``all_pairs`` (every pair with at least one
     other member is listed). 0: ``all_pairs`` is complete.
@@ -509,6 +537,7 @@ def find_duplicates(
     metric: str = "cosine",
     *,
     max_k: int = 256,
+    graph: KnnGraph | None = None,
 ) -> DuplicatesResult:
     """Near-duplicates by embedding distance; give exactly one of ``thresh`` or ``fraction``.
 
@@ -521,6 +550,8 @@ def find_duplicates(
     about ``fraction * n`` items are flagged: 0 gives ``thresh=0`` (exact copies only), 1 keeps
     a single item. Neighbour lists stop at ``max_k`` per item; denser thresholds switch to an
     exact blocked scan, so memory stays O(n * max_k).
+    ``graph``: a kNN graph of these items (``graph.ids == ids``, same metric, at least 16
+    neighbours) read instead of computing the first pass; the result is the same.
     """
     if (thresh is None) == (fraction is None):
         raise ValueError(
@@ -544,7 +575,9 @@ def find_duplicates(
         return build_result(
             ids, keep, idx, np.zeros(n), empty, thresh or 0.0, metric, None, fraction
         )
-    nb = _Neighbours(X, metric)
+    if graph is not None and graph.ids != ids:
+        raise ValueError("kNN graph: its ids are not the duplicates' ids in the same order")
+    nb = _Neighbours(X, metric, graph=graph)
     if thresh is None:
         thresh = _thresh_for_fraction(nb, fraction, max_k)
     keep, nearest, nearest_d, graph = _duplicates_at(nb, thresh, max_k)
@@ -661,6 +694,7 @@ def choose_threshold(
     fdr: float = 0.1,
     floor: float = 0.5,
     grid: int = 200,
+    graph: KnnGraph | None = None,
 ) -> ThresholdChoice:
     """A default near-duplicate distance threshold for this data, with estimated precision/recall.
 
@@ -678,6 +712,8 @@ def choose_threshold(
     Estimated recall is relative to the excess ``N - E`` at ``loose_thresh`` (precision 0.5):
     copies the embedding moves farther than natural neighbours are invisible here (see
     :mod:`dagster_brain.algorithms.verify`).
+    ``graph``: a kNN graph of these items (``graph.ids == ids``) read instead of computing
+    the ``k`` nearest neighbours; the result is the same.
     """
     X, ids = _prepare(vectors, ids, metric)
     if not 0 < fdr < 1:
@@ -686,8 +722,13 @@ def choose_threshold(
     k = min(int(k), n - 1)
     if k < 4:
         raise ValueError(f"choose_threshold needs at least 5 vectors, got {n}")
-    d, _ = exact_knn(X, k, metric=metric)
-    d = d.astype(np.float64)
+    if graph is not None and graph.ids != ids:
+        raise ValueError("kNN graph: its ids are not the vectors' ids in the same order")
+    if graph is not None:
+        _check_graph(graph, n, metric, k)
+        d = graph.distances[:, :k].astype(np.float64)
+    else:
+        d = nearest_lists(X, k, metric)[1].astype(np.float64)  # type: ignore[arg-type]
     tol = 1e-6 if metric == "cosine" else 1e-6 * _scale(X, metric)
     d1, s, inner = d[:, 0], d[:, -1], d[:, 1:-1]
     exact = d1 <= tol

@@ -189,6 +189,44 @@ def build_knn_graph(
     return KnnGraph(ids=ids, neighbors=nbr, distances=dist, metric=metric, k=k)
 
 
+def nearest_lists(
+    X: np.ndarray, k: int, metric: Metric = "cosine"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(neighbours, distances) of every row: the ``build_knn_graph`` lists without ids."""
+    X = check_vectors(X, [str(i) for i in range(len(X))])
+    _check_params(k, metric)
+    w = _width(k, len(X))
+    if w == 0:
+        return np.zeros((len(X), 0), dtype=np.int64), np.zeros((len(X), 0), dtype=np.float32)
+    return _nearest(X, np.arange(len(X)), w, metric)
+
+
+def reorder_graph(graph: KnnGraph, ids: Sequence[str]) -> KnnGraph:
+    """The same graph with its rows in the order of ``ids`` (the same set of items).
+
+    Neighbour lists keep their order; only the row indices they hold are renumbered.
+    """
+    ids = _unique_ids(ids, "ids")
+    if ids == graph.ids:
+        return graph
+    at = pd.Index(graph.ids).get_indexer(ids)
+    if len(ids) != len(graph.ids) or (at < 0).any():
+        missing = [i for i, a in zip(ids, at, strict=True) if a < 0][:1]
+        raise ValueError(
+            f"knn graph: cannot reorder {len(graph.ids)} items to {len(ids)} ids"
+            + (f" ({missing[0]!r} is not in the graph)" if missing else "")
+        )
+    new_of_old = np.empty(len(ids), dtype=np.int64)
+    new_of_old[at] = np.arange(len(ids))
+    return KnnGraph(
+        ids=ids,
+        neighbors=new_of_old[graph.neighbors[at]],
+        distances=graph.distances[at],
+        metric=graph.metric,
+        k=graph.k,
+    )
+
+
 def update_knn_graph(
     graph: KnnGraph | None,
     X: np.ndarray | None,

@@ -13,6 +13,7 @@ from dagster_brain.methods import (
     duplicates,
     exact_duplicates,
     hardness,
+    knn_graph,
     mistakenness,
     similarity,
     unique,
@@ -33,6 +34,7 @@ _BUILTIN: tuple[BrainMethod, ...] = (
     mistakenness.METHOD,
     hardness.METHOD,
     visualization.METHOD,
+    knn_graph.METHOD,
 )
 
 METHODS: dict[str, BrainMethod] = {m.kind: m for m in _BUILTIN}

@@ -10,16 +10,20 @@ import numpy as np
 import pandas as pd
 
 from dagster_brain.algorithms.duplicates import (
+    DISTANCE_METRICS,
+    FIRST_PASS_K,
     DuplicatesResult,
     choose_threshold,
     exact_duplicate_groups,
     find_duplicates,
     find_unique,
 )
+from dagster_brain.algorithms.knn_graph import KnnGraph
+from dagster_brain.knn_graphs import find_graph
 from dagster_brain.runs import RunContext, RunOutcome, commit_outcome, frame_version, new_record
 from dagster_brain.similarity.compute import load_index
 from dagster_brain.specs import DuplicatesSpec, ExactDuplicatesSpec, UniqueSpec
-from dagster_brain.store import Store
+from dagster_brain.store import Store, row_hashes
 
 _LOG = logging.getLogger("dagster_brain")
 
@@ -130,19 +134,28 @@ def run_duplicates(
     ids: list[str] | None = None,
     artifacts: list[dict[str, Any]] | None = None,
 ) -> RunOutcome:
-    """Near-duplicate groups on a similarity index's vectors (any backend)."""
+    """Near-duplicate groups on a similarity index's vectors (any backend).
+
+    When a ``knn_graph`` run holds the graph of exactly these vectors with the index's
+    metric (and at least 16 neighbours), its lists are read instead of computed: the same
+    groups and pairs.
+    """
     iv = read_index(store, spec.dataset, spec.similarity, ids)
     item_ids, X, sample_of, metric = iv.ids, iv.vectors, iv.sample_of, iv.metric
-    patches, upstream = iv.patches, iv.upstream
+    patches, upstream = iv.patches, dict(iv.upstream)
+    graph = _shared_graph(store, spec, item_ids, X, metric, log)
+    knn = None
+    if graph is not None:
+        upstream["knn_graph"], knn = graph
     choice = None
     if spec.fraction is not None:
-        result = find_duplicates(X, item_ids, fraction=spec.fraction, metric=metric)
+        result = find_duplicates(X, item_ids, fraction=spec.fraction, metric=metric, graph=knn)
         method = "fraction"
     elif spec.thresh != "auto":
-        result = find_duplicates(X, item_ids, thresh=float(spec.thresh), metric=metric)
+        result = find_duplicates(X, item_ids, thresh=float(spec.thresh), metric=metric, graph=knn)
         method = "thresh"
     else:
-        choice = choose_threshold(X, item_ids, metric=metric)
+        choice = choose_threshold(X, item_ids, metric=metric, graph=knn)
         log.info("%s: %s", spec.brain_key, choice.describe())
         if spec.verify and not patches:
             from dagster_brain.algorithms.verify import find_verified_duplicates
@@ -160,7 +173,7 @@ def run_duplicates(
             )
             method = "auto+verified"
         else:
-            result = find_duplicates(X, item_ids, thresh=choice.thresh, metric=metric)
+            result = find_duplicates(X, item_ids, thresh=choice.thresh, metric=metric, graph=knn)
             method = "auto"
     frame = duplicates_frame(result, sample_of, patches)
     pairs = pairs_frame(result, sample_of, patches)
@@ -213,6 +226,18 @@ def run_duplicates(
         "ids": item_ids,
     }
     return RunOutcome(record, frame, frame_version(frame), summary)
+
+
+def _shared_graph(
+    store: Store, spec: DuplicatesSpec, item_ids: list[str], X: np.ndarray, metric: str, log: Any
+) -> tuple[str, KnnGraph] | None:
+    """The stored kNN graph of exactly these vectors, if a ``knn_graph`` run holds one."""
+    if metric not in DISTANCE_METRICS or len(item_ids) < 2:
+        return None
+    found = find_graph(store, spec.dataset, item_ids, row_hashes(item_ids, X), metric, FIRST_PASS_K)
+    if found is not None:
+        log.info("%s: neighbours read from the kNN graph %r", spec.brain_key, found[0])
+    return found
 
 
 def run_exact_duplicates(
