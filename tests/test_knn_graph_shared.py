@@ -182,3 +182,27 @@ def test_the_graph_asset_reports_its_metadata_and_passes_its_check(embedded, tmp
     assert meta["peak_memory_mb"] >= 0 and meta["dagster/row_count"] == 80
     assert check_results(store, spec)[0]
     assert store.get_run("toy", "g").table_names() == ["knn"]
+
+
+def test_verified_duplicates_read_a_graph_with_identical_results(tmp_path):
+    """The default duplicates path (candidates confirmed on the images) reads the graph too."""
+    from PIL import Image
+
+    from dagster_brain.algorithms.verify import find_verified_duplicates
+
+    X, ids = planted(n=60, dim=12, copies=6)
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, size=(60, 24, 24, 3), dtype=np.uint8)
+    pixels[48:54] = pixels[:6]  # rows 48-53 are image copies of rows 0-5
+    paths = {}
+    for i, sid in enumerate(ids):
+        paths[sid] = str(tmp_path / f"{sid}.png")
+        Image.fromarray(pixels[i]).save(paths[sid])
+    graph = build_knn_graph(X, ids, 16, "cosine")
+    plain = find_verified_duplicates(X, ids, paths, metric="cosine")
+    shared = find_verified_duplicates(X, ids, paths, metric="cosine", graph=graph)
+    same_result(plain, shared)
+    found = set(zip(shared.all_pairs["id_a"], shared.all_pairs["id_b"], strict=True))
+    assert found >= {(ids[i], ids[48 + i]) for i in range(6)}
+    narrow = build_knn_graph(X, ids, 4, "cosine")  # too narrow for the first pass: not used
+    same_result(plain, find_verified_duplicates(X, ids, paths, metric="cosine", graph=narrow))

@@ -45,6 +45,7 @@ from dagster_brain.algorithms.duplicates import (
     pair_distances,
 )
 from dagster_brain.algorithms.knn import exact_knn
+from dagster_brain.algorithms.knn_graph import KnnGraph
 from dagster_brain.decode import decode
 
 THUMB = 64  # thumbnail side; the coarse search runs at half of it
@@ -449,6 +450,7 @@ def find_verified_duplicates(
     confirm_by_embedding: bool = False,
     thumbnails: Thumbnails | None = None,
     num_workers: int = 0,
+    graph: KnnGraph | None = None,
     **verify_kwargs,
 ) -> DuplicatesResult:
     """Duplicates confirmed on the images: candidates, then :func:`verify_pairs`.
@@ -463,17 +465,23 @@ def find_verified_duplicates(
     the others are its duplicates. The result's ``thresh`` is ``embedding_thresh``;
     ``checked`` holds every candidate with its scores.
     ``thumbnails`` (from :func:`load_thumbnails`, a superset of ``ids``) skips decoding.
+    ``graph``: a stored kNN graph of these rows (same order and metric) read instead of
+    computing the neighbours again; one narrower than ``max(16, m)`` is not used.
     """
     X, ids = _prepare(vectors, ids, metric)
     n = len(ids)
     paths = filepaths if isinstance(filepaths, Mapping) else dict(zip(ids, filepaths, strict=True))
+    k0 = max(16, m)  # neighbours of the first pass: top-m and the radius graph
+    usable = graph if graph is not None and graph.width >= k0 else None
     if embedding_thresh is None:
-        embedding_thresh = choose_threshold(X, ids, metric).strict_thresh if n >= 5 else 0.0
+        embedding_thresh = (
+            choose_threshold(X, ids, metric, graph=usable).strict_thresh if n >= 5 else 0.0
+        )
     if thumbnails is not None and set(ids) <= set(thumbnails.ids):
         thumbs = thumbnails.take(ids)
     else:
         thumbs = load_thumbnails(ids, paths, num_workers=num_workers)
-    nb = _Neighbours(X, metric, k0=max(16, m))  # one kNN pass: top-m and the radius graph
+    nb = _Neighbours(X, metric, k0=k0, graph=usable)
     k = min(m, n - 1)
     parts = [(*_topm(image_descriptors(thumbs.images), m, "cosine"), "image")]
     if k >= 1:

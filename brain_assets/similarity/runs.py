@@ -170,6 +170,7 @@ def run_duplicates(
                 pixel_hashes=[by_id.at[s, "pixel_hash"] for s in item_ids],
                 metric=metric,
                 m=spec.neighbours,
+                graph=knn,
             )
             method = "auto+verified"
         else:
