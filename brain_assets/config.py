@@ -19,11 +19,14 @@ whenever the config is printed.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 DEFAULT_CONFIG_PATH = Path("~/.dagster_brain/brain_config.json")
 
@@ -227,13 +230,67 @@ class BrainConfig:
     def __repr__(self) -> str:
         return self.to_json()
 
+    def settings(self) -> BrainSettings:
+        """A frozen snapshot of the merged settings (what the Definitions hand to resources)."""
+        return BrainSettings(**self.as_dict())
 
-_brain_config: BrainConfig | None = None
+
+class BrainSettings(BaseModel):
+    """The merged brain config, frozen: built once when the definitions load and handed to
+    the resources (their fields), the executor and the checks."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data_dir: str
+    brain_keys_path: str | None = None
+    default_model: str
+    default_similarity_backend: str
+    similarity_backends: Mapping[str, Mapping[str, Any]]
+    executor: str
+    refresh_cron: str | None = None
+
+    @classmethod
+    def from_env(
+        cls, path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None
+    ) -> BrainSettings:
+        """Defaults < JSON file < ``BRAIN_*`` environment variables (``env``: os.environ)."""
+        return BrainConfig(path, env).settings()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (secrets in clear: print ``to_json``)."""
+        return copy.deepcopy(
+            {
+                **self.model_dump(),
+                "similarity_backends": {b: dict(p) for b, p in self.similarity_backends.items()},
+            }
+        )
+
+    def backend_params(self, backend: str | None = None) -> dict[str, Any]:
+        """Parameters of one similarity backend (the default when ``backend`` is None)."""
+        name = backend or self.default_similarity_backend
+        if name not in self.similarity_backends:
+            raise BrainConfigError(
+                f"unknown similarity backend {name!r}; available: "
+                f"{sorted(self.similarity_backends)}"
+            )
+        return copy.deepcopy(dict(self.similarity_backends[name]))
+
+    def to_json(self) -> str:
+        """The settings as JSON, secrets masked."""
+        return json.dumps(masked(self.as_dict()), indent=4, sort_keys=True)
+
+    def __repr__(self) -> str:
+        return self.to_json()
 
 
+@functools.cache
 def get_brain_config() -> BrainConfig:
-    """The process-wide brain config, created on first use."""
-    global _brain_config
-    if _brain_config is None:
-        _brain_config = BrainConfig()
-    return _brain_config
+    """The notebook API's and CLI's brain config, built from the environment on first use
+    (``fob.brain_config``: attribute edits are its runtime layer). Step code does not read it:
+    its settings come from its resources. :func:`reset_brain_config` re-reads the environment."""
+    return BrainConfig()
+
+
+def reset_brain_config() -> None:
+    """Forget the brain config (and its runtime edits): the next use re-reads the environment."""
+    get_brain_config.cache_clear()

@@ -8,37 +8,49 @@ from typing import Any
 import dagster as dg
 
 from dagster_brain.checks import build_embeddings_check, build_run_check
-from dagster_brain.config import get_brain_config
+from dagster_brain.config import BrainSettings, get_brain_config
 from dagster_brain.execution import build_executor
 from dagster_brain.factory import (
     batch_partitions,
+    brain_key_asset,
     build_brain_asset,
     build_embeddings_asset,
     build_samples_asset,
 )
+from dagster_brain.methods.knn_graph import plan_graphs, with_shared_graphs
 from dagster_brain.resources.embedder import EmbedderResource
 from dagster_brain.resources.similarity import similarity_resources
 from dagster_brain.resources.store import BrainStoreResource
 from dagster_brain.sensors.inbox import build_inbox_sensor, sensor_interval_s
 from dagster_brain.sensors.schedules import build_schedules
-from dagster_brain.specs import DEFAULT_SPECS_PATH, BrainKeysFile, load_specs
+from dagster_brain.specs import DEFAULT_SPECS_PATH, BrainKeysFile, BrainRunSpec, load_specs
 
 ALL_JOB = "brain_all"
 
 
-def specs_path() -> Path:
+def specs_path(settings: BrainSettings | None = None) -> Path:
     """The brain-keys YAML in use: brain config ``brain_keys_path``, else the bundled demo."""
-    configured = get_brain_config().brain_keys_path
+    configured = (settings or get_brain_config()).brain_keys_path
     return Path(configured).expanduser() if configured else DEFAULT_SPECS_PATH
 
 
 def build_assets(specs: BrainKeysFile) -> list[dg.AssetsDefinition]:
-    """One asset per dataset, embeddings key and brain run."""
+    """One asset per dataset, embeddings key and brain run, and one per kNN graph generated
+    for the runs that share vectors (upstream of those runs: ``plan_graphs``)."""
     incremental = {d.name for d in specs.datasets if d.incremental}
+    plan = plan_graphs(specs.brain_runs)
+
+    def graph_deps(r: BrainRunSpec) -> list[dg.AssetKey]:
+        graph = plan.reads.get((r.dataset, r.brain_key))
+        return [] if graph is None else [brain_key_asset(r.dataset, graph)]
+
     return [
         *(build_samples_asset(d) for d in specs.datasets),
         *(build_embeddings_asset(e, e.dataset in incremental) for e in specs.embeddings),
-        *(build_brain_asset(r, r.dataset in incremental) for r in specs.brain_runs),
+        *(
+            build_brain_asset(r, r.dataset in incremental, graph_deps(r))
+            for r in [*specs.brain_runs, *plan.generated]
+        ),
     ]
 
 
@@ -101,9 +113,13 @@ def whole_dataset_selection(assets: list[dg.AssetsDefinition]) -> dg.AssetSelect
 def build_defs(
     spec_path: str | Path | None = None, data_dir: str | Path | None = None
 ) -> dg.Definitions:
-    """All definitions for one brain-keys YAML file and one data directory."""
-    config = get_brain_config()
-    specs = load_specs(spec_path or specs_path())
+    """All definitions for one brain-keys YAML file and one data directory.
+
+    The brain config is read once, here (``BrainSettings``), and handed to the executor, the
+    checks and the resources' fields; steps read their settings from their resources.
+    """
+    config = get_brain_config().settings()
+    specs = load_specs(spec_path or specs_path(config))
     executor = build_executor(config, specs)  # celery: refuses embedded similarity stores
     assets = build_assets(specs)
     whole = whole_dataset_selection(assets)
@@ -116,7 +132,7 @@ def build_defs(
     batch_jobs, sensors = build_batch_jobs(specs, assets)
     checks = [
         *(build_embeddings_check(e, config.default_model) for e in specs.embeddings),
-        *(build_run_check(r) for r in specs.brain_runs),
+        *(build_run_check(r) for r in with_shared_graphs(specs.brain_runs)),
     ]
     return dg.Definitions(
         assets=assets,

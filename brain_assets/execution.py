@@ -23,7 +23,7 @@ from typing import Any
 
 import dagster as dg
 
-from dagster_brain.config import BrainConfig, BrainConfigError, get_brain_config
+from dagster_brain.config import BrainConfig, BrainConfigError, BrainSettings, get_brain_config
 from dagster_brain.similarity.backends.registry import embedded_reason
 from dagster_brain.specs import BrainKeysFile, BrainRunSpec, SimilaritySpec
 
@@ -39,7 +39,7 @@ class EmbeddedBackendError(BrainConfigError):
     executor."""
 
 
-def executor_name(config: BrainConfig | None = None) -> str:
+def executor_name(config: BrainSettings | BrainConfig | None = None) -> str:
     """The brain config's executor, checked against the known ones."""
     value = (config or get_brain_config()).executor
     name = str(value).strip().lower()
@@ -70,7 +70,7 @@ def celery_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
 
 
 def build_executor(
-    config: BrainConfig | None = None, specs: BrainKeysFile | None = None
+    config: BrainSettings | BrainConfig | None = None, specs: BrainKeysFile | None = None
 ) -> dg.ExecutorDefinition | None:
     """The ``dg.Definitions`` executor (None: Dagster's default); refuses embedded stores first."""
     name = executor_name(config)
@@ -79,7 +79,7 @@ def build_executor(
     if name == "in_process":
         return dg.in_process_executor
     if specs is not None:
-        refuse_embedded_backends(specs, name)
+        refuse_embedded_backends(specs, name, config)
     try:
         from dagster_celery import celery_executor
     except ImportError as err:
@@ -89,12 +89,16 @@ def build_executor(
     return celery_executor.configured(celery_config(), name="celery")
 
 
-def _problem(spec: SimilaritySpec, params: Mapping[str, Any] | None) -> str | None:
+def _problem(
+    spec: SimilaritySpec,
+    params: Mapping[str, Any] | None,
+    config: BrainSettings | BrainConfig | None = None,
+) -> str | None:
     """How the similarity run would resolve its backend: what the step itself does."""
-    from dagster_brain.similarity.compute import backend_settings, resolve_backend
+    from dagster_brain.similarity.compute import backend_settings, entry_settings, resolve_backend
 
-    backend = resolve_backend(spec)
-    settings = backend_settings(backend, {**spec.backend_params, **(params or {})})
+    backend = resolve_backend(spec, config)
+    settings = backend_settings(backend, entry_settings(spec, dict(params or {})), config)
     reason = embedded_reason(backend, settings)
     if reason is None:
         return None
@@ -111,12 +115,14 @@ def _refusal(executor: str, problems: list[str]) -> EmbeddedBackendError:
     )
 
 
-def refuse_embedded_backends(specs: BrainKeysFile, executor: str) -> None:
+def refuse_embedded_backends(
+    specs: BrainKeysFile, executor: str, config: BrainSettings | BrainConfig | None = None
+) -> None:
     """Load-time check: a distributed executor refuses every embedded similarity brain key."""
     if executor not in DISTRIBUTED_EXECUTORS:
         return
     similarity = [s for s in specs.brain_runs if isinstance(s, SimilaritySpec)]
-    problems = [p for spec in similarity if (p := _problem(spec, None))]
+    problems = [p for spec in similarity if (p := _problem(spec, None, config))]
     if problems:
         raise _refusal(executor, problems)
 

@@ -10,6 +10,7 @@ eager automation condition once the batches they read have landed.
 """
 
 import functools
+from collections.abc import Sequence
 from enum import Enum, StrEnum
 from typing import Any
 
@@ -311,12 +312,15 @@ def default_metadata(method: BrainMethod, outcome: RunOutcome) -> dict[str, Any]
     return score_metadata(outcome.results, method.score.column, ids)
 
 
-def build_brain_asset(spec: BrainRunSpec, incremental: bool = False) -> dg.AssetsDefinition:
+def build_brain_asset(
+    spec: BrainRunSpec, incremental: bool = False, extra_deps: Sequence[dg.AssetKey] = ()
+) -> dg.AssetsDefinition:
     """``<dataset>/brain/<brain_key>``: one brain run, with typed launch-time config.
 
     ``incremental``: a batched method (a similarity index) is partitioned by batch (each
     partition adds its batch with ``add_to_index``); other kinds score the whole dataset and
-    refresh eagerly.
+    refresh eagerly. ``extra_deps``: assets it reads besides its method's inputs (the shared
+    kNN graph of its vectors), materialised before it.
     """
     method = get_method(spec.kind, spec.brain_key)  # type: ignore[attr-defined]
     if method.validate is not None:
@@ -360,7 +364,7 @@ def build_brain_asset(spec: BrainRunSpec, incremental: bool = False) -> dg.Asset
     batched = incremental and method.batched
     return dg.asset(
         key=brain_key_asset(spec.dataset, spec.brain_key),
-        deps=[input_key(spec.dataset, item) for item in method.inputs(spec)],
+        deps=[*(input_key(spec.dataset, item) for item in method.inputs(spec)), *extra_deps],
         group_name=spec.dataset,
         code_version=spec_code_version(spec),
         description=f"{method.kind} brain run {spec.brain_key!r} on {spec.dataset!r}",

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from dagster_brain.algorithms.duplicates import FIRST_PASS_K
 from dagster_brain.algorithms.knn import Metric
 from dagster_brain.algorithms.knn_graph import (
     KnnGraph,
@@ -24,6 +25,7 @@ from dagster_brain.algorithms.knn_graph import (
     reorder_graph,
     update_knn_graph,
 )
+from dagster_brain.specs import DuplicatesSpec
 from dagster_brain.store import EmbeddingSet, Store
 
 # The brain-run kind whose runs hold a shared graph (methods/knn_graph.py).
@@ -32,6 +34,14 @@ GRAPH_KIND = "knn_graph"
 GRAPH_TABLE = "knn"
 # Above this share of changed items an update costs about as much as a rebuild.
 MAX_UPDATE_SHARE = 0.5
+
+
+def duplicates_graph_k(spec: DuplicatesSpec) -> int:
+    """Neighbours per item a duplicates run reads from a graph: the radius graph's first
+    pass, or the candidates it confirms on the images when wider (``thresh: auto`` with
+    ``verify``)."""
+    verified = spec.fraction is None and spec.thresh == "auto" and spec.verify
+    return max(FIRST_PASS_K, spec.neighbours) if verified else FIRST_PASS_K
 
 
 @dataclass

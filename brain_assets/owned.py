@@ -18,6 +18,7 @@ from typing import Any
 
 from dagster_brain.config import get_brain_config
 from dagster_brain.methods import RunOutcome, get_method
+from dagster_brain.methods.knn_graph import with_shared_graphs
 from dagster_brain.runs import frame_version
 from dagster_brain.specs import DEFAULT_SPECS_PATH, BrainRunSpec, load_specs
 from dagster_brain.store import Store
@@ -67,7 +68,7 @@ def owner_of(store: Store, dataset: str, brain_key: str) -> Owner | None:
     path = Path(configured).expanduser() if configured else DEFAULT_SPECS_PATH
     if not path.exists():
         return None
-    for spec in load_specs(path).brain_runs:
+    for spec in with_shared_graphs(load_specs(path).brain_runs):  # generated graphs too
         if spec.dataset == dataset and spec.brain_key == brain_key:
             return Owner(spec, path)
     return None

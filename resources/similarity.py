@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import dagster as dg
 from pydantic import Field, create_model
 
-from dagster_brain.config import BrainConfig, is_secret
+from dagster_brain.config import BrainConfig, BrainSettings, is_secret
 from dagster_brain.similarity.backends.base import VectorBackend
 from dagster_brain.similarity.backends.registry import BACKENDS, BackendTable, check_settings
 
@@ -61,9 +61,12 @@ def resource_key(backend: str) -> str:
     return f"similarity_{backend}"
 
 
-def similarity_resources(config: BrainConfig) -> dict[str, SimilarityBackendResource]:
-    """One resource per exposed registered backend, from the merged brain config (checked
-    against the backend's ``Settings``: a bad value is refused naming backend and setting)."""
+def similarity_resources(
+    config: BrainSettings | BrainConfig,
+) -> dict[str, SimilarityBackendResource]:
+    """One resource per exposed registered backend, its fields from the brain settings built
+    when the definitions load (checked against the backend's ``Settings``: a bad value is
+    refused naming backend and setting)."""
     out: dict[str, SimilarityBackendResource] = {}
     for backend, params in config.as_dict()["similarity_backends"].items():
         if backend not in BACKENDS:

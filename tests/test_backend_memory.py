@@ -11,7 +11,6 @@ import pytest
 from backend_contract import check_contract
 from memory_backend import _COLLECTIONS, MemoryBackend
 
-import dagster_brain.config as config_module
 from dagster_brain.config import BrainConfig
 from dagster_brain.execution import embedded_reason
 from dagster_brain.resources.similarity import RESOURCE_CLASSES, similarity_resources
@@ -48,8 +47,7 @@ def test_the_registry_views_follow(tmp_path):
 
 
 def test_config_defaults_and_validation(tmp_path, monkeypatch):
-    config = config_with(tmp_path, BRAIN_SIMILARITY_MEMORY_WHERE="test://ram")
-    monkeypatch.setattr(config_module, "_brain_config", config)
+    config = config_with(tmp_path, BRAIN_SIMILARITY_MEMORY_WHERE="test://ram").settings()
     assert config.backend_params("memory") == {
         "metric": "cosine",
         "where": "test://ram",
@@ -58,9 +56,10 @@ def test_config_defaults_and_validation(tmp_path, monkeypatch):
         "fail_upsert_after": None,
     }
     # what a run uses: config < overrides (API keywords, resource values), checked
-    assert backend_settings("memory", {"fail_upsert_after": "3"})["fail_upsert_after"] == 3
+    assert backend_settings("memory", {"fail_upsert_after": "3"}, config)["fail_upsert_after"] == 3
+    assert backend_settings("memory", None, config)["where"] == "test://ram"  # the settings given
     with pytest.raises(ValueError, match=r"'memory' settings: fail_upsert_after"):
-        backend_settings("memory", {"fail_upsert_after": "soon"})
+        backend_settings("memory", {"fail_upsert_after": "soon"}, config)
     bad = config_with(tmp_path, BRAIN_SIMILARITY_MEMORY_DOWN="sometimes")
     with pytest.raises(ValueError, match=r"'memory' settings: down: .*\(got 'sometimes'\)"):
         similarity_resources(bad)
@@ -79,11 +78,10 @@ def test_config_defaults_and_validation(tmp_path, monkeypatch):
         )
 
 
-def test_metric_validation(tmp_path, monkeypatch):
-    monkeypatch.setattr(config_module, "_brain_config", config_with(tmp_path))
+def test_metric_validation(tmp_path):
     fields = {"brain_key": "s", "kind": "similarity", "dataset": "d", "embeddings": "e"}
     spec = SimilaritySpec(**fields, backend="memory", metric="euclidean")
-    assert resolve_backend(spec) == "memory"
+    assert resolve_backend(spec, config_with(tmp_path).settings()) == "memory"
     with pytest.raises(ValueError, match="'memory' does not support metric 'dotproduct'"):
         SimilaritySpec(**fields, backend="memory", metric="dotproduct")
     with pytest.raises(UnsupportedMetric, match="supported: cosine, euclidean"):

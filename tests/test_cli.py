@@ -32,13 +32,13 @@ def test_config_prints_merged_json_with_masked_secrets(tmp_path):
         "BRAIN_SIMILARITY_QDRANT_API_KEY": "qd-secret-key-9876",
         "BRAIN_DEFAULT_SIMILARITY_BACKEND": "qdrant",
     }
-    import dagster_brain.config as config
+    from dagster_brain.config import reset_brain_config
 
-    config._brain_config = None  # re-read the environment
+    reset_brain_config()  # re-read the environment
     try:
         out = run("config", env=env)
     finally:
-        config._brain_config = None
+        reset_brain_config()
     assert out.exit_code == 0
     data = json.loads(out.stdout)
     assert data["default_similarity_backend"] == "qdrant"

@@ -93,11 +93,12 @@ def test_bad_file_and_unknown_fields(tmp_path):
         )
 
 
-def test_refresh_cron_comes_from_the_brain_config(tmp_path, monkeypatch):
+def test_refresh_cron_comes_from_the_brain_config(tmp_path, monkeypatch, request):
     import json
 
-    import dagster_brain.config as config_module
-    from dagster_brain.config import BrainConfig, BrainConfigError
+    from brain_env import use_brain_env
+
+    from dagster_brain.config import BrainConfigError
     from dagster_brain.sensors.schedules import build_schedules
 
     path = tmp_path / "brain_config.json"
@@ -106,9 +107,67 @@ def test_refresh_cron_comes_from_the_brain_config(tmp_path, monkeypatch):
         ({"BRAIN_CONFIG_PATH": str(path)}, "30 1 * * *"),  # the JSON file
         ({"BRAIN_CONFIG_PATH": str(path), "BRAIN_REFRESH_CRON": "*/15 * * * *"}, "*/15 * * * *"),
     ):
-        monkeypatch.setattr(config_module, "_brain_config", BrainConfig(env=env))
+        use_brain_env(request, monkeypatch, env)
         assert build_schedules()[0].cron_schedule == want
-    bad = BrainConfig(env={"BRAIN_CONFIG_PATH": str(path), "BRAIN_REFRESH_CRON": "nightly"})
-    monkeypatch.setattr(config_module, "_brain_config", bad)
+    use_brain_env(
+        request, monkeypatch, {"BRAIN_CONFIG_PATH": str(path), "BRAIN_REFRESH_CRON": "nightly"}
+    )
     with pytest.raises(BrainConfigError, match="'nightly' is not a cron expression"):
         build_schedules()
+
+
+def test_settings_snapshot_is_frozen_with_the_same_precedence(tmp_path):
+    from pydantic import ValidationError
+
+    from dagster_brain.config import BrainSettings
+
+    path = tmp_path / "brain_config.json"
+    path.write_text(
+        json.dumps(
+            {
+                "default_similarity_backend": "qdrant",
+                "similarity_backends": {"qdrant": {"url": "http://file:6333"}},
+            }
+        )
+    )
+    env = {
+        "BRAIN_CONFIG_PATH": str(path),
+        "BRAIN_SIMILARITY_QDRANT_URL": "http://env:6333",
+        "BRAIN_SIMILARITY_PINECONE_API_KEY": "pcsk_supersecretvalue1234",
+    }
+    settings = BrainSettings.from_env(env=env)
+    assert settings.default_similarity_backend == "qdrant"  # file over default
+    assert settings.backend_params("qdrant")["url"] == "http://env:6333"  # env over file
+    assert settings.backend_params()["url"] == "http://env:6333"  # the default backend's
+    assert settings.backend_params("sklearn")["metric"] == "cosine"  # default
+    with pytest.raises(ValidationError):
+        settings.default_model = "other"
+    settings.backend_params("qdrant")["url"] = "changed"  # a copy: the snapshot keeps its value
+    assert settings.backend_params("qdrant")["url"] == "http://env:6333"
+    assert "supersecret" not in settings.to_json() and "****1234" in repr(settings)
+    with pytest.raises(BrainConfigError, match="unknown similarity backend 'nope'"):
+        settings.backend_params("nope")
+    config = BrainConfig(env=env)
+    config.set_backend_param("qdrant", "url", "http://runtime:6333")
+    snapshot = config.settings()  # runtime over env
+    config.set_backend_param("qdrant", "url", "http://later:6333")
+    assert snapshot.backend_params("qdrant")["url"] == "http://runtime:6333"
+
+
+def test_notebook_config_is_read_once_until_reset(tmp_path, monkeypatch):
+    from dagster_brain.config import get_brain_config, reset_brain_config
+
+    monkeypatch.setenv("BRAIN_CONFIG_PATH", str(tmp_path / "none.json"))
+    monkeypatch.setenv("BRAIN_DEFAULT_MODEL", "first")
+    reset_brain_config()
+    try:
+        config = get_brain_config()
+        config.default_similarity_backend = "lancedb"  # a runtime edit sticks
+        monkeypatch.setenv("BRAIN_DEFAULT_MODEL", "second")
+        assert get_brain_config() is config and config.default_model == "first"
+        assert get_brain_config().default_similarity_backend == "lancedb"
+        reset_brain_config()
+        again = get_brain_config()
+        assert again.default_model == "second" and again.default_similarity_backend == "sklearn"
+    finally:
+        reset_brain_config()

@@ -22,8 +22,8 @@ import dagster as dg
 import pandas as pd
 import pytest
 import yaml
+from brain_env import use_brain_env
 
-import dagster_brain.config as config_module
 from dagster_brain.config import BrainConfig, BrainConfigError
 from dagster_brain.definitions import build_defs
 from dagster_brain.execution import (
@@ -86,13 +86,13 @@ def similarity_run(key: str, backend: str, **params) -> dict:
 
 
 @pytest.fixture
-def brain_config(tmp_path, monkeypatch):
-    """Install a brain config read from a given environment (no user JSON file)."""
+def brain_config(tmp_path, monkeypatch, request):
+    """The brain config a given environment makes (no user JSON file)."""
 
     def install(**env) -> BrainConfig:
-        config = BrainConfig(env={"BRAIN_CONFIG_PATH": str(tmp_path / "none.json"), **env})
-        monkeypatch.setattr(config_module, "_brain_config", config)
-        return config
+        return use_brain_env(
+            request, monkeypatch, {"BRAIN_CONFIG_PATH": str(tmp_path / "none.json"), **env}
+        )
 
     return install
 

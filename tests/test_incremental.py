@@ -334,18 +334,16 @@ def test_uniqueness_refresh_updates_its_graph_and_equals_a_full_run(tmp_path):
     assert sorted(knn["item_id"]) == ids[10:]
 
 
-def test_backend_down_during_an_update_keeps_the_index(tmp_path, monkeypatch):
+def test_backend_down_during_an_update_keeps_the_index(tmp_path, monkeypatch, request):
     import pandas as pd
+    from brain_env import use_brain_env
 
-    import dagster_brain.config as config_module
-    from dagster_brain.config import BrainConfig
     from dagster_brain.methods import run_brain
     from dagster_brain.similarity.backends.base import BackendUnavailable
     from dagster_brain.similarity.compute import SampleChange
     from dagster_brain.specs import SimilaritySpec
 
-    config = BrainConfig(env={"BRAIN_CONFIG_PATH": str(tmp_path / "none.json")})
-    monkeypatch.setattr(config_module, "_brain_config", config)
+    use_brain_env(request, monkeypatch, {"BRAIN_CONFIG_PATH": str(tmp_path / "none.json")})
     ids = [f"s{i:02d}" for i in range(30)]
     X = np.random.default_rng(1).normal(size=(30, 8)).astype(np.float32)
     store = Store(tmp_path / "data")

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from conftest import sample_frame, write_images
 
 import dagster_brain as fob
-import dagster_brain.config as config_module
 from dagster_brain.cli import main
+from dagster_brain.config import reset_brain_config
 from dagster_brain.store import Store
 
 N = 12
@@ -68,9 +68,9 @@ def project(tmp_path, monkeypatch):
     monkeypatch.setenv("BRAIN_DATA_DIR", str(data_dir))
     monkeypatch.setenv("BRAIN_BRAIN_KEYS_PATH", str(keys))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setattr(config_module, "_brain_config", None)
+    reset_brain_config()  # re-read the environment
     yield store, keys
-    monkeypatch.setattr(config_module, "_brain_config", None)
+    reset_brain_config()
 
 
 def cli(*args):

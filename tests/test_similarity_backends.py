@@ -9,13 +9,12 @@ on 127.0.0.1 (Pinecone itself is a cloud service).
 import numpy as np
 import pytest
 from backend_contract import brute_force, recall_at_k
+from brain_env import use_brain_env
 from conftest import sample_frame
 from PIL import Image
 from tiny_models import make_tiny_clip
 
 import dagster_brain as fob
-import dagster_brain.config as config_module
-from dagster_brain.config import BrainConfig
 from dagster_brain.similarity.backends.registry import BACKEND_METRICS, backend_class
 
 BACKENDS = ["sklearn", "qdrant", "milvus", "lancedb", "pinecone", "milvus-server"]
@@ -35,8 +34,7 @@ def backend(request, monkeypatch, tmp_path):
     """(backend name, per-call params); connection settings go in a fresh brain config, as a
     user would set them (secrets included, which are never stored with the run)."""
     name = request.param
-    config = BrainConfig(env={"BRAIN_CONFIG_PATH": str(tmp_path / "none.json")})
-    monkeypatch.setattr(config_module, "_brain_config", config)
+    config = use_brain_env(request, monkeypatch, {"BRAIN_CONFIG_PATH": str(tmp_path / "none.json")})
     if name == "pinecone":
         url, key = request.getfixturevalue("pinecone_url")
         config.set_backend_param("pinecone", "host", url)
@@ -153,11 +151,12 @@ def test_static_metric_table_matches_adapters():
         assert tuple(backend_class(name).metrics) == metrics
 
 
-def test_unreachable_backend_names_it_and_keeps_the_previous_index(store, monkeypatch, tmp_path):
+def test_unreachable_backend_names_it_and_keeps_the_previous_index(
+    store, monkeypatch, tmp_path, request
+):
     from dagster_brain.similarity.backends.base import BackendUnavailable
 
-    config = BrainConfig(env={"BRAIN_CONFIG_PATH": str(tmp_path / "none.json")})
-    monkeypatch.setattr(config_module, "_brain_config", config)
+    use_brain_env(request, monkeypatch, {"BRAIN_CONFIG_PATH": str(tmp_path / "none.json")})
     ds = make_dataset(store)
     first = fob.compute_similarity(
         ds, embeddings=planted_vectors(), backend="qdrant", brain_key="sim"

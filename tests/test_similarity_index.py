@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
+from brain_env import use_brain_env
 from conftest import sample_frame
 from memory_backend import _COLLECTIONS, MemoryBackend
 
 import dagster_brain as fob
-import dagster_brain.config as config_module
 from dagster_brain.config import BrainConfig
 from dagster_brain.similarity import compute
 from dagster_brain.similarity.backends import registry
@@ -17,10 +17,9 @@ N, D = 30, 6
 
 
 @pytest.fixture(autouse=True)
-def memory_backend(monkeypatch, tmp_path):
-    config = BrainConfig(env={"BRAIN_CONFIG_PATH": str(tmp_path / "none.json")})
+def memory_backend(monkeypatch, tmp_path, request):
+    config = use_brain_env(request, monkeypatch, {"BRAIN_CONFIG_PATH": str(tmp_path / "none.json")})
     config.set_backend_param("memory", "metric", "cosine")
-    monkeypatch.setattr(config_module, "_brain_config", config)
     monkeypatch.setitem(registry.BACKENDS, MemoryBackend.name, MemoryBackend)
     yield
     _COLLECTIONS.clear()
@@ -191,3 +190,95 @@ def test_duplicates_and_unique_on_the_index(dataset):
     assert index.visualize_unique()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="exactly one of thresh"):
         index.find_duplicates()
+
+
+def test_entry_backend_params_beat_the_resource(dataset):
+    """Under Dagster the step passes its resource's settings; the YAML entry's own
+    ``backend_params`` win over them, and the resource (brain config) fills the rest."""
+    from dagster_brain.methods.similarity import run_similarity
+    from dagster_brain.resources.similarity import similarity_resources
+
+    fob.compute_similarity(dataset, embeddings=vectors(), backend="memory", brain_key="first")
+    config = BrainConfig(
+        env={
+            "BRAIN_CONFIG_PATH": "/nonexistent/none.json",
+            "BRAIN_SIMILARITY_MEMORY_WHERE": "config://ram",
+        }
+    )
+    resource = similarity_resources(config)["similarity_memory"]
+    assert resource.params()["where"] == "config://ram"
+
+    def spec(key, **backend_params):
+        return compute.SimilaritySpec(
+            brain_key=key,
+            kind="similarity",
+            dataset="toy",
+            embeddings="first_embeddings",
+            backend="memory",
+            backend_params=backend_params,
+        )
+
+    own = spec("own", where="yaml://ram")
+    outcome = run_similarity(own, dataset.store, params=resource.params())
+    assert outcome.record.config["index"]["params"]["where"] == "yaml://ram"  # the entry's
+    assert outcome.record.upstream["backend"]["where"] == "yaml://ram"
+    # the incremental path reopens the index with the same precedence
+    change = compute.SampleChange(sample_ids=["s001"])
+    again = run_similarity(own, dataset.store, params=resource.params(), change=change)
+    assert again.record.upstream["backend"]["where"] == "yaml://ram"
+    # what the entry leaves out comes from the resource (the brain config)
+    filled = run_similarity(
+        spec("filled", fail_upsert_after=1000), dataset.store, params=resource.params()
+    )
+    params = filled.record.config["index"]["params"]
+    assert params["where"] == "config://ram" and params["fail_upsert_after"] == 1000
+
+
+def test_backend_handles_share_and_count_holders():
+    """One client per collection in a process; the last holder closes it, even from threads."""
+    import threading
+
+    from dagster_brain.similarity.index import BackendHandles
+
+    class Client:
+        made = 0
+
+        def __init__(self):
+            Client.made += 1
+            self.closed = 0
+
+        def close(self):
+            self.closed += 1
+
+    handles = BackendHandles()
+    key = ("memory", "/root", "c")
+    a, b = handles.acquire(key, Client), handles.acquire(key, Client)
+    assert a is b and Client.made == 1 and len(handles) == 1
+    handles.release(a)
+    assert a.closed == 0  # one holder left
+    handles.release(b)
+    assert a.closed == 1 and len(handles) == 0
+    loose = Client()
+    handles.release(loose)  # a client it never shared is closed at once
+    assert loose.closed == 1
+
+    Client.made = 0
+    start = threading.Barrier(8)
+    seen: list[object] = []
+    first = handles.acquire(key, Client)  # held throughout: every thread must share it
+
+    def work():
+        start.wait()
+        for _ in range(200):
+            got = handles.acquire(key, Client)
+            seen.append(got)
+            handles.release(got)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Client.made == 1 and all(x is first for x in seen) and first.closed == 0
+    handles.release(first)
+    assert first.closed == 1 and len(handles) == 0

@@ -2,12 +2,20 @@
 
 Uniqueness and duplicates read a stored graph of the same vectors and metric (with at least
 the neighbours they need) instead of computing their own; their results are the same.
+
+When two or more brain runs of a brain-keys YAML read the same vectors with the same metric,
+:func:`plan_graphs` adds one graph run for them (brain key ``knn_<embeddings>_<metric>``),
+which the Definitions place upstream of those readers; a ``knn_graph`` the user declares for
+those vectors is used instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 import tracemalloc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -16,7 +24,13 @@ from pydantic import Field
 
 from dagster_brain.algorithms.duplicates import FIRST_PASS_K
 from dagster_brain.embeddings import check_model
-from dagster_brain.knn_graphs import GRAPH_TABLE, graph_change, graph_table, refresh_graph
+from dagster_brain.knn_graphs import (
+    GRAPH_TABLE,
+    duplicates_graph_k,
+    graph_change,
+    graph_table,
+    refresh_graph,
+)
 from dagster_brain.methods.base import (
     BrainMethod,
     RunField,
@@ -25,7 +39,13 @@ from dagster_brain.methods.base import (
     one_row_per_embedding,
 )
 from dagster_brain.runs import _LOG, RunOutcome, embeddings_lineage, frame_version, new_record
-from dagster_brain.specs import NAME, BrainRunSpec
+from dagster_brain.specs import (
+    NAME,
+    BrainRunSpec,
+    DuplicatesSpec,
+    SimilaritySpec,
+    UniquenessSpec,
+)
 from dagster_brain.store import Store, row_hashes
 
 
@@ -167,3 +187,132 @@ METHOD = BrainMethod(
     run_fields=(RunField("k", int, "neighbours per item", ge=1, le=256),),
     asset_metadata=_metadata,
 )
+
+
+# -- graphs generated for the readers of a brain-keys YAML -------------------------------------
+
+# Longest brain key (BrainRunSpec.brain_key's max_length).
+_MAX_KEY = 60
+
+
+@dataclass(frozen=True)
+class GraphReader:
+    """A brain run that reads a stored kNN graph: its vectors, metric and neighbours needed."""
+
+    spec: BrainRunSpec
+    embeddings: str
+    metric: str
+    k: int
+
+
+@dataclass
+class GraphPlan:
+    """The graphs generated for a YAML's readers, and the graph each reader depends on."""
+
+    generated: list[KnnGraphSpec] = field(default_factory=list)
+    reads: dict[tuple[str, str], str] = field(default_factory=dict)  # (dataset, key) -> graph
+
+
+def graph_readers(brain_runs: Sequence[BrainRunSpec]) -> list[GraphReader]:
+    """The runs that read a stored graph: uniqueness (its embeddings, metric and ``k``) and
+    duplicates (its similarity index's embeddings and metric; ``duplicates_graph_k``)."""
+    sims = {(r.dataset, r.brain_key): r for r in brain_runs if isinstance(r, SimilaritySpec)}
+    out = []
+    for r in brain_runs:
+        if isinstance(r, UniquenessSpec):
+            out.append(GraphReader(r, r.embeddings, r.metric, r.k))
+        elif isinstance(r, DuplicatesSpec):
+            sim = sims.get((r.dataset, r.similarity))
+            if sim is not None and sim.metric in ("cosine", "euclidean"):
+                out.append(GraphReader(r, sim.embeddings, sim.metric, duplicates_graph_k(r)))
+    return out
+
+
+def generated_key(embeddings: str, metric: str) -> str:
+    """The brain key of the graph generated for ``embeddings`` and ``metric``:
+    ``knn_<embeddings>_<metric>``; when longer than a brain key may be, the embeddings key is
+    cut and a 6-digit hash of it keeps the name distinct."""
+    key = f"knn_{embeddings}_{metric}"
+    if len(key) <= _MAX_KEY:
+        return key
+    digest = hashlib.sha256(embeddings.encode()).hexdigest()[:6]
+    room = _MAX_KEY - len(f"knn__{digest}_{metric}")
+    return f"knn_{embeddings[:room].rstrip('_')}_{digest}_{metric}"
+
+
+def plan_graphs(brain_runs: Sequence[BrainRunSpec]) -> GraphPlan:
+    """One graph per (dataset, embeddings key, metric) read by two or more runs, with
+    ``k = max(16, the readers' k)``, unless the user declared a ``knn_graph`` for those
+    vectors: the readers then depend on that one (on the widest, when it covers their ``k``).
+
+    A generated run takes the readers' ``refresh_cron`` when they all share one. Raises
+    ``ValueError`` when the generated brain key is already taken by another run.
+    """
+    groups: dict[tuple[str, str, str], list[GraphReader]] = {}
+    for reader in graph_readers(brain_runs):
+        groups.setdefault((reader.spec.dataset, reader.embeddings, reader.metric), []).append(
+            reader
+        )
+    declared = [r for r in brain_runs if isinstance(r, KnnGraphSpec)]
+    taken = {(r.dataset, r.brain_key): r for r in brain_runs}
+    plan = GraphPlan()
+    for (dataset, embeddings, metric), readers in groups.items():
+        own = [
+            g
+            for g in declared
+            if (g.dataset, g.embeddings, g.metric) == (dataset, embeddings, metric)
+        ]
+        if own:
+            for reader in readers:
+                fits = [g for g in own if g.k >= reader.k]
+                if fits:
+                    widest = max(fits, key=lambda g: g.k)
+                    plan.reads[(dataset, reader.spec.brain_key)] = widest.brain_key
+                else:
+                    _LOG.warning(
+                        "brain run %r on %r needs %d neighbours; the kNN graphs declared for "
+                        "embeddings %r (%s) hold fewer (%s): it computes its own",
+                        reader.spec.brain_key,
+                        dataset,
+                        reader.k,
+                        embeddings,
+                        metric,
+                        ", ".join(f"{g.brain_key!r} k={g.k}" for g in own),
+                    )
+            continue
+        if len(readers) < 2:
+            continue
+        key = generated_key(embeddings, metric)
+        names = ", ".join(repr(r.spec.brain_key) for r in readers)
+        clash = taken.get((dataset, key))
+        if clash is not None:
+            raise ValueError(
+                f"brain run {key!r} on {dataset!r}: this brain key is the one generated for the "
+                f"kNN graph of embeddings {embeddings!r} ({metric}) shared by {names}; rename "
+                f"that run, or declare a knn_graph for embeddings {embeddings!r} with metric "
+                f"{metric} (under any brain key)"
+            )
+        crons = {r.spec.refresh_cron for r in readers}
+        spec = KnnGraphSpec(
+            kind="knn_graph",
+            dataset=dataset,
+            brain_key=key,
+            embeddings=embeddings,
+            metric=metric,  # type: ignore[arg-type]
+            k=max(FIRST_PASS_K, *(r.k for r in readers)),
+            refresh_cron=crons.pop() if len(crons) == 1 else None,
+        )
+        plan.generated.append(spec)
+        for reader in readers:
+            plan.reads[(dataset, reader.spec.brain_key)] = key
+    return plan
+
+
+def shared_graphs(brain_runs: Sequence[BrainRunSpec]) -> list[KnnGraphSpec]:
+    """The graph runs generated for ``brain_runs`` (see :func:`plan_graphs`)."""
+    return plan_graphs(brain_runs).generated
+
+
+def with_shared_graphs(brain_runs: Sequence[BrainRunSpec]) -> list[BrainRunSpec]:
+    """The declared runs followed by the graph runs generated for them."""
+    return [*brain_runs, *shared_graphs(brain_runs)]

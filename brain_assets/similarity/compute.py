@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from dagster_brain.config import get_brain_config, is_secret
+from dagster_brain.config import BrainConfig, BrainSettings, get_brain_config, is_secret
 from dagster_brain.runs import embeddings_lineage, new_record
 from dagster_brain.similarity.backends.registry import BACKEND_METRICS, SDKS, check_settings
 from dagster_brain.similarity.index import (
@@ -27,11 +27,15 @@ from dagster_brain.store import BrainRunRecord, Store
 _LOG = logging.getLogger("dagster_brain")
 
 
-def backend_settings(backend: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def backend_settings(
+    backend: str,
+    overrides: dict[str, Any] | None = None,
+    config: BrainSettings | BrainConfig | None = None,
+) -> dict[str, Any]:
     """A backend's parameters: brain config (defaults < file < env < runtime) < overrides,
-    checked against the backend's ``Settings``."""
-    config = get_brain_config()
-    params = config.backend_params(backend)
+    checked against the backend's ``Settings``. ``config``: the settings the caller was
+    given (the Definitions' ``BrainSettings``); None: the notebook API's brain config."""
+    params = (config or get_brain_config()).backend_params(backend)
     params.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return check_settings(backend, params)
 
@@ -39,6 +43,13 @@ def backend_settings(backend: str, overrides: dict[str, Any] | None = None) -> d
 def public_params(params: dict[str, Any]) -> dict[str, Any]:
     """Parameters safe to store and show (no secrets, no empty values)."""
     return {k: v for k, v in params.items() if v is not None and not is_secret(k)}
+
+
+def entry_settings(spec: SimilaritySpec, params: dict[str, Any] | None) -> dict[str, Any]:
+    """What a run overrides the brain config with: ``params`` (the similarity resource's
+    settings under Dagster, the call's keywords from the API), then the brain-keys entry's own
+    ``backend_params`` over them (the entry is the runtime layer, the resource the config's)."""
+    return {**(params or {}), **spec.backend_params}
 
 
 def model_supports_prompts(model: str | None, log: Any = _LOG) -> bool:
@@ -56,9 +67,9 @@ def model_supports_prompts(model: str | None, log: Any = _LOG) -> bool:
         return False
 
 
-def resolve_backend(spec: SimilaritySpec) -> str:
+def resolve_backend(spec: SimilaritySpec, config: BrainSettings | BrainConfig | None = None) -> str:
     """The backend a spec uses; refuses unknown backends and unsupported metrics up front."""
-    name = spec.backend or get_brain_config().default_similarity_backend
+    name = spec.backend or (config or get_brain_config()).default_similarity_backend
     if name not in BACKEND_METRICS:
         raise SimilarityError(
             f"brain key {spec.brain_key!r}: unknown similarity backend {name!r}; available: "
@@ -87,9 +98,10 @@ def build_index(
 
     The previous collection is dropped only after the new run record is committed, so a
     failure (an unreachable backend, bad vectors) leaves the previous index and run intact.
+    Settings, highest first: the entry's ``backend_params`` > ``params`` > the brain config.
     """
     backend_name = resolve_backend(spec)
-    settings = backend_settings(backend_name, {**spec.backend_params, **(params or {})})
+    settings = backend_settings(backend_name, entry_settings(spec, params))
     emb = store.read_embeddings(spec.dataset, spec.embeddings, ids=ids)
     if not len(emb.sample_ids):
         raise SimilarityError(
@@ -229,7 +241,11 @@ def update_index(
             key["model"],
             key["model_hash"],
         )
-    index = None if rebuild else load_index(store, spec.dataset, spec.brain_key, params)
+    index = (
+        None
+        if rebuild
+        else load_index(store, spec.dataset, spec.brain_key, entry_settings(spec, params))
+    )
     # The index follows the key: the changed samples, plus any sample the key holds that the
     # index lacks (a batch whose update failed or overlapped), minus samples the key lost.
     if index is not None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import threading
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,12 +83,9 @@ def open_backend(
     root = index_root(store, dataset)
     root.mkdir(parents=True, exist_ok=True)
     key = (config.backend, str(root), config.collection)
-    if key in _OPEN:  # embedded stores lock their files to one client per process: share it
-        _OPEN[key][1] += 1
-        return _OPEN[key][0]
-    backend = cls(config.collection, config.dim, config.metric, root, **settings)
-    _OPEN[key] = [backend, 1]
-    return backend
+    return HANDLES.acquire(
+        key, lambda: cls(config.collection, config.dim, config.metric, root, **settings)
+    )
 
 
 def bulk_writes(backend: VectorBackend):
@@ -96,20 +94,56 @@ def bulk_writes(backend: VectorBackend):
     return bulk() if bulk is not None else contextlib.nullcontext()
 
 
-# (backend, root, collection) -> [open adapter, holders]
-_OPEN: dict[tuple[str, str, str], list[Any]] = {}
+class BackendHandles:
+    """Open backend clients shared within a process, counted per holder, under a lock.
+
+    Embedded stores (Qdrant local mode, milvus-lite) lock their files to one client per
+    process, so every index of one collection in a process shares one client; the last
+    :meth:`release` closes it. Steps running in threads of one process may open and release
+    concurrently.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # (backend, root, collection) -> [open adapter, holders]
+        self._open: dict[tuple[str, str, str], list[Any]] = {}
+
+    def acquire(
+        self, key: tuple[str, str, str], make: Callable[[], VectorBackend]
+    ) -> VectorBackend:
+        """The open client for ``key`` (made by ``make`` when none is open), one more holder."""
+        with self._lock:
+            entry = self._open.get(key)
+            if entry is not None:
+                entry[1] += 1
+                return entry[0]
+            backend = make()
+            self._open[key] = [backend, 1]
+            return backend
+
+    def release(self, backend: VectorBackend) -> None:
+        """One holder fewer; the last one (or a client never shared) closes it."""
+        with self._lock:
+            for key, entry in self._open.items():
+                if entry[0] is backend:
+                    entry[1] -= 1
+                    if entry[1] > 0:
+                        return
+                    del self._open[key]
+                    break
+        backend.close()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+
+HANDLES = BackendHandles()  # this process's open clients (one client per embedded store)
 
 
 def release_backend(backend: VectorBackend) -> None:
     """Give back a handle from :func:`open_backend`; the last one closes the client."""
-    for key, entry in list(_OPEN.items()):
-        if entry[0] is backend:
-            entry[1] -= 1
-            if entry[1] <= 0:
-                del _OPEN[key]
-                backend.close()
-            return
-    backend.close()
+    HANDLES.release(backend)
 
 
 def _accepted_params(cls: type[VectorBackend]) -> set[str] | None:

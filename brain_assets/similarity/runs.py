@@ -11,7 +11,6 @@ import pandas as pd
 
 from dagster_brain.algorithms.duplicates import (
     DISTANCE_METRICS,
-    FIRST_PASS_K,
     DuplicatesResult,
     choose_threshold,
     exact_duplicate_groups,
@@ -19,7 +18,7 @@ from dagster_brain.algorithms.duplicates import (
     find_unique,
 )
 from dagster_brain.algorithms.knn_graph import KnnGraph
-from dagster_brain.knn_graphs import find_graph
+from dagster_brain.knn_graphs import duplicates_graph_k, find_graph
 from dagster_brain.runs import RunContext, RunOutcome, commit_outcome, frame_version, new_record
 from dagster_brain.similarity.compute import load_index
 from dagster_brain.specs import DuplicatesSpec, ExactDuplicatesSpec, UniqueSpec
@@ -137,8 +136,8 @@ def run_duplicates(
     """Near-duplicate groups on a similarity index's vectors (any backend).
 
     When a ``knn_graph`` run holds the graph of exactly these vectors with the index's
-    metric (and at least 16 neighbours), its lists are read instead of computed: the same
-    groups and pairs.
+    metric (and at least 16 neighbours, or ``neighbours`` when verifying), its lists are read
+    instead of computed: the same groups and pairs.
     """
     iv = read_index(store, spec.dataset, spec.similarity, ids)
     item_ids, X, sample_of, metric = iv.ids, iv.vectors, iv.sample_of, iv.metric
@@ -235,7 +234,8 @@ def _shared_graph(
     """The stored kNN graph of exactly these vectors, if a ``knn_graph`` run holds one."""
     if metric not in DISTANCE_METRICS or len(item_ids) < 2:
         return None
-    found = find_graph(store, spec.dataset, item_ids, row_hashes(item_ids, X), metric, FIRST_PASS_K)
+    need = duplicates_graph_k(spec)
+    found = find_graph(store, spec.dataset, item_ids, row_hashes(item_ids, X), metric, need)
     if found is not None:
         log.info("%s: neighbours read from the kNN graph %r", spec.brain_key, found[0])
     return found
