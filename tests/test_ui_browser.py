@@ -42,6 +42,8 @@ ASSETS = {
     f"{DATASET}/brain/uniqueness",
     f"{DATASET}/brain/sim",
     f"{DATASET}/brain/dups",
+    # uniqueness and dups read the same vectors: one generated kNN graph upstream of both
+    f"{DATASET}/brain/knn_default_cosine",
 }
 CHROMIUM_FLAGS = [
     "--headless",
@@ -244,7 +246,7 @@ def server(tmp_path_factory):
                 srv.context()
             )
             time.sleep(0.5)
-        # the code location is loaded (not an error) and shows the group's five assets
+        # the code location is loaded (not an error) and shows the group's six assets
         deadline = time.monotonic() + SERVER_START_S
         while True:
             try:
