@@ -53,6 +53,13 @@ class GraphChange:
     added: list[str]  # new items and items whose vector changed
 
 
+def update_lineage(change: GraphChange | None) -> dict[str, int] | None:
+    """What a run records about an incremental update (None for a full build)."""
+    if change is None:
+        return None
+    return {"added": len(change.added), "removed": len(change.removed)}
+
+
 def graph_change(
     store: Store,
     dataset: str,

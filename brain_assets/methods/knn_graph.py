@@ -30,6 +30,7 @@ from dagster_brain.knn_graphs import (
     graph_change,
     graph_table,
     refresh_graph,
+    update_lineage,
 )
 from dagster_brain.methods.base import (
     BrainMethod,
@@ -149,9 +150,7 @@ def run_knn_graph(
         run_id=run_id,
         upstream={
             "embeddings": embeddings_lineage(emb),
-            "update": None
-            if change is None
-            else {"added": len(change.added), "removed": len(change.removed)},
+            "update": update_lineage(change),
             "graph": stats,
         },
         artifacts=artifacts,

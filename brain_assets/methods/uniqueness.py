@@ -15,6 +15,7 @@ from dagster_brain.knn_graphs import (
     graph_change,
     graph_table,
     refresh_graph,
+    update_lineage,
 )
 from dagster_brain.methods.base import (
     BrainMethod,
@@ -122,9 +123,7 @@ def run_uniqueness(
         run_id=run_id,
         upstream={
             "embeddings": embeddings_lineage(emb),
-            "update": None
-            if change is None
-            else {"added": len(change.added), "removed": len(change.removed)},
+            "update": update_lineage(change),
             **({} if shared is None else {"knn_graph": shared[0]}),
         },
         artifacts=artifacts,
