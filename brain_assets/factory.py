@@ -65,12 +65,16 @@ def refresh_condition(spec: BrainRunSpec) -> dg.AutomationCondition:
     landed (eager), or on its ``refresh_cron`` once they have."""
     if spec.refresh_cron:
         return dg.AutomationCondition.on_cron(spec.refresh_cron)
-    # eager, except that a batch whose run failed (a missing partition) does not hold back
-    # the refresh for the batches that did land
-    return (
-        dg.AutomationCondition.eager()
-        .without(~dg.AutomationCondition.any_deps_missing())
-        .with_label("eager (past failed batches)")
+    cond = dg.AutomationCondition
+    # Like eager, with two differences. A batch that lands while the refresh is running is
+    # remembered: only a request clears "a dep updated", not the refresh's own completion
+    # (eager's would, and that batch would never be scored). And a batch whose run failed
+    # (a missing partition) does not hold back the refresh for the batches that did land.
+    landed = (cond.newly_missing() | cond.any_deps_updated()).since(
+        cond.newly_requested() | cond.initial_evaluation()
+    )
+    return (landed & ~cond.any_deps_in_progress() & ~cond.in_progress()).with_label(
+        "eager (past failed batches, landed mid-run)"
     )
 
 

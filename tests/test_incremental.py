@@ -426,7 +426,7 @@ def test_refresh_cron_replaces_the_eager_refresh(tmp_path):
     graph = build_defs(path, tmp_path).resolve_asset_graph()
     cond = {k.path[-1]: graph.get(k).automation_condition for k in graph.get_all_asset_keys()}
     assert "on_cron(0 * * * *" in cond["u"].get_label()
-    assert cond["h"].get_label() == "eager (past failed batches)"
+    assert cond["h"].get_label() == "eager (past failed batches, landed mid-run)"
     with pytest.raises(SpecError, match="not a cron expression"):
         parse_specs(keys({"refresh_cron": "every hour"}))
     with pytest.raises(SpecError, match="refresh_cron applies to whole-dataset runs on inbox"):
@@ -486,3 +486,44 @@ def test_demo_inbox_drops_whole_batches_and_the_example_loads(tmp_path):
     example = Path(__file__).resolve().parents[1] / "examples" / "inbox.yaml"
     graph = build_defs(example, data).resolve_asset_graph()
     assert graph.get(dg.AssetKey(["digits_stream", "brain", "umap"])).automation_condition
+
+
+def test_a_batch_that_lands_while_the_refresh_runs_is_refreshed_again():
+    """The refresh requested for batch a finishes after batch b landed: b still triggers a
+    refresh (Dagster's plain eager forgets b when the refresh completes)."""
+    from dagster_brain.factory import refresh_condition
+    from dagster_brain.specs import UniquenessSpec
+
+    spec = UniquenessSpec(kind="uniqueness", brain_key="u", dataset="s", embeddings="e")
+    parts = dg.DynamicPartitionsDefinition(name="race__batches")
+
+    @dg.asset(partitions_def=parts)
+    def batch():
+        return 1
+
+    @dg.asset(deps=[batch], automation_condition=refresh_condition(spec))
+    def refresh():
+        return 1
+
+    defs = dg.Definitions(assets=[batch, refresh])
+    instance = dg.DagsterInstance.ephemeral()
+    cursor = None
+
+    def evaluate() -> int:
+        nonlocal cursor
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        cursor = result.cursor
+        return result.total_requested
+
+    def land(name: str) -> None:
+        instance.add_dynamic_partitions(parts.name, [name])
+        assert dg.materialize([batch], instance=instance, partition_key=name).success
+
+    assert evaluate() == 0  # nothing landed
+    land("a")
+    assert evaluate() == 1  # a landed: the refresh is requested
+    assert evaluate() == 0  # requested once
+    land("b")  # b lands while that refresh runs, then the refresh completes
+    assert dg.materialize([batch, refresh], instance=instance, selection=[refresh]).success
+    assert evaluate() == 1  # b is not forgotten
+    assert evaluate() == 0

@@ -217,7 +217,7 @@ def test_on_an_inbox_dataset_the_graph_refreshes_with_its_readers(tmp_path):
     key = brain_key_asset("stream", "knn_default_cosine")
     node = graph.get(key)
     assert node.partitions_def is None  # the whole dataset, like its readers
-    assert node.automation_condition.get_label() == "eager (past failed batches)"
+    assert node.automation_condition.get_label() == "eager (past failed batches, landed mid-run)"
     assert node.child_keys == {
         brain_key_asset("stream", "uniqueness"),
         brain_key_asset("stream", "dups"),
