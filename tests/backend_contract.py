@@ -11,6 +11,22 @@ from dagster_brain.similarity.backends.base import VectorBackend
 
 MakeBackend = Callable[[str, int, str], VectorBackend]  # (collection, dim, metric) -> backend
 
+# Ids are data, never code: each backend gets these through its filters and deletes.
+HOSTILE_IDS = [
+    "it's",
+    'say "hi"',
+    "x'] or id not in ['y",
+    'x"] or id not in ["y',
+    "a') OR ('1'='1",
+    "back\\slash\\",
+    "new\nline",
+    "100%_like",
+    "[bracket]",
+    "ünïcødé/猫/003",
+    "semi;colon -- comment",
+    "tab\tand {brace}",
+]
+
 
 def brute_force(ids: list[str], X: np.ndarray, Q: np.ndarray, k: int, metric: str):
     """Exact top-k ids and distances with numpy."""
@@ -37,6 +53,11 @@ def check_contract(
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, dim)).astype(np.float32)
     ids = [f"id_{i:04d}" for i in range(n)]
+    # hostile ids among those removed below and among those kept (and in the view)
+    half = len(HOSTILE_IDS) // 2
+    ids[100 : 100 + half] = HOSTILE_IDS[:half]
+    ids[n - (len(HOSTILE_IDS) - half) :] = HOSTILE_IDS[half:]
+    ids[n - 30 : n - 30 + half] = [f"{h}#kept" for h in HOSTILE_IDS[:half]]
     backend = make("contract_test", dim, metric)
     try:
         backend.upsert(ids[:200], X[:200])
@@ -49,6 +70,10 @@ def check_contract(
         got_ids, got = backend.fetch([ids[0], "missing", ids[5]])
         assert got_ids == [ids[0], ids[5]]
         assert np.allclose(got, X[[0, 5]], atol=1e-5)
+        odd = [ids[100], ids[n - 1], ids[n - 30]]  # hostile ids fetch themselves only
+        got_ids, got = backend.fetch(odd)
+        assert sorted(got_ids) == sorted(odd)
+        assert np.allclose(got[[got_ids.index(i) for i in odd]], X[[100, n - 1, n - 30]], atol=1e-5)
         # remove 50 (and one that does not exist)
         gone = set(ids[100:150])
         backend.delete([*sorted(gone), "never_there"])
@@ -67,8 +92,8 @@ def check_contract(
         for d in got_d:
             assert np.all(np.diff(d) >= -1e-5)  # nearest first
         # restricted to a view
-        view = kept_ids[::3]
-        VX = KX[::3]
+        view = kept_ids[::3] + [i for i in kept_ids[-30:] if i not in kept_ids[::3]]
+        VX = KX[[kept_ids.index(i) for i in view]]
         want_v, _ = brute_force(view, VX, Q, 5, metric)
         got_v, _ = backend.query(Q, 5, allowed=view)
         assert all(set(g) <= set(view) for g in got_v)

@@ -142,7 +142,9 @@ def test_reopening_reuses_the_index(make, stub):
 def test_ids_longer_than_pinecone_allows_are_refused(make):
     backend = make("long-ids", 4, "cosine")
     long_id = "x" * 600
-    with pytest.raises(ValueError, match=r"id 'x{40}\.\.\.x{20}' \(600 characters\).*1-512"):
+    with pytest.raises(
+        ValueError, match=r"id 'x{40}\.\.\.x{20}' \(600 characters, 600 as a Pinecone id\).*1-512"
+    ):
         backend.upsert(["ok", long_id], np.ones((2, 4)))
     backend.upsert(["y" * 512], np.ones((1, 4)))  # the limit itself is fine
     assert backend.count() == 1

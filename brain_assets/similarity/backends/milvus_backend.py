@@ -36,9 +36,16 @@ ID_MAX_LENGTH = 512  # VARCHAR length of the id field
 SERVER_SCHEMES = ("http", "https", "tcp")  # a uri with one of these names a Milvus server
 
 
-def _expr_list(ids: Sequence[str]) -> str:
-    """A Milvus expression list literal: ``["a", "b"]`` (JSON string escapes)."""
-    return json.dumps(list(ids), ensure_ascii=False)
+def _literal(value: str) -> str:
+    """A Milvus string literal of ``value`` (JSON escapes: quotes, backslashes, control
+    characters); ids are data, never expression code."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _ids_in(ids: Sequence[str]) -> str:
+    """The filter ``id in [...]`` over these ids, each an escaped literal. (pymilvus' own
+    ``ids=`` argument pastes string ids between quotes unescaped, so it is never used.)"""
+    return f"id in [{', '.join(_literal(i) for i in ids)}]"
 
 
 class MilvusBackend(VectorBackend):
@@ -203,7 +210,8 @@ class MilvusBackend(VectorBackend):
         ids = list(dict.fromkeys(str(i) for i in ids))
         with self._guard() as client:
             for start in range(0, len(ids), self.batch_size):
-                client.delete(self.collection, ids=ids[start : start + self.batch_size])
+                batch = ids[start : start + self.batch_size]
+                client.delete(self.collection, filter=_ids_in(batch))
 
     def _rows(self, rows: Sequence[dict]) -> tuple[list[str], np.ndarray]:
         ids = [r["id"] for r in rows]
@@ -219,7 +227,7 @@ class MilvusBackend(VectorBackend):
                 # page in key order.
                 rows: list[dict] = []
                 while True:
-                    after = f"id > {json.dumps(rows[-1]['id'], ensure_ascii=False)}" if rows else ""
+                    after = f"id > {_literal(rows[-1]['id'])}" if rows else ""
                     page = client.query(
                         self.collection,
                         filter=after,
@@ -238,10 +246,10 @@ class MilvusBackend(VectorBackend):
             unique = list(dict.fromkeys(ids))
             found: dict[str, np.ndarray] = {}
             for start in range(0, len(unique), self.batch_size):
-                page = client.get(
+                page = client.query(
                     self.collection,
-                    ids=unique[start : start + self.batch_size],
-                    output_fields=["vector"],
+                    filter=_ids_in(unique[start : start + self.batch_size]),
+                    output_fields=["id", "vector"],
                 )
                 got, X = self._rows(page)
                 found.update(zip(got, X, strict=True))
@@ -264,7 +272,7 @@ class MilvusBackend(VectorBackend):
 
     def _query(self, Q: np.ndarray, k: int, view: list[str] | None) -> Answer:
         """Batched searches; a view becomes an ``id in [...]`` filter."""
-        expr = "" if view is None else f"id in {_expr_list(view)}"
+        expr = "" if view is None else _ids_in(view)
         out_ids: list[list[str]] = []
         out_d: list[np.ndarray] = []
         params = {"metric_type": _METRIC_TYPES[self.metric], "params": {}}

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import numpy as np
 from pydantic import Field
@@ -55,6 +55,23 @@ FILTER_BATCH = 1_000  # ids per $in filter
 FILTER_MAX_IDS = 10_000  # bigger views: exact scan over the fetched view vectors
 WORKERS = 8  # requests in flight at once (queries, upsert and fetch batches)
 _T = TypeVar("_T")
+
+
+# Pinecone ids are ASCII: any other id travels percent-encoded behind this prefix, and an id
+# that happens to start with it is encoded too, so the mapping is one-to-one both ways.
+WIRE_PREFIX = "~u:"
+
+
+def to_wire(vid: str) -> str:
+    """The Pinecone id of a sample/label id (ASCII ids without the prefix or NUL unchanged)."""
+    if vid.isascii() and "\x00" not in vid and not vid.startswith(WIRE_PREFIX):
+        return vid
+    return WIRE_PREFIX + quote(vid, safe="")
+
+
+def from_wire(wid: str) -> str:
+    """The id a Pinecone id stands for (inverse of :func:`to_wire`)."""
+    return unquote(wid[len(WIRE_PREFIX) :]) if wid.startswith(WIRE_PREFIX) else wid
 
 
 def index_name_for(collection: str) -> str:
@@ -282,16 +299,26 @@ class PineconeBackend(VectorBackend):
     # -- writing ------------------------------------------------------------------------------
 
     def _check_ids(self, ids: Sequence[str]) -> list[str]:
-        ids = [str(i) for i in ids]
-        for vid in ids:
-            if not vid or len(vid) > ID_MAX_LEN or not vid.isascii() or "\x00" in vid:
+        """The wire ids of ``ids``; an id whose wire form is empty or too long is refused."""
+        wire = []
+        for vid in (str(i) for i in ids):
+            wid = to_wire(vid)
+            if not vid or len(wid) > ID_MAX_LEN:
                 shown = vid if len(vid) <= 80 else f"{vid[:40]}...{vid[-20:]}"
                 raise ValueError(
-                    f"similarity backend 'pinecone': id {shown!r} ({len(vid)} characters) "
-                    f"cannot be a Pinecone vector id: ids must be 1-{ID_MAX_LEN} ASCII "
-                    "characters without NUL"
+                    f"similarity backend 'pinecone': id {shown!r} ({len(vid)} characters, "
+                    f"{len(wid)} as a Pinecone id) cannot be a Pinecone vector id: ids must be "
+                    f"1-{ID_MAX_LEN} ASCII characters (other characters count as their "
+                    "percent-encoding)"
                 )
-        return ids
+            wire.append(wid)
+        return wire
+
+    @staticmethod
+    def _wire_ids(ids: Sequence[str]) -> list[str]:
+        """Wire ids of ids to look up or remove (ones Pinecone cannot hold are left out)."""
+        wire = (to_wire(v) for v in (str(i) for i in ids) if v)
+        return [w for w in wire if len(w) <= ID_MAX_LEN]
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Insert or overwrite, in requests of at most 100 vectors and ~2 MB."""
@@ -305,8 +332,9 @@ class PineconeBackend(VectorBackend):
         if self.metric == "cosine":
             zero = np.flatnonzero(~X.any(axis=1))
             if zero.size:  # Pinecone refuses all-zero vectors in a cosine index
+                first = from_wire(ids[zero[0]])
                 raise ValueError(
-                    f"pinecone index {self.index_name!r}: all-zero vector for {ids[zero[0]]!r} "
+                    f"pinecone index {self.index_name!r}: all-zero vector for {first!r} "
                     "has no cosine direction"
                 )
         # the last vector of a repeated id wins, as if sent one after the other
@@ -330,7 +358,7 @@ class PineconeBackend(VectorBackend):
 
     def delete(self, ids: Sequence[str]) -> None:
         """Remove by id (absent ids are ignored by Pinecone)."""
-        ids = [i for i in (str(i) for i in ids) if i]
+        ids = self._wire_ids(ids)
         for batch in _batches(ids, DELETE_MAX_IDS):
             with self._errors(f"delete from index {self.index_name!r}"):
                 self._index.delete(ids=list(batch), namespace=self.namespace)
@@ -355,10 +383,10 @@ class PineconeBackend(VectorBackend):
         def get(batch: list[str]) -> dict[str, list[float]]:
             with self._errors(f"fetch from index {self.index_name!r}"):
                 res = self._index.fetch(ids=batch, namespace=self.namespace)
-            return {vid: vec.values for vid, vec in res.vectors.items()}
+            return {from_wire(wid): vec.values for wid, vec in res.vectors.items()}
 
         found: dict[str, list[float]] = {}
-        for part in _parallel(get, list(self._fetch_batches(ids))):
+        for part in _parallel(get, list(self._fetch_batches(self._wire_ids(ids)))):
             found.update(part)
         return found
 
@@ -366,7 +394,7 @@ class PineconeBackend(VectorBackend):
         ids: list[str] = []
         with self._errors(f"list ids of index {self.index_name!r}"):
             for page in self._index.list(namespace=self.namespace, limit=100):
-                ids.extend(item.id for item in page.vectors if item.id)
+                ids.extend(from_wire(item.id) for item in page.vectors if item.id)
         return sorted(set(ids))
 
     def fetch(self, ids: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
@@ -375,7 +403,6 @@ class PineconeBackend(VectorBackend):
             wanted = self._all_ids()
         else:
             wanted = [vid for vid in (str(i) for i in ids) if vid]
-            wanted = [vid for vid in wanted if len(vid) <= ID_MAX_LEN and vid.isascii()]
         found = self._fetch_map(list(dict.fromkeys(wanted)))
         got = [vid for vid in wanted if vid in found]
         X = np.asarray([found[v] for v in got], dtype=np.float32).reshape(len(got), self.dim)
@@ -405,7 +432,7 @@ class PineconeBackend(VectorBackend):
                 include_values=False,
                 include_metadata=False,
             )
-        ids = [m.id for m in res.matches]
+        ids = [from_wire(m.id) for m in res.matches]
         return ids, self._distances(np.asarray([m.score for m in res.matches], dtype=np.float64))
 
     def _query_filtered(
@@ -414,7 +441,8 @@ class PineconeBackend(VectorBackend):
         ids: list[str] = []
         dists: list[np.ndarray] = []
         for batch in _batches(allowed, FILTER_BATCH):
-            got, d = self._query_one(q, min(k, len(batch)), {ID_KEY: {"$in": list(batch)}})
+            flt = {ID_KEY: {"$in": self._wire_ids(batch)}}
+            got, d = self._query_one(q, min(k, len(batch)), flt)
             ids.extend(got)
             dists.append(d)
         D = np.concatenate(dists) if dists else np.zeros(0)
@@ -440,7 +468,7 @@ class PineconeBackend(VectorBackend):
     ) -> tuple[list[str] | None, Answer | None]:
         """Ids Pinecone cannot hold are left out of views; ``k`` over its cap is a scan."""
         if allowed is not None:
-            allowed = [v for v in map(str, allowed) if v and len(v) <= ID_MAX_LEN and v.isascii()]
+            allowed = [v for v in map(str, allowed) if v and len(to_wire(v)) <= ID_MAX_LEN]
         view, answer = super().plan_view(queries, k, allowed, max_filter_ids)
         if answer is None and k > MAX_K:
             answer = self.scan(queries, k, view)
