@@ -1,12 +1,8 @@
 """dagster-brain: FiftyOne Brain capabilities as Dagster software-defined assets.
 
-The notebook API lives here (``import dagster_brain as fob``); names load lazily so that
-importing a submodule stays cheap.
+The notebook API lives here (``import dagster_brain as fob``). Names load on first use, so
+``import dagster_brain`` stays cheap; ``dir(fob)`` and tab completion list them all.
 """
-
-from __future__ import annotations
-
-from typing import Any
 
 __version__ = "0.1.0"
 
@@ -26,6 +22,9 @@ _API = {
     "compute_visualization": "dagster_brain.api",
     "compute_brain": "dagster_brain.api",
     "get_embeddings": "dagster_brain.api",
+    "visualize_duplicates": "dagster_brain.api",
+    "visualize_unique": "dagster_brain.api",
+    "visualize_points": "dagster_brain.api",
     "BrainConfig": "dagster_brain.config",
     "Store": "dagster_brain.store",
 }
@@ -33,7 +32,7 @@ _API = {
 __all__ = [*_API, "brain_config"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name == "brain_config":
         from dagster_brain.config import get_brain_config
 
@@ -43,3 +42,8 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'dagster_brain' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public API (``__all__``) and the module's dunder names, without importing them."""
+    return sorted({*__all__, *(n for n in globals() if n.startswith("__"))})

@@ -4,7 +4,12 @@
 >>> ds = fob.load_dataset("digits")
 >>> fob.compute_uniqueness(ds, embeddings="default")
 >>> ds.list_brain_runs(type="uniqueness")
->>> ds.load_brain_view("uniqueness").sort_by("uniqueness", reverse=True).ids[:10]
+>>> ds.load_brain_view("uniqueness").sort_by("uniqueness", reverse=True)  # an HTML table
+>>> fob.compute_similarity(ds, embeddings="default")
+>>> fob.compute_near_duplicates(ds)
+>>> fob.visualize_duplicates(ds).save("duplicates.png")  # a PIL image; Jupyter shows it
+
+Every public name has a docstring with ``Args:`` and ``Returns:`` (``help(fob.NAME)``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from dagster_brain.config import get_brain_config
+from dagster_brain.display import HTML_ROWS, THUMB_SIZE, png_image, view_html
 from dagster_brain.methods import RunOutcome, get_method, run_brain
 from dagster_brain.methods.registry import API_HOLDER
 from dagster_brain.names import check_name
@@ -27,16 +33,30 @@ from dagster_brain.store import EmbeddingSet, Store
 
 
 def open_store(data_dir: str | Path | None = None) -> Store:
-    """The store under ``data_dir`` (default: the brain config's ``data_dir``)."""
+    """Open (or create) the DuckDB + Parquet store of a data directory.
+
+    Args:
+        data_dir: the data directory; None: the brain config's ``data_dir``.
+
+    Returns:
+        The :class:`~dagster_brain.store.Store`.
+    """
     return Store(data_dir or get_brain_config().data_dir)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class DatasetView:
     """An ordered selection of a dataset's samples or patches, with optional score columns.
 
-    ``ids`` are sample ids in view order; for patch views ``label_ids`` is aligned with them
-    (a sample appears once per patch).
+    In Jupyter a view shows as a table of its first rows with thumbnails (:meth:`to_html`).
+
+    Args:
+        dataset: the dataset the items belong to.
+        ids: sample ids in view order; for patch views one per patch (a sample appears once
+            per patch).
+        scores: per-item columns (a run's results, distances...) keyed by ``sample_id``
+            (``label_id`` for patch views); None: no score columns.
+        label_ids: for patch views, the label ids aligned with ``ids``; None: a sample view.
     """
 
     dataset: Dataset
@@ -46,6 +66,15 @@ class DatasetView:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def __repr__(self) -> str:
+        item = "patches" if self.label_ids is not None else "samples"
+        cols = self._score_columns()
+        extra = f", columns={cols}" if cols else ""
+        return f"DatasetView({self.name!r}, {len(self)} {item}{extra})"
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
 
     def __iter__(self):
         return iter(self.label_ids if self.label_ids is not None else self.ids)
@@ -71,13 +100,73 @@ class DatasetView:
             base = base.merge(extra, on=self._key, how="left")
         return base
 
+    def _score_columns(self) -> list[str]:
+        if self.scores is None:
+            return []
+        return [c for c in self.scores.columns if c not in ("sample_id", "label_id")]
+
     def to_pandas(self) -> pd.DataFrame:
-        """The view's rows in order: ids, score columns, then the samples' fields."""
+        """The view as a table.
+
+        Returns:
+            One row per item in view order: ids, score columns, then the samples' fields.
+        """
         samples = self.dataset.store.samples(self.dataset.name, sorted(set(self.ids)))
         return self._frame().join(samples.set_index("sample_id"), on="sample_id")
 
+    def to_html(self, max_rows: int = HTML_ROWS, thumb_size: int = THUMB_SIZE) -> str:
+        """An HTML table of the first rows (what Jupyter shows for a view).
+
+        Args:
+            max_rows: how many rows to show.
+            thumb_size: the thumbnails' longest edge in pixels.
+
+        Returns:
+            HTML: a line "N of M samples" (or patches), then one row per item with its
+            thumbnail, ids, labels of every label field and the view's score columns.
+        """
+        frame = self._frame().head(max_rows).copy()
+        store, name = self.dataset.store, self.dataset.name
+        shown = frame["sample_id"].tolist()
+        paths = store.samples(name, sorted(set(shown))).set_index("sample_id")["filepath"]
+        frame["filepath"] = frame["sample_id"].map(paths)
+        label_cols = []
+        for fld in store.label_fields(name)["field"]:
+            labels = store.labels(name, fld)
+            labels = labels[labels["sample_id"].isin(shown)]
+            if self.label_ids is not None:
+                by_label = labels.set_index("label_id")["label"]
+                values = frame["label_id"].map(by_label)
+                if values.isna().all():
+                    continue
+            else:
+                per_sample = labels.groupby("sample_id", sort=False)["label"].agg(list)
+                values = frame["sample_id"].map(per_sample)
+                values = values.map(lambda v: v[0] if isinstance(v, list) and len(v) == 1 else v)
+            frame[fld] = values
+            label_cols.append(fld)
+        ids = ["sample_id", "label_id"] if self.label_ids is not None else ["sample_id"]
+        return view_html(
+            frame,
+            len(self),
+            title=name,
+            item="patches" if self.label_ids is not None else "samples",
+            id_columns=ids,
+            label_columns=label_cols,
+            score_columns=[c for c in self._score_columns() if c not in label_cols],
+            thumb_size=thumb_size,
+        )
+
     def sort_by(self, column: str, reverse: bool = False) -> DatasetView:
-        """The view ordered by a score column (ascending unless ``reverse``)."""
+        """The view ordered by a score column.
+
+        Args:
+            column: a score column of the view (e.g. ``"uniqueness"``).
+            reverse: highest first (default: ascending).
+
+        Returns:
+            A new view (the sort is stable: ties keep their order).
+        """
         frame = self._frame()
         if column not in frame:
             raise KeyError(f"view of {self.name!r} has no column {column!r}")
@@ -89,7 +178,14 @@ class DatasetView:
         return DatasetView(self.dataset, tuple(frame["sample_id"]), self.scores, labels)
 
     def select(self, ids: Sequence[str]) -> DatasetView:
-        """The view restricted to ``ids`` (sample ids, or label ids for patch views), in order."""
+        """The view restricted to some items, in the given order.
+
+        Args:
+            ids: sample ids (label ids for patch views); each must be in the view.
+
+        Returns:
+            A new view of those items.
+        """
         frame = self._frame().drop_duplicates(self._key).set_index(self._key, drop=False)
         missing = [i for i in ids if i not in frame.index]
         if missing:
@@ -97,23 +193,54 @@ class DatasetView:
         return self._with(frame.loc[list(ids)].reset_index(drop=True))
 
     def match(self, column: str, predicate) -> DatasetView:
-        """The items whose ``column`` satisfies ``predicate`` (a function of the value)."""
+        """The items whose column value satisfies a test.
+
+        Args:
+            column: a score column of the view.
+            predicate: a function of one value returning true to keep the item.
+
+        Returns:
+            A new view of the matching items, in view order.
+        """
         frame = self._frame()
         if column not in frame:
             raise KeyError(f"view of {self.name!r} has no column {column!r}")
         return self._with(frame[frame[column].map(predicate).astype(bool)])
 
     def save(self, name: str) -> str:
-        """Write the view (ids and score columns, in order) to ``views."<dataset>__<name>"``."""
+        """Store the view (ids and score columns, in order) under a name.
+
+        Args:
+            name: the view's name (a lower-case identifier).
+
+        Returns:
+            The DuckDB table it was written to, ``views."<dataset>__<name>"``.
+        """
         return self.dataset.store.save_view(self.dataset.name, name, self._frame())
 
     def sort_by_similarity(self, query: Any, **kwargs: Any) -> DatasetView:
-        """See :func:`sort_by_similarity` (only this view's items are returned)."""
+        """This view's items ordered by similarity to a query (:func:`sort_by_similarity`).
+
+        Args:
+            query: sample or label id(s), vector(s) or a text prompt.
+            **kwargs: the other arguments of :func:`sort_by_similarity` (``k``, ``reverse``,
+                ``dist_field``, ``brain_key``, ``include_query``).
+
+        Returns:
+            A view of this view's items, most similar first.
+        """
         return sort_by_similarity(self, query, **kwargs)
 
 
 class Dataset:
-    """A named dataset in a store, with the reference's brain-run methods."""
+    """A named dataset in a store, with the reference's brain-run methods.
+
+    In Jupyter a dataset shows as a table of its first samples with thumbnails.
+
+    Args:
+        name: the dataset's name (it must exist in the store).
+        store: the store holding it (:func:`open_store`).
+    """
 
     def __init__(self, name: str, store: Store):
         self.name = check_name(name, "dataset")
@@ -126,35 +253,94 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.store.sample_ids(self.name))
 
+    def _repr_html_(self) -> str:
+        return self.view().to_html()
+
+    def to_html(self, max_rows: int = HTML_ROWS, thumb_size: int = THUMB_SIZE) -> str:
+        """An HTML table of the first samples (what Jupyter shows for a dataset).
+
+        Args:
+            max_rows: how many samples to show.
+            thumb_size: the thumbnails' longest edge in pixels.
+
+        Returns:
+            HTML, as :meth:`DatasetView.to_html`.
+        """
+        return self.view().to_html(max_rows, thumb_size)
+
     @property
     def sample_ids(self) -> list[str]:
         """All sample ids, sorted."""
         return self.store.sample_ids(self.name)
 
     def view(self, ids: Sequence[str] | None = None) -> DatasetView:
-        """The whole dataset (or some ids) as a view."""
+        """The dataset, or some of its samples, as a view.
+
+        Args:
+            ids: sample ids in the order wanted; None: every sample, sorted by id.
+
+        Returns:
+            A :class:`DatasetView` without score columns.
+        """
         return DatasetView(self, tuple(self.sample_ids if ids is None else ids))
 
     def to_pandas(self) -> pd.DataFrame:
-        """All samples."""
+        """All samples as a table.
+
+        Returns:
+            One row per sample (id, file path, size, tags, hashes, batch), sorted by id.
+        """
         return self.store.samples(self.name)
 
     # -- brain runs (reference names) ----------------------------------------------------
 
     def list_brain_runs(self, type: str | None = None, method: str | None = None) -> list[str]:
-        """Brain keys of this dataset, optionally of one type and/or method."""
+        """The brain keys of this dataset.
+
+        Args:
+            type: only runs of this kind (e.g. ``"uniqueness"``); None: all.
+            method: only runs of this method; None: all.
+
+        Returns:
+            The brain keys, sorted.
+        """
         return self.store.list_runs(self.name, kind=type, method=method)["brain_key"].tolist()
 
     def has_brain_run(self, brain_key: str) -> bool:
-        """Whether a brain run with this key exists."""
+        """Whether a brain run exists.
+
+        Args:
+            brain_key: the run's key.
+
+        Returns:
+            True if this dataset has a run with that key.
+        """
         return self.store.get_run(self.name, brain_key, missing_ok=True) is not None
 
     def get_brain_info(self, brain_key: str) -> dict[str, Any]:
-        """Config, timestamp, versions, lineage and size of a run, without its results."""
+        """What a run was, without its results.
+
+        Args:
+            brain_key: the run's key.
+
+        Returns:
+            A JSON-friendly dict: type, method, config, timestamp, run id, code and data
+            versions, package versions, upstream lineage, sizes, results table.
+        """
         return self.store.get_run(self.name, brain_key).info()
 
     def load_brain_results(self, brain_key: str, **backend_params: Any):
-        """A run's results: a ``SimilarityIndex`` for similarity runs, else its results table."""
+        """A run's results.
+
+        Args:
+            brain_key: the run's key.
+            **backend_params: for similarity runs, backend settings that override the stored
+                ones (e.g. a URL).
+
+        Returns:
+            A ``SimilarityIndex`` for similarity runs (close it when done), else the results
+            table as a DataFrame.
+        """
         if self.store.get_run(self.name, brain_key).kind == "similarity":
             from dagster_brain.similarity.compute import load_index
 
@@ -162,38 +348,87 @@ class Dataset:
         return self.store.load_results(self.name, brain_key)
 
     def sort_by_similarity(self, query: Any, **kwargs: Any) -> DatasetView:
-        """See :func:`sort_by_similarity`."""
+        """The samples ordered by similarity to a query (:func:`sort_by_similarity`).
+
+        Args:
+            query: sample or label id(s), vector(s) or a text prompt.
+            **kwargs: the other arguments of :func:`sort_by_similarity`.
+
+        Returns:
+            A view, most similar first.
+        """
         return sort_by_similarity(self, query, **kwargs)
 
     def load_brain_view(self, brain_key: str) -> DatasetView:
-        """The samples the run ran on, with its results as score columns."""
+        """The samples a run ran on, with its results as score columns.
+
+        Args:
+            brain_key: the run's key.
+
+        Returns:
+            A :class:`DatasetView` in the run's sample order.
+        """
         record = self.store.get_run(self.name, brain_key)
         results = self.store.load_results(self.name, brain_key)
         return DatasetView(self, tuple(record.sample_ids), results if len(results) else None)
 
     def rename_brain_run(self, brain_key: str, new_brain_key: str) -> None:
-        """Move a run and its results to a new key."""
+        """Move a run and its results to a new key.
+
+        Args:
+            brain_key: the run's key.
+            new_brain_key: its new key (not in use).
+
+        Returns:
+            None.
+        """
         self.store.rename_run(self.name, brain_key, new_brain_key)
 
     def delete_brain_run(self, brain_key: str) -> None:
-        """Delete a run and everything it wrote."""
+        """Delete a run and everything it wrote (results, index, embeddings it computed).
+
+        Args:
+            brain_key: the run's key.
+
+        Returns:
+            None.
+        """
         from dagster_brain.methods import delete_brain_run
 
         delete_brain_run(self.store, self.name, brain_key)
 
     def delete_brain_runs(self) -> None:
-        """Delete every brain run of this dataset."""
+        """Delete every brain run of this dataset.
+
+        Returns:
+            None.
+        """
         for key in self.list_brain_runs():
             self.delete_brain_run(key)
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
-    """A dataset of the store under ``data_dir`` (default: the brain config's)."""
+    """Open a dataset of a store.
+
+    Args:
+        name: the dataset's name.
+        data_dir: the store's data directory; None: the brain config's ``data_dir``.
+
+    Returns:
+        The :class:`Dataset`.
+    """
     return Dataset(name, open_store(data_dir))
 
 
 def list_datasets(data_dir: str | Path | None = None) -> list[str]:
-    """Names of the datasets in the store."""
+    """The names of the datasets in a store.
+
+    Args:
+        data_dir: the store's data directory; None: the brain config's ``data_dir``.
+
+    Returns:
+        The dataset names, sorted.
+    """
     return open_store(data_dir).list_datasets()
 
 
@@ -281,9 +516,23 @@ def compute_uniqueness(
 ) -> RunOutcome:
     """Score each sample (or patch) in [0, 1] by how far it is from its nearest neighbours.
 
-    ``embeddings``: an embeddings key, an (n, d) array aligned with the samples, or None to
-    compute them with ``model`` (default: the brain config's default model). The brain key
-    defaults to ``uniqueness_field``, as in the reference.
+    Args:
+        samples: a dataset or a view (only its items are scored).
+        uniqueness_field: the score column; also the brain key unless ``brain_key`` is given,
+            as in the reference.
+        embeddings: an embeddings key, an (n, d) array aligned with the samples, or None to
+            compute them with ``model``.
+        model: the model to embed with when ``embeddings`` is None (default: the brain
+            config's default model, offline).
+        brain_key: the run's key (default: ``uniqueness_field``).
+        k: neighbours per item.
+        weights: weights of the k neighbours' distances (default: equal).
+        metric: ``"cosine"`` or ``"euclidean"``.
+        patches_field: a detections field: score one embedding per box instead of per image.
+
+    Returns:
+        The run's outcome: ``record`` (what :meth:`Dataset.get_brain_info` shows) and
+        ``results`` (one row per item with its score).
     """
     dataset, ids = _as_view(samples)
     key = brain_key or uniqueness_field
@@ -306,8 +555,18 @@ def compute_uniqueness(
 def compute_brain(
     samples: Dataset | DatasetView, kind: str, brain_key: str | None = None, **fields: Any
 ) -> RunOutcome:
-    """Run any registered brain method: ``fields`` are its spec's fields (the brain key
-    defaults to the kind). The brain key is held for the run, as a Dagster run holds it."""
+    """Run any registered brain method; the brain key is held for the run, as a Dagster run
+    holds it.
+
+    Args:
+        samples: a dataset or a view.
+        kind: the method's kind (e.g. ``"hardness"``; any registered method).
+        brain_key: the run's key (default: ``kind``).
+        **fields: the fields of the method's spec (as in the brain-keys YAML).
+
+    Returns:
+        The run's outcome (``record``, ``results``, ``summary``).
+    """
     method = get_method(kind, brain_key)
     dataset, ids = _as_view(samples)
     spec = method.spec.model_validate(
@@ -317,7 +576,16 @@ def compute_brain(
 
 
 def get_embeddings(dataset: Dataset, key: str) -> EmbeddingSet:
-    """Vectors of an embeddings key."""
+    """The vectors stored under an embeddings key.
+
+    Args:
+        dataset: the dataset.
+        key: the embeddings key.
+
+    Returns:
+        An ``EmbeddingSet``: ``ids``, ``sample_ids``, ``label_ids``, ``vectors`` (n, d),
+        ``model`` and ``data_version``.
+    """
     return dataset.store.read_embeddings(dataset.name, key)
 
 
@@ -332,11 +600,25 @@ def compute_similarity(
     overwrite: bool = False,
     **backend_params: Any,
 ):
-    """Build a nearest-neighbour index and return it (a ``SimilarityIndex``).
+    """Build a nearest-neighbour index of the samples (or patches).
 
-    ``backend``: sklearn (default), qdrant, milvus, lancedb or pinecone; their settings come
-    from the brain config, overridden by ``backend_params``. An existing brain key with a
-    different config is refused unless ``overwrite``.
+    Args:
+        samples: a dataset or a view (only its items are indexed).
+        patches_field: a detections field: index one embedding per box.
+        embeddings: an embeddings key, an (n, d) array aligned with the samples, or None to
+            compute them with ``model``.
+        model: the model to embed with (default: the brain config's default model); a
+            CLIP-style model also answers text prompts.
+        brain_key: the run's key (default: ``"similarity"``).
+        backend: a registered vector backend: sklearn (default), qdrant, milvus, lancedb,
+            pinecone...; its settings come from the brain config.
+        metric: ``"cosine"``, ``"euclidean"`` or ``"dotproduct"`` (as the backend allows).
+        overwrite: replace an existing brain key with a different config (else refused).
+        **backend_params: backend settings that override the brain config's.
+
+    Returns:
+        The open ``SimilarityIndex`` (``sort_by_similarity``, ``find_duplicates``,
+        ``find_unique``...); ``close()`` it when done.
     """
     from dagster_brain.similarity.compute import build_index
     from dagster_brain.specs import SimilaritySpec
@@ -402,10 +684,19 @@ def sort_by_similarity(
 ) -> DatasetView:
     """The samples (or patches) of a dataset or view ordered by similarity to a query.
 
-    ``query``: a sample id (label id on patch indexes) or list of them, a vector or 2-D array
-    of vectors, or a text prompt (CLIP-style models). ``k=None`` returns the whole view,
-    sorted; ``reverse`` gives the least similar first; distances go to ``dist_field``.
-    Querying by id returns the query item itself first unless ``include_query=False``.
+    Args:
+        samples: a dataset or a view (only its items are returned).
+        query: a sample id (label id on patch indexes) or list of them, a vector or 2-D
+            array of vectors, or a text prompt (CLIP-style models).
+        k: how many items to return; None: the whole view, sorted.
+        reverse: the least similar first.
+        dist_field: the column the distances go to.
+        brain_key: the similarity index (default: the dataset's only one).
+        include_query: querying by id returns the query item itself first; False leaves
+            it out.
+
+    Returns:
+        A :class:`DatasetView` in similarity order with a ``dist_field`` column.
     """
     from dagster_brain.similarity.compute import load_index
 
@@ -432,10 +723,20 @@ def compute_near_duplicates(
     verify: bool = True,
     brain_key: str = "duplicates",
 ) -> RunOutcome:
-    """Near-duplicate groups on a similarity index (``similarity``: its brain key).
+    """Near-duplicate groups on a similarity index.
 
-    By default the threshold is chosen from the data and candidate pairs are confirmed on
-    the images; ``thresh`` (a distance) or ``fraction`` (the share to flag) fix it instead.
+    Args:
+        samples: a dataset or a view.
+        similarity: the similarity index's brain key (default: the dataset's only one).
+        thresh: a fixed distance threshold, or ``"auto"`` (chosen from the data).
+        fraction: flag about this share of the items instead of a threshold.
+        verify: confirm candidate pairs on the images (hashes, aligned pixels).
+        brain_key: the run's key.
+
+    Returns:
+        The run's outcome; ``results`` has one row per member of each group: ``sample_id``,
+        ``group``, ``role`` (``kept`` or ``duplicate``), ``nearest_id``, ``distance``, ``path``.
+        :func:`visualize_duplicates` plots it.
     """
     from dagster_brain.specs import DuplicatesSpec
 
@@ -455,7 +756,15 @@ def compute_near_duplicates(
 def compute_exact_duplicates(
     samples: Dataset | DatasetView, brain_key: str = "exact_duplicates"
 ) -> RunOutcome:
-    """Groups of byte-identical or pixel-identical samples (no embeddings needed)."""
+    """Groups of byte-identical or pixel-identical samples (no embeddings needed).
+
+    Args:
+        samples: a dataset or a view.
+        brain_key: the run's key.
+
+    Returns:
+        The run's outcome; ``results`` has one row per member of each group.
+    """
     from dagster_brain.specs import ExactDuplicatesSpec
 
     dataset, ids = _as_view(samples)
@@ -473,9 +782,23 @@ def compute_mistakenness(
     copy_missing: bool = False,
     **detection_params: Any,
 ) -> RunOutcome:
-    """How likely each annotation is wrong (classification or detections); the brain key is
-    ``mistakenness_field``, as in the reference. ``method`` / ``use_logits`` left out: the
-    spec's defaults for the field's kind."""
+    """How likely each annotation is wrong (classification or detections).
+
+    Args:
+        samples: a dataset or a view.
+        pred_field: the predictions' label field.
+        label_field: the annotations' label field.
+        mistakenness_field: the score column; also the brain key, as in the reference.
+        method: ``"confident_learning"`` or ``"reference"``; None: the spec's default.
+        use_logits: score from the predictions' logits; None: the spec's default.
+        copy_missing: detections: also store the predicted objects that no annotation
+            matches (``possible_missing``).
+        **detection_params: detection-only options of the spec (``iou_thresh``,
+            ``missing_conf``, ``spurious_rule``, ``loc_iou_thresh``).
+
+    Returns:
+        The run's outcome; ``results`` has one row per sample (or annotation).
+    """
     from dagster_brain.specs import MistakennessSpec
 
     dataset, ids = _as_view(samples)
@@ -499,7 +822,17 @@ def compute_hardness(
     hardness_field: str = "hardness",
     method: str = "entropy",
 ) -> RunOutcome:
-    """The model's uncertainty per sample from the logits of ``label_field`` (predictions)."""
+    """The model's uncertainty per sample, from the logits of its predictions.
+
+    Args:
+        samples: a dataset or a view.
+        label_field: the predictions' label field (with logits).
+        hardness_field: the score column; also the brain key.
+        method: ``"entropy"`` or ``"margin"``.
+
+    Returns:
+        The run's outcome; ``results`` has one row per sample.
+    """
     from dagster_brain.specs import HardnessSpec
 
     dataset, ids = _as_view(samples)
@@ -526,7 +859,26 @@ def compute_visualization(
     seed: int = 51,
     points_path: str | None = None,
 ) -> RunOutcome:
-    """2-D/3-D points of the samples (or patches), with a PNG and an interactive HTML plot."""
+    """2-D/3-D points of the samples (or patches), with a PNG and an interactive HTML plot.
+
+    Args:
+        samples: a dataset or a view.
+        embeddings: an embeddings key, an (n, d) array aligned with the samples, or None to
+            compute them with ``model``.
+        model: the model to embed with (default: the brain config's default model).
+        method: ``"umap"``, ``"tsne"``, ``"pca"`` or ``"manual"`` (``points_path``).
+        num_dims: 2 or 3.
+        brain_key: the run's key.
+        similarity_index: take the vectors of this similarity index instead.
+        patches_field: a detections field: one point per box.
+        label_field: colour the plot by this label field.
+        seed: the random seed of the reduction.
+        points_path: for ``method="manual"``, a table of precomputed points.
+
+    Returns:
+        The run's outcome; ``results`` holds the points. :func:`visualize_points` shows
+        the plot.
+    """
     from dagster_brain.specs import VisualizationSpec
 
     dataset, ids = _as_view(samples)
@@ -549,3 +901,117 @@ def compute_visualization(
     )
     artifacts = [{"type": "embeddings", "key": emb_key}] if created else []
     return _run(spec, dataset.store, ids=ids, artifacts=artifacts)
+
+
+# -- plots for notebooks ------------------------------------------------------------------
+
+
+def _run_of(samples: Dataset | DatasetView, brain_key: str, kind: str):
+    """(dataset, record) of a brain run of the given kind."""
+    dataset, _ = _as_view(samples)
+    record = dataset.store.get_run(dataset.name, brain_key)
+    if record.kind != kind:
+        raise ValueError(
+            f"brain key {brain_key!r} on {dataset.name!r} is a {record.kind} run, not {kind}"
+        )
+    return dataset, record
+
+
+def visualize_duplicates(
+    source: Dataset | DatasetView | Any,
+    brain_key: str = "duplicates",
+    points: np.ndarray | None = None,
+):
+    """A scatter plot of a near-duplicates run: duplicates (red) joined to their kept item
+    (blue), the other items grey.
+
+    Args:
+        source: a dataset or view (the run ``brain_key`` of it is plotted), or an open
+            ``SimilarityIndex`` after its ``find_duplicates()``.
+        brain_key: the :func:`compute_near_duplicates` run to plot.
+        points: (n, 2) coordinates of the index's items in its order; None: a PCA of the
+            vectors.
+
+    Returns:
+        A ``PIL.Image.Image``: Jupyter shows it; ``.save("duplicates.png")`` writes it.
+    """
+    if not isinstance(source, (Dataset, DatasetView)):
+        return png_image(source.visualize_duplicates(points))
+    from types import SimpleNamespace
+
+    from dagster_brain.algorithms.duplicates import visualize_duplicates as plot
+    from dagster_brain.similarity.runs import read_index
+
+    dataset, record = _run_of(source, brain_key, "duplicates")
+    iv = read_index(dataset.store, dataset.name, record.config["similarity"], record.sample_ids)
+    results = dataset.store.load_results(dataset.name, brain_key)
+    item = "label_id" if "label_id" in results else "sample_id"
+    dups = results[results["role"] == "duplicate"]
+    neighbours: dict[str, list[tuple[str, float]]] = {}
+    for row in dups.itertuples(index=False):
+        kept = row.nearest_id
+        neighbours.setdefault(kept, []).append((getattr(row, item), float(row.distance)))
+    chosen = (record.config.get("chosen") or {}).get("thresh", record.config.get("thresh"))
+    result = SimpleNamespace(
+        duplicate_ids=dups[item].tolist(),
+        neighbors_map=neighbours,
+        thresh=float(chosen) if isinstance(chosen, (int, float)) else float("nan"),
+        metric=iv.metric,
+    )
+    title = f"{dataset.name}/{brain_key}: {len(dups)} duplicates of {len(iv.ids)} items"
+    return png_image(plot(points, iv.ids, result, vectors=iv.vectors, title=title))
+
+
+def visualize_unique(
+    source: Dataset | DatasetView | Any,
+    brain_key: str = "unique",
+    points: np.ndarray | None = None,
+):
+    """A scatter plot of a unique-subset run: the chosen items in green over all items.
+
+    Args:
+        source: a dataset or view (the run ``brain_key`` of it is plotted), or an open
+            ``SimilarityIndex`` after its ``find_unique()``.
+        brain_key: the unique-subset run (``compute_brain(ds, "unique", count=...)``).
+        points: (n, 2) coordinates of the index's items in its order; None: a PCA of the
+            vectors.
+
+    Returns:
+        A ``PIL.Image.Image``: Jupyter shows it; ``.save("unique.png")`` writes it.
+    """
+    if not isinstance(source, (Dataset, DatasetView)):
+        return png_image(source.visualize_unique(points))
+    from dagster_brain.algorithms.duplicates import visualize_unique as plot
+    from dagster_brain.similarity.runs import read_index
+
+    dataset, record = _run_of(source, brain_key, "unique")
+    iv = read_index(dataset.store, dataset.name, record.config["similarity"], record.sample_ids)
+    results = dataset.store.load_results(dataset.name, brain_key)
+    chosen = results["label_id" if "label_id" in results else "sample_id"].tolist()
+    title = f"{dataset.name}/{brain_key}: {len(chosen)} unique of {len(iv.ids)} items"
+    return png_image(plot(points, iv.ids, chosen, vectors=iv.vectors, title=title))
+
+
+def visualize_points(samples: Dataset | DatasetView, brain_key: str = "visualization"):
+    """The scatter plot a :func:`compute_visualization` run drew (coloured by its
+    ``label_field``, if it had one).
+
+    Args:
+        samples: the dataset (or a view of it) the run belongs to.
+        brain_key: the visualization run.
+
+    Returns:
+        A ``PIL.Image.Image``: Jupyter shows it; ``.save("points.png")`` writes it. The
+        interactive HTML plot is next to the PNG (``plots/<dataset>/<brain_key>.html``
+        under the data directory).
+    """
+    from dagster_brain.visualization_runs import plot_paths
+
+    dataset, _ = _run_of(samples, brain_key, "visualization")
+    png, _ = plot_paths(dataset.store, dataset.name, brain_key)
+    if not png.is_file():
+        raise FileNotFoundError(
+            f"brain run {brain_key!r} on {dataset.name!r} has no plot at {png}; "
+            "run it again to draw one"
+        )
+    return png_image(png.read_bytes())

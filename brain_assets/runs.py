@@ -8,6 +8,7 @@ Dagster wiring build on it, never the reverse.
 
 from __future__ import annotations
 
+import html
 import logging
 import uuid
 from collections.abc import Sequence
@@ -56,6 +57,18 @@ class RunOutcome:
     results: pd.DataFrame
     results_version: str
     summary: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        r = self.record
+        return (
+            f"RunOutcome(dataset={r.dataset!r}, brain_key={r.brain_key!r}, kind={r.kind!r}, "
+            f"rows={len(self.results)}, run_id={r.run_id!r})"
+        )
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the run in one line, then the first rows of its results."""
+        head = self.results.head(10).to_html(index=False, escape=True)
+        return f"<p>{html.escape(repr(self))}</p>{head}"
 
 
 def package_versions(*names: str) -> dict[str, str]:

@@ -332,3 +332,12 @@ def test_run_lock_logs_repeated_missed_heartbeats(store, monkeypatch, caplog):
     misses = [r for r in caplog.records if "heartbeat missed" in r.getMessage()]
     assert len(misses) >= 2 and all(r.levelno == logging.DEBUG for r in misses)
     assert store.query("SELECT * FROM brain_locks").empty  # released as usual
+
+
+def test_a_label_field_without_a_class_list_reads_back_as_none(tmp_path):
+    """A field written with classes None (no declared list) reads back as None, not NA."""
+    store = Store(tmp_path)
+    labels = pd.DataFrame({"label_id": ["l0"], "sample_id": ["s000"], "label": ["cat"]})
+    store.write_samples("toy", sample_frame(["/a.png"]), {"gt": ("classification", None, labels)})
+    assert store.label_field("toy", "gt") == ("classification", None)
+    assert store.labels("toy", "gt")["label"].tolist() == ["cat"]

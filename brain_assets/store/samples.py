@@ -203,7 +203,9 @@ class SampleTables(StoreCore):
             known = ", ".join(fields["field"]) or "none"
             raise StoreError(f"dataset {dataset!r} has no label field {fld!r} (fields: {known})")
         classes = row["classes"].iloc[0]
-        return row["kind"].iloc[0], (list(classes) if classes is not None else None)
+        if classes is None or (pd.api.types.is_scalar(classes) and pd.isna(classes)):
+            return row["kind"].iloc[0], None  # a field declared without a class list
+        return row["kind"].iloc[0], list(classes)
 
     def labels(self, dataset: str, fld: str) -> pd.DataFrame:
         """Labels of one field, ordered by sample id then label id."""
