@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,16 @@ class Embedded:
         )
 
 
+def _configured(spec: EmbeddingsSpec, embedder: Any) -> Any:
+    """The embedder with the spec's model, batch size and workers."""
+    settings: dict[str, Any] = {"batch_size": spec.batch_size}
+    if spec.num_workers is not None:
+        settings["num_workers"] = spec.num_workers
+    if spec.model:
+        settings["model"] = spec.model
+    return embedder.model_copy(update=settings)
+
+
 def embed(
     spec: EmbeddingsSpec,
     store: Store,
@@ -139,12 +151,7 @@ def embed(
         return Embedded(
             sample_ids, vectors, model=spec.model, source=f"{spec.source}:{Path(spec.path).name}"
         )
-    settings: dict[str, Any] = {"batch_size": spec.batch_size}
-    if spec.num_workers is not None:
-        settings["num_workers"] = spec.num_workers
-    if spec.model:
-        settings["model"] = spec.model
-    embedder = embedder.model_copy(update=settings)
+    embedder = _configured(spec, embedder)
     model = embedder.load()
     samples = store.samples(spec.dataset, ids)
     if samples.empty:
@@ -247,6 +254,159 @@ def update_embeddings(
         run_id=run_id,
         drop_samples=list(drop_samples),
     )
+
+
+# -- reuse: a key whose inputs did not change is not embedded again ---------------------------
+
+INPUTS_DIR = "embeddings_inputs"
+"""Under the store's data directory: per embeddings key, the inputs its vectors came from."""
+
+# Above this share of changed samples the whole key is recomputed instead of updated in place.
+REUSE_MAX_CHANGED = 0.5
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """An embeddings key brought up to date, and how much of it was computed again."""
+
+    emb: EmbeddingSet
+    embedded: int  # samples run through the model
+    reused: int  # vectors kept from the previous computation
+    removed: int  # samples whose vectors were dropped
+    summary: str  # one line for the log and the asset metadata
+
+
+def inputs_path(store: Store, spec: EmbeddingsSpec) -> Path:
+    """Where the inputs of an embeddings key's vectors are recorded."""
+    return store.data_dir / INPUTS_DIR / spec.dataset / f"{spec.key}.json"
+
+
+def _config_digest(spec: EmbeddingsSpec, model: Any, store: Store) -> str:
+    """What besides the images decides the vectors: model and weights, patches and their boxes."""
+    from dagster_brain.runs import EMBEDDINGS_VERSION
+
+    parts: dict[str, Any] = {
+        "version": EMBEDDINGS_VERSION,
+        "model": model.name,
+        "weights": model.weights_hash,
+        "skip_failures": spec.skip_failures,
+        "patches_field": spec.patches_field,
+    }
+    if spec.patches_field:
+        labels = store.labels(spec.dataset, spec.patches_field)
+        boxes = [
+            f"{s}\t{label}\t{np.asarray(b, dtype=np.float64).tolist() if b is not None else None}"
+            for s, label, b in zip(
+                labels["sample_id"], labels["label_id"], labels["box"], strict=True
+            )
+        ]
+        parts.update(
+            alpha=spec.alpha,
+            force_square=spec.force_square,
+            boxes=hashlib.sha256("\n".join(boxes).encode()).hexdigest(),
+        )
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read_inputs(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_inputs(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(path)  # readers see the old record or the new one, never half of one
+
+
+def _current_version(store: Store, spec: EmbeddingsSpec) -> str | None:
+    sets = store.embedding_sets(spec.dataset)
+    row = sets[sets["embeddings_key"] == spec.key]
+    return None if row.empty else str(row["data_version"].iloc[0])
+
+
+def refresh_embeddings(
+    spec: EmbeddingsSpec,
+    store: Store,
+    *,
+    embedder: Any,
+    run_id: str | None = None,
+    log: Any = _LOG,
+) -> Refreshed:
+    """Bring an embeddings key up to date with its dataset, running the model only where needed.
+
+    A model-computed key whose model, weights, settings and samples' content hashes are those
+    its vectors were computed from is kept as it is (nothing embedded). When at most half of
+    the samples were added, changed (their content hash) or removed, only those are embedded
+    again and the other vectors are kept; otherwise (and for patches with any change) the
+    whole key is recomputed. Other sources are always read again.
+    """
+    store.require_dataset(spec.dataset)
+    if spec.source != "model":
+        emb = compute_embeddings(spec, store, embedder=embedder, run_id=run_id, log=log)
+        n = emb.count_all or len(emb.ids)
+        return Refreshed(emb, n, 0, 0, f"{n:,} embeddings read from {spec.source}")
+    model = _configured(spec, embedder).load()
+    samples = store.samples(spec.dataset)
+    hashes = {
+        str(s): h if isinstance(h, str) and h else None
+        for s, h in zip(samples["sample_id"], samples["content_hash"], strict=True)
+    }
+    config = _config_digest(spec, model, store)
+    path = inputs_path(store, spec)
+    prev = _read_inputs(path)
+    current = _current_version(store, spec)
+    emb: EmbeddingSet | None = None
+    if prev and current and prev.get("config") == config and prev.get("version") == current:
+        old: dict[str, str | None] = prev.get("hashes", {})
+        changed = [s for s, h in hashes.items() if h is None or old.get(s, "") != h]
+        removed = sorted(set(old) - set(hashes))
+        kept = len(hashes) - len(changed)
+        if not changed and not removed:
+            emb = store.read_embeddings(spec.dataset, spec.key)
+            summary = (
+                f"unchanged: {len(emb.ids):,} embeddings reused "
+                f"(data version {store.data_version(spec.dataset)})"
+            )
+            log.info("embeddings %r: %s", spec.key, summary)
+            return Refreshed(emb, 0, len(emb.ids), 0, summary)
+        if not spec.patches_field and len(changed) + len(removed) <= REUSE_MAX_CHANGED * max(
+            len(hashes), 1
+        ):
+            log.info(
+                "embeddings %r: %d samples new or changed, %d removed: embedding only those, "
+                "reusing %d vectors",
+                spec.key,
+                len(changed),
+                len(removed),
+                kept,
+            )
+            update_embeddings(
+                spec,
+                store,
+                changed,
+                embedder=embedder,
+                drop_samples=removed,
+                run_id=run_id,
+                log=log,
+            )
+            emb = store.read_embeddings(spec.dataset, spec.key)
+            summary = (
+                f"{len(changed):,} embedded, {kept:,} reused, {len(removed):,} removed "
+                f"(data version {store.data_version(spec.dataset)})"
+            )
+            done = Refreshed(emb, len(changed), kept, len(removed), summary)
+    if emb is None:
+        emb = compute_embeddings(spec, store, embedder=embedder, run_id=run_id, log=log)
+        summary = f"{len(hashes):,} embedded (data version {store.data_version(spec.dataset)})"
+        done = Refreshed(emb, len(hashes), 0, 0, summary)
+    _write_inputs(path, {"config": config, "version": emb.data_version, "hashes": hashes})
+    log.info("embeddings %r: %s", spec.key, done.summary)
+    return done
 
 
 def check_model(brain_key: str, emb: EmbeddingSet, model: str | None) -> None:

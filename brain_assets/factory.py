@@ -17,12 +17,13 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, create_model
 
-from dagster_brain.embeddings import compute_embeddings, update_embeddings
+from dagster_brain.embeddings import compute_embeddings, refresh_embeddings, update_embeddings
 from dagster_brain.execution import refuse_embedded_step, step_executor
 from dagster_brain.ingest.inbox import ingest_batch
 from dagster_brain.ingest.sources import data_path, ingest_dataset
 from dagster_brain.metadata import lineage_metadata, score_metadata
 from dagster_brain.methods import BrainMethod, Input, get_method, run_brain
+from dagster_brain.progress import run_log
 from dagster_brain.resources.embedder import EmbedderResource
 from dagster_brain.resources.store import BrainStoreResource
 from dagster_brain.runs import (
@@ -210,6 +211,8 @@ def build_embeddings_asset(spec: EmbeddingsSpec, incremental: bool = False) -> d
     """``<dataset>/embeddings/<key>``: vectors from a model, an array, a column or a key.
 
     ``incremental``: partitioned by batch; a partition embeds only its batch's samples.
+    Otherwise the model runs only on samples added or changed since the key's last computation
+    (``refresh_embeddings``): a second run on unchanged data embeds nothing.
     """
     deps = [samples_key(spec.dataset)]
     if spec.source == "key":
@@ -233,31 +236,45 @@ def build_embeddings_asset(spec: EmbeddingsSpec, incremental: bool = False) -> d
         store: BrainStoreResource,
         embedder: EmbedderResource,
     ):
-        db = store.get()
+        with run_log(context.log):  # long loops report to the run log, never a bar
+            return _embed_step(context, config, store.get(), embedder)
+
+    def _embed_step(context, config, db, embedder):
         run_spec = with_overrides(spec, config.model_copy(update={"device": None}))
         if config.device is not None:
             embedder = embedder.model_copy(update={"device": config.device})
-        batch_meta: dict[str, Any] = {}
+        extra_meta: dict[str, Any] = {}
         if context.has_partition_key and _same_model(db, run_spec, embedder):
             batch = db.batch_sample_ids(spec.dataset, context.partition_key)
             emb = update_embeddings(
                 run_spec, db, batch, embedder=embedder, run_id=context.run_id, log=context.log
             )
-            batch_meta = {"batch": context.partition_key, "batch_vectors": len(emb.ids)}
-        else:
-            if context.has_partition_key:
-                context.log.warning(
-                    "embeddings %r hold another model's vectors: computing the key for the "
-                    "whole dataset with %s",
-                    spec.key,
-                    run_spec.model or embedder.model,
-                )
+            extra_meta = {"batch": context.partition_key, "batch_vectors": len(emb.ids)}
+        elif context.has_partition_key:
+            context.log.warning(
+                "embeddings %r hold another model's vectors: computing the key for the "
+                "whole dataset with %s",
+                spec.key,
+                run_spec.model or embedder.model,
+            )
             emb = compute_embeddings(
                 run_spec, db, embedder=embedder, run_id=context.run_id, log=context.log
             )
+        else:
+            # the whole key: samples whose content and model did not change keep their vectors
+            done = refresh_embeddings(
+                run_spec, db, embedder=embedder, run_id=context.run_id, log=context.log
+            )
+            emb = done.emb
+            extra_meta = {
+                "embedded": done.embedded,
+                "reused": done.reused,
+                "removed": done.removed,
+                "refresh": done.summary,
+            }
         return dg.MaterializeResult(
             metadata={
-                **batch_meta,
+                **extra_meta,
                 "dagster/row_count": emb.count_all,
                 "model": emb.model or "",
                 "model_hash": emb.model_hash or "",
@@ -332,6 +349,10 @@ def build_brain_asset(
     render = method.asset_metadata or functools.partial(default_metadata, method)
 
     def _compute(context: dg.AssetExecutionContext, config):
+        with run_log(context.log):  # long loops report to the run log, never a bar
+            return _step(context, config)
+
+    def _step(context: dg.AssetExecutionContext, config):
         db = context.resources.store.get()
         kwargs = method.run_kwargs(spec, context.resources)
         refuse_embedded_step(step_executor(context), spec, kwargs.get("params"))

@@ -37,6 +37,7 @@ from dagster_brain.algorithms.knn import (
     normalize_rows,
     select_top_k_rows,
 )
+from dagster_brain.progress import progress, track
 
 # Candidates fetched beyond k before the float64 re-ranking (doubled for unproven rows).
 _EXTRA = 8
@@ -347,17 +348,20 @@ def _nearest(
     dist = np.empty((rows.size, w), dtype=np.float32)
     todo = np.arange(rows.size)
     m = min(n, w + 1 + _EXTRA)  # + 1: the row itself is among the candidates
-    while todo.size:
-        step = max(1, _CAND_CHUNK // m)  # bounds memory when ties need many candidates
-        proven = []
-        for start in range(0, todo.size, step):
-            part = todo[start : start + step]
-            r = rows[part]
-            approx, cand = exact_knn(X, m, queries=X if r.size == n else X[r], metric=metric)
-            nb, dd, ok = _finish(X, r, approx, cand, w, metric, norms, self_listed=True)
-            nbr[part[ok]], dist[part[ok]] = nb[ok], dd[ok]
-            proven.append(ok)
-        todo, m = todo[~np.concatenate(proven)], min(n, 2 * m)
+    desc = f"kNN graph: {w} {metric} neighbours of {rows.size:,} of {n:,} rows"
+    with progress(desc, rows.size, "rows") as bar:
+        while todo.size:
+            step = max(1, _CAND_CHUNK // m)  # bounds memory when ties need many candidates
+            proven = []
+            for start in range(0, todo.size, step):
+                part = todo[start : start + step]
+                r = rows[part]
+                approx, cand = exact_knn(X, m, queries=X if r.size == n else X[r], metric=metric)
+                nb, dd, ok = _finish(X, r, approx, cand, w, metric, norms, self_listed=True)
+                nbr[part[ok]], dist[part[ok]] = nb[ok], dd[ok]
+                proven.append(ok)
+                bar.update(int(ok.sum()))  # rows whose lists are final
+            todo, m = todo[~np.concatenate(proven)], min(n, 2 * m)
     return nbr, dist
 
 
@@ -431,7 +435,9 @@ def _scan_added(
     cols = max(m, _BLOCK_BYTES // (4 * n_add))
     S = np.empty((n_add, min(cols, n_new)), dtype=np.float32)
     M = np.empty(S.shape, dtype=bool)  # scratch for the row selection
-    for c0 in range(0, n_new, cols):
+    blocks = range(0, n_new, cols)
+    desc = f"kNN graph update: {n_add:,} added rows against {n_new:,}"
+    for c0 in track(blocks, desc, unit="blocks"):
         c1 = min(c0 + cols, n_new)
         Sb = S[:, : c1 - c0]
         np.matmul(A, _prepare(X_new[c0:c1], metric).T, out=Sb)

@@ -26,6 +26,7 @@ from urllib.parse import quote
 import numpy as np
 
 from dagster_brain.algorithms.knn import check_vectors
+from dagster_brain.progress import progress
 
 Method = Literal["umap", "tsne", "pca", "manual"]
 METHODS = ("umap", "tsne", "pca", "manual")
@@ -127,7 +128,11 @@ def reduce(
     else:
         fit_idx = np.arange(n)
     reducer = {"umap": _umap, "tsne": _tsne, "pca": _pca}[method]
-    out, timings, params = reducer(X, fit_idx, num_dims, seed, dict(kwargs))
+    # UMAP and t-SNE have no per-iteration hook we can use quietly (UMAP's verbose mode prints
+    # to stdout): progress says when the fit and the placing of the other rows are done.
+    desc = f"{method} to {num_dims}-d of {n:,} x {X.shape[1]} vectors (fit on {fit_n:,})"
+    with progress(desc, n, "rows") as bar:
+        out, timings, params = reducer(X, fit_idx, num_dims, seed, dict(kwargs), bar)
     out = np.ascontiguousarray(out, dtype=np.float32)
     bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
     if bad.size:
@@ -179,7 +184,7 @@ def manual_points(
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def _umap(X, fit_idx, num_dims, seed, kwargs):
+def _umap(X, fit_idx, num_dims, seed, kwargs, bar):
     import umap  # optional and slow to import (numba)
 
     params = {**UMAP_DEFAULTS, **kwargs}
@@ -188,28 +193,32 @@ def _umap(X, fit_idx, num_dims, seed, kwargs):
     t0 = time.perf_counter()
     out = np.empty((X.shape[0], num_dims), dtype=np.float32)
     out[fit_idx] = model.fit_transform(X[fit_idx])
+    bar.update(fit_idx.size)
     t1 = time.perf_counter()
     rest = _rest(X.shape[0], fit_idx)
     if rest.size:
         out[rest] = model.transform(X[rest])
+        bar.update(rest.size)
     t2 = time.perf_counter()
     return out, {"fit_s": t1 - t0, "transform_s": t2 - t1}, params
 
 
-def _pca(X, fit_idx, num_dims, seed, kwargs):
+def _pca(X, fit_idx, num_dims, seed, kwargs, bar):
     from sklearn.decomposition import PCA
 
     model = PCA(n_components=num_dims, random_state=seed, **kwargs)
     t0 = time.perf_counter()
     model.fit(X[fit_idx])
+    bar.update(fit_idx.size)
     t1 = time.perf_counter()
     out = model.transform(X)
+    bar.update(X.shape[0] - fit_idx.size)
     t2 = time.perf_counter()
     params = {**kwargs, "explained_variance_ratio": model.explained_variance_ratio_.tolist()}
     return out, {"fit_s": t1 - t0, "transform_s": t2 - t1}, params
 
 
-def _tsne(X, fit_idx, num_dims, seed, kwargs):
+def _tsne(X, fit_idx, num_dims, seed, kwargs, bar):
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
     from sklearn.neighbors import NearestNeighbors
@@ -224,12 +233,14 @@ def _tsne(X, fit_idx, num_dims, seed, kwargs):
     model = TSNE(n_components=num_dims, random_state=seed, **params)
     out = np.empty((X.shape[0], num_dims), dtype=np.float32)
     out[fit_idx] = model.fit_transform(Z[fit_idx])
+    bar.update(fit_idx.size)
     t1 = time.perf_counter()
     rest = _rest(X.shape[0], fit_idx)
     if rest.size:  # t-SNE has no transform: mean of the nearest fitted rows' points
         nn = NearestNeighbors(n_neighbors=min(place_k, fit_idx.size)).fit(Z[fit_idx])
         _, nbr = nn.kneighbors(Z[rest])
         out[rest] = out[fit_idx][nbr].mean(axis=1)
+        bar.update(rest.size)
     t2 = time.perf_counter()
     params.update(pca_dims=pca_dims, place_k=place_k)
     return out, {"fit_s": t1 - t0, "transform_s": t2 - t1}, params

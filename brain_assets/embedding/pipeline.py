@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dagster_brain.decode import decode
 from dagster_brain.embedding.models import EmbeddingModel
+from dagster_brain.progress import Progress
 
 ProgressFn = Callable[[int, int, float], None]
 """Called with (done, total, items per second) every ``progress_every_s`` and at the end."""
@@ -159,8 +160,14 @@ def _run(
     progress_every_s: float,
     on_error: Callable[[int, str], None],
     forward_batch: int | None = None,
+    unit: str = "images",
 ) -> tuple[list[int], np.ndarray]:
-    """Embed every item; returns (item index per vector, vectors)."""
+    """Embed every item; returns (item index per vector, vectors).
+
+    Progress: ``progress`` every ``progress_every_s`` and at the end, and a
+    :mod:`dagster_brain.progress` bar (outside Dagster) or run-log messages (in a run, when no
+    ``progress`` callback already logs them).
+    """
     forward_batch = forward_batch or batch_size
     if num_workers is None:
         num_workers = auto_workers(str(model.device))
@@ -180,23 +187,40 @@ def _run(
     chunks: list[np.ndarray] = []
     start = last = time.perf_counter()
     done = 0
-    for index, counts, batch, errors in loader:
-        for i, err in errors:
-            on_error(i, err)
-        if batch is not None:
-            # Patch batches vary in size: run the network on forward_batch crops at a time.
-            for lo in range(0, len(batch), forward_batch):
-                chunks.append(model.embed_batch(batch[lo : lo + forward_batch]))
-            owners.extend(i for i, c in zip(index, counts, strict=True) for _ in range(c))
-        done += len(batch) if batch is not None else 0
-        now = time.perf_counter()
-        if progress is not None and now - last >= progress_every_s:
-            progress(done, total, done / max(now - start, 1e-9))
-            last = now
+    tracker = Progress(
+        f"embedding {total:,} {unit} with {getattr(model, 'name', 'the model')}",
+        total,
+        unit,
+        messages=progress is None,
+    )
+    with tracker:
+        for index, counts, batch, errors in loader:
+            n = _embed_batch(
+                model, index, counts, batch, errors, on_error, forward_batch, chunks, owners
+            )
+            done += n
+            tracker.update(n)
+            now = time.perf_counter()
+            if progress is not None and now - last >= progress_every_s:
+                progress(done, total, done / max(now - start, 1e-9))
+                last = now
     if progress is not None:
         progress(done, total, done / max(time.perf_counter() - start, 1e-9))
     vectors = np.concatenate(chunks) if chunks else np.zeros((0, model.dim), np.float32)
     return owners, np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _embed_batch(model, index, counts, batch, errors, on_error, forward_batch, chunks, owners):
+    """One loader batch: report its failures, append its vectors; returns the crops done."""
+    for i, err in errors:
+        on_error(i, err)
+    if batch is None:
+        return 0
+    # Patch batches vary in size: run the network on forward_batch crops at a time.
+    for lo in range(0, len(batch), forward_batch):
+        chunks.append(model.embed_batch(batch[lo : lo + forward_batch]))
+    owners.extend(i for i, c in zip(index, counts, strict=True) for _ in range(c))
+    return len(batch)
 
 
 def _check_ids(ids: Sequence[str], what: str) -> list[str]:
@@ -318,6 +342,7 @@ def embed_patches(
         progress_every_s,
         on_error,
         forward_batch=batch_size,
+        unit="patches",
     )
     # owners are image indexes, one per crop in box order: map back to rows, then to input order
     rows: list[int] = []

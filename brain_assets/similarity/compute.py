@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from dagster_brain.config import BrainConfig, BrainSettings, get_brain_config, is_secret
+from dagster_brain.progress import progress
 from dagster_brain.runs import embeddings_lineage, new_record
 from dagster_brain.similarity.backends.registry import BACKEND_METRICS, SDKS, check_settings
 from dagster_brain.similarity.index import (
@@ -141,17 +142,12 @@ def build_index(
     backend = open_backend(store, spec.dataset, index_cfg, settings)
     ids_ = emb.ids
     try:
-        with bulk_writes(backend):
+        desc = f"{spec.brain_key}: uploading {len(ids_):,} vectors to {backend_name}"
+        with bulk_writes(backend), progress(desc, len(ids_), "vectors") as bar:
             for start in range(0, len(ids_), ADD_BATCH):
-                backend.upsert(
-                    ids_[start : start + ADD_BATCH], emb.vectors[start : start + ADD_BATCH]
-                )
-                log.info(
-                    "%s: indexed %d/%d",
-                    spec.brain_key,
-                    min(start + ADD_BATCH, len(ids_)),
-                    len(ids_),
-                )
+                batch = ids_[start : start + ADD_BATCH]
+                backend.upsert(batch, emb.vectors[start : start + ADD_BATCH])
+                bar.update(len(batch))
     except BaseException:
         _drop_quietly(backend, log)
         raise

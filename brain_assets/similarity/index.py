@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from dagster_brain.algorithms.knn import check_vectors, pairwise_distances
+from dagster_brain.progress import progress
 from dagster_brain.similarity.backends.base import VectorBackend
 from dagster_brain.similarity.backends.registry import backend_class
 from dagster_brain.store import BrainRunRecord, Store
@@ -405,9 +406,13 @@ class SimilarityIndex(DuplicatesMixin):
         ids = [i for i, k in zip(ids, keep, strict=True) if k]
         sample_ids = [s for s, k in zip(sample_ids, keep, strict=True) if k]
         X = X[keep]
-        with bulk_writes(self.backend):
+        desc = f"{self.brain_key}: uploading {len(ids):,} vectors"
+        # one upsert call needs no progress report: only uploads of several batches have one
+        report = progress(desc, len(ids), "vectors", enabled=len(ids) > ADD_BATCH)
+        with bulk_writes(self.backend), report as bar:
             for start in range(0, len(ids), ADD_BATCH):
                 self.backend.upsert(ids[start : start + ADD_BATCH], X[start : start + ADD_BATCH])
+                bar.update(min(ADD_BATCH, len(ids) - start))
         new = pd.DataFrame(
             {
                 "id": ids,
