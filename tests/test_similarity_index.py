@@ -309,3 +309,17 @@ def test_a_crash_between_the_commit_and_the_drop_leaves_a_consistent_index(datas
     assert old_collection in _COLLECTIONS
     again = fob.compute_similarity(dataset, embeddings=X2, backend="memory", brain_key="sim")
     assert again.total_index_size == N and index.config.collection not in _COLLECTIONS
+
+
+def test_index_plots_display_in_a_notebook(dataset):
+    """visualize_* stay PNG bytes and Jupyter shows them as images (_repr_png_)."""
+    from dagster_brain.display import PngBytes
+
+    X = vectors()
+    X[20] = X[5]
+    index = fob.compute_similarity(dataset, embeddings=X, backend="memory", brain_key="sim")
+    index.find_duplicates(thresh=1e-4)
+    index.find_unique(5)
+    for png in (index.visualize_duplicates(), index.visualize_unique()):
+        assert isinstance(png, PngBytes) and png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png._repr_png_() == bytes(png)

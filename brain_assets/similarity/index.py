@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from dagster_brain.algorithms.knn import check_vectors, pairwise_distances
+from dagster_brain.display import PngBytes
 from dagster_brain.progress import progress
 from dagster_brain.similarity.backends.base import VectorBackend
 from dagster_brain.similarity.backends.registry import backend_class
@@ -255,7 +256,7 @@ class DuplicatesMixin:
         from dagster_brain.algorithms.duplicates import visualize_duplicates
 
         ids, X = self.all_vectors()
-        return visualize_duplicates(points, ids, self._duplicates(), vectors=X)
+        return PngBytes(visualize_duplicates(points, ids, self._duplicates(), vectors=X))
 
     def visualize_unique(self, points: np.ndarray | None = None) -> bytes:
         """PNG scatter with the last :meth:`find_unique` items highlighted."""
@@ -264,7 +265,7 @@ class DuplicatesMixin:
         if self._last_unique is None:
             raise SimilarityError("call find_unique() first")
         ids, X = self.all_vectors()
-        return visualize_unique(points, ids, self._last_unique, vectors=X)
+        return PngBytes(visualize_unique(points, ids, self._last_unique, vectors=X))
 
 
 class SimilarityIndex(DuplicatesMixin):
