@@ -7,6 +7,9 @@ The JSON file defaults to ``~/.dagster_brain/brain_config.json`` and moves with
   ``BRAIN_DEFAULT_SIMILARITY_BACKEND``, ``BRAIN_EXECUTOR``, ``BRAIN_REFRESH_CRON``: the
   top-level fields of the same names (``executor``: multiprocess, in_process or celery; see
   ``dagster_brain.execution``; ``refresh_cron``: the nightly refresh schedule, UTC);
+- ``BRAIN_VIEWER_HOST``, ``BRAIN_VIEWER_PORT``: where the embeddings viewer listens
+  (default ``127.0.0.1:3100``; ``brain view`` and ``make ui`` start it, and visualization
+  assets link to it);
 - ``BRAIN_SIMILARITY_BACKENDS=a,b``: the backends exposed (hides the others; a name that is
   not built in declares a custom backend whose parameters come from the other settings);
 - ``BRAIN_SIMILARITY_<BACKEND>_<PARAM>=value``: one backend parameter; values are parsed as
@@ -26,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_CONFIG_PATH = Path("~/.dagster_brain/brain_config.json")
 
@@ -47,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
     "similarity_backends": {},  # the registered backends' defaults: see defaults()
     "executor": "multiprocess",  # how runs execute steps (dagster_brain.execution)
     "refresh_cron": "0 3 * * *",  # the nightly_brain_refresh schedule (UTC)
+    "viewer_host": "127.0.0.1",  # the embeddings viewer (`brain view`, `make ui`)
+    "viewer_port": 3100,
 }
 
 TOP_LEVEL_ENV = (
@@ -56,6 +61,8 @@ TOP_LEVEL_ENV = (
     "default_similarity_backend",
     "executor",
     "refresh_cron",
+    "viewer_host",
+    "viewer_port",
 )
 SECRET_WORDS = ("api_key", "apikey", "password", "token", "secret")
 
@@ -136,6 +143,14 @@ def read_env_layer(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str] | 
         var = f"BRAIN_{name.upper()}"
         if env.get(var):
             layer[name] = env[var]
+    if "viewer_port" in layer:
+        try:
+            layer["viewer_port"] = int(layer["viewer_port"])
+        except ValueError as err:
+            raise BrainConfigError(
+                f"environment variable BRAIN_VIEWER_PORT={layer['viewer_port']!r}: not a port "
+                "number"
+            ) from err
     exposed = None
     if env.get("BRAIN_SIMILARITY_BACKENDS"):
         exposed = [
@@ -248,6 +263,8 @@ class BrainSettings(BaseModel):
     similarity_backends: Mapping[str, Mapping[str, Any]]
     executor: str
     refresh_cron: str | None = None
+    viewer_host: str = "127.0.0.1"
+    viewer_port: int = Field(default=3100, ge=1, le=65535)
 
     @classmethod
     def from_env(
@@ -274,6 +291,11 @@ class BrainSettings(BaseModel):
                 f"{sorted(self.similarity_backends)}"
             )
         return copy.deepcopy(dict(self.similarity_backends[name]))
+
+    def viewer_url(self, dataset: str, brain_key: str | None = None) -> str:
+        """The embeddings viewer's page of a visualization run (or its index page)."""
+        root = f"http://{self.viewer_host}:{self.viewer_port}"
+        return f"{root}/plot/{dataset}/{brain_key}" if brain_key else f"{root}/"
 
     def to_json(self) -> str:
         """The settings as JSON, secrets masked."""

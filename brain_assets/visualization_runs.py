@@ -1,4 +1,5 @@
-"""``compute_visualization`` as a brain run: points table, PNG scatter, interactive HTML."""
+"""``compute_visualization`` as a brain run: points table, PNG scatter, static HTML, and the
+link to its page in the embeddings viewer (``dagster_brain.viewer``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from dagster_brain.config import BrainSettings
 from dagster_brain.runs import RunOutcome, frame_version, new_record
 from dagster_brain.specs import VisualizationSpec
 from dagster_brain.store import Store
@@ -21,6 +23,13 @@ def plot_paths(store: Store, dataset: str, brain_key: str) -> tuple[Path, Path]:
     folder = store.data_dir / "plots" / dataset
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{brain_key}.png", folder / f"{brain_key}.html"
+
+
+def viewer_url(dataset: str, brain_key: str, settings: BrainSettings | None = None) -> str:
+    """The run's page in the embeddings viewer (host and port: ``viewer_host``/``viewer_port``
+    of the brain config, ``BRAIN_VIEWER_PORT``; read when the run commits)."""
+    settings = settings or BrainSettings.from_env()
+    return settings.viewer_url(dataset, brain_key)
 
 
 def _vectors(spec: VisualizationSpec, store: Store, ids: list[str] | None):
@@ -75,7 +84,8 @@ def run_visualization(
     ids: list[str] | None = None,
     artifacts: list[dict[str, Any]] | None = None,
 ) -> RunOutcome:
-    """Reduce vectors to 2-D/3-D points; store them with a PNG and an HTML plot."""
+    """Reduce vectors to 2-D/3-D points; store them with a PNG and an HTML plot. The summary
+    carries ``viewer_url``, the run's interactive page in the embeddings viewer."""
     from dagster_brain.algorithms.visualization import (
         reduce,
         scatter_html,
@@ -176,6 +186,7 @@ def run_visualization(
             "png": png,
             "png_path": png_path,
             "html_path": html_path,
+            "viewer_url": viewer_url(spec.dataset, spec.brain_key),
             "timings": timings,
             "trustworthiness_at_10": trust,
             "fit_size": red.fit_size,

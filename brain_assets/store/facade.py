@@ -1,5 +1,5 @@
 """``Store``: the one object the rest of the project uses; operations that span its parts
-(deleting a dataset or samples, saved views, run locks) live here."""
+(deleting a dataset or samples, run locks) live here; saved views are in ``views.py``."""
 
 from __future__ import annotations
 
@@ -8,23 +8,23 @@ from collections.abc import Iterator, Sequence
 
 import pandas as pd
 
-from dagster_brain.names import check_name
 from dagster_brain.store.locks import hold_run_lock
 from dagster_brain.store.mirror import remove_tree
-from dagster_brain.store.runs import RunTables
 from dagster_brain.store.samples import SAMPLES_COPY_SQL
-from dagster_brain.store.tables import quote, view_table_name
+from dagster_brain.store.tables import quote
+from dagster_brain.store.views import ViewTables
 
 
-class Store(RunTables):
+class Store(ViewTables):
     """DuckDB + Parquet store for datasets, labels, embeddings and brain runs."""
 
     def delete_dataset(self, dataset: str) -> None:
-        """Delete a dataset with its samples, labels, embeddings and brain runs."""
+        """Delete a dataset with its samples, labels, embeddings, brain runs and saved views."""
         self.require_dataset(dataset)
         for key in self.list_runs(dataset)["brain_key"]:
             self.delete_run(dataset, key)
         with self.transaction() as tx:
+            self._drop_views_of(tx, dataset)
             for table in ("samples", "labels", "label_fields", "embeddings", "embedding_sets"):
                 tx.execute(f"DELETE FROM {quote(table)} WHERE dataset = ?", [dataset])
             tx.execute("DELETE FROM datasets WHERE dataset = ?", [dataset])
@@ -71,28 +71,3 @@ class Store(RunTables):
         holder that misses several heartbeats in a row logs a warning."""
         with hold_run_lock(self, dataset, brain_key, holder, wait_s):
             yield
-
-    # -- saved views ----------------------------------------------------------------------
-
-    def save_view(self, dataset: str, name: str, frame: pd.DataFrame) -> str:
-        """Write an ordered view (ids plus columns such as distances) to a table, atomically.
-
-        The table is ``views."<dataset>__<name>"`` with a ``rank`` column keeping the order;
-        a Parquet copy goes to ``parquet/<dataset>/views/<name>.parquet``.
-        """
-        self.require_dataset(dataset)
-        check_name(name, "view name")
-        table = view_table_name(dataset, name)
-        out = frame.reset_index(drop=True).copy()
-        out.insert(0, "rank", range(len(out)))
-        with self.transaction() as tx:
-            tx.register("new_view", out)
-            tx.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM new_view")
-            tx.unregister("new_view")
-            self._mirror(tx, dataset, f"views/{name}", f"FROM {table}")
-        return table
-
-    def load_view(self, dataset: str, name: str) -> pd.DataFrame:
-        """A saved view, in its order."""
-        check_name(name, "view name")
-        return self.query(f"SELECT * FROM {view_table_name(dataset, name)} ORDER BY rank")

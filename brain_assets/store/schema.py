@@ -115,6 +115,23 @@ CREATE TABLE IF NOT EXISTS brain_locks (
 CREATE SCHEMA IF NOT EXISTS results;
 """
 
+SAVED_VIEWS_SQL = """
+CREATE TABLE saved_views (
+    dataset VARCHAR NOT NULL,
+    name VARCHAR NOT NULL,
+    n BIGINT NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    source VARCHAR,
+    PRIMARY KEY (dataset, name)
+);
+INSERT INTO saved_views
+SELECT split_part(table_name, '__', 1), split_part(table_name, '__', 2), estimated_size,
+       CAST(timezone('UTC', now()) AS TIMESTAMP), NULL
+FROM duckdb_tables()
+WHERE database_name = current_database() AND schema_name = 'views'
+  AND contains(table_name, '__');
+"""
+
 # Migration n (1-based) brings a store from version n - 1 to n.
 MIGRATIONS: tuple[str, ...] = (
     # 1: the tables every store has had
@@ -123,6 +140,9 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE brain_locks ADD COLUMN IF NOT EXISTS heartbeat_at TIMESTAMP;",
     # 3: saved views (was created by the first save_view)
     "CREATE SCHEMA IF NOT EXISTS views;",
+    # 4: the list of saved views (name, size, when, where from); views saved before it are
+    # listed with their table's row count, the migration's time and no source
+    SAVED_VIEWS_SQL,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATING = threading.Lock()
