@@ -135,9 +135,10 @@ def run_visualization(
     tmp_png.write_bytes(png)
     tmp_html.write_text(html)
     t_plot = time.perf_counter() - t1
+    # trustworthiness@10 needs more than 20 points (k < n / 2); fewer: not reported
     trust = (
         trustworthiness_at_k(X, red.points, k=10)
-        if spec.method != "manual" and len(item_ids) > 11
+        if spec.method != "manual" and len(item_ids) > 20
         else None
     )
     timings = {"read_s": t_read, **red.timings, "plots_s": t_plot}

@@ -120,3 +120,13 @@ def test_cli_commands(dataset):
         main, ["visualization", "toy", "--data-dir", str(dataset.store.data_dir)]
     )
     assert out.exit_code == 2 and "exactly one of --embeddings" in out.stderr
+
+
+def test_a_small_view_is_mapped_without_trustworthiness(dataset):
+    """13 points: mapped; trustworthiness@10 needs more than 20, so it is not reported."""
+    ids = [f"s{i:03d}" for i in range(13)]
+    out = fob.compute_visualization(
+        dataset.view(ids), embeddings=clustered()[:13], method="pca", brain_key="small"
+    )
+    assert sorted(out.results["sample_id"]) == ids
+    assert out.summary["trustworthiness_at_10"] is None
