@@ -2,7 +2,9 @@
 headless Chromium through Playwright.
 
 Open the dataset's asset group, click "Materialize all", wait until every asset is materialised,
-open the uniqueness asset and its histogram. Screenshots go to ``artifacts/ui/`` in the repo.
+open the uniqueness asset and its histogram, then the thumbnail grids of the uniqueness and
+duplicates assets. Screenshots go to ``artifacts/ui/`` in the repo, the thumbnail grids' to
+``artifacts/screenshots/``.
 Needs the Debian ``chromium`` package and the ``playwright`` Python package
 (``bash scripts/ui_deps.sh``); skipped with the reason when either is missing.
 """
@@ -33,6 +35,7 @@ pytestmark = [pytest.mark.ui, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts" / "ui"
+SCREENSHOTS = REPO / "artifacts" / "screenshots"  # the README's screenshots
 DATASET = "pets"
 LOCATION = "dagster_brain"
 GROUP_URL = f"/locations/__repository__@{LOCATION}/asset-groups/{DATASET}"
@@ -292,6 +295,26 @@ def wait_for_run(srv: Server, page) -> str:
         time.sleep(2)
 
 
+def open_thumbnails(page, base_url: str, asset: str, alt: str):
+    """Open an asset's page, then its ``thumbnails`` metadata entry; wait until the grid image
+    has loaded. Returns the dialog."""
+    from playwright.sync_api import expect
+
+    page.goto(base_url + f"/assets/{DATASET}/brain/{asset}")
+    key = page.get_by_text("thumbnails", exact=True)
+    key.scroll_into_view_if_needed()
+    page.locator("tr", has=key).get_by_text("[Show Markdown]").click()
+    dialog = page.get_by_role("dialog")
+    img = dialog.locator(f'img[alt="{alt}"]')
+    expect(img).to_have_count(1)
+    expect(img).to_be_visible()
+    assert img.get_attribute("src").startswith("data:image/png;base64,")
+    img.evaluate("i => i.complete ? null : new Promise(ok => { i.onload = ok; i.onerror = ok; })")
+    size = img.evaluate("i => [i.complete, i.naturalWidth, i.naturalHeight]")
+    assert size[0] and size[1] > 0 and size[2] > 0, f"{asset}: thumbnail grid not loaded {size}"
+    return dialog
+
+
 def test_materialize_all_from_the_ui_and_see_the_histogram(server):
     from playwright.sync_api import expect, sync_playwright
 
@@ -346,6 +369,20 @@ def test_materialize_all_from_the_ui_and_see_the_histogram(server):
                 width = img.evaluate("i => i.naturalWidth")
                 assert width > 0
                 page.screenshot(path=ARTIFACTS / "uniqueness_histogram.png", animations="disabled")
+
+                # 5. the thumbnail grids: top and bottom items, duplicate groups side by side
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                dialog = open_thumbnails(
+                    page, server.base_url, "uniqueness", "uniqueness: top and bottom items"
+                )
+                # 9 samples: the 5 most unique, then the 4 least, starting with a planted copy
+                expect(dialog).to_contain_text(re.compile(r"bottom: cat/(0|copy)"))
+                page.screenshot(path=SCREENSHOTS / "thumbnails.png", animations="disabled")
+                dialog = open_thumbnails(page, server.base_url, "dups", "duplicate groups")
+                expect(dialog).to_contain_text(re.compile(r"\d+ of \d+ duplicate groups shown"))
+                page.screenshot(
+                    path=SCREENSHOTS / "duplicates_thumbnails.png", animations="disabled"
+                )
             except Exception:
                 page.screenshot(path=ARTIFACTS / "failure.png", animations="disabled")
                 raise

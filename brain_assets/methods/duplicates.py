@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dagster_brain.item_media import with_media
 from dagster_brain.methods.base import (
     BrainMethod,
     RunField,
@@ -18,7 +19,7 @@ from dagster_brain.specs import DuplicatesSpec
 
 def _metadata(outcome: RunOutcome) -> dict[str, Any]:
     from dagster_brain.algorithms.duplicates import visualize_duplicates
-    from dagster_brain.metadata import rows_table
+    from dagster_brain.metadata import THUMBNAILS_KEY, group_thumbnails, rows_table
     from dagster_brain.methods.render import png_md
 
     s = outcome.summary
@@ -44,13 +45,15 @@ def _metadata(outcome: RunOutcome) -> dict[str, Any]:
             c for c in ("group", "sample_id", "label_id", "role", "distance", "path") if c in df
         ]
         meta["groups_preview"] = rows_table(df.head(20), cols)
+    if "media" in s:
+        meta[THUMBNAILS_KEY] = group_thumbnails(df, s["media"]).value
     return meta
 
 
 METHOD = BrainMethod(
     kind="duplicates",
     spec=DuplicatesSpec,
-    run=run_duplicates,
+    run=with_media(run_duplicates),
     inputs=similarity_input,
     expected_rows=no_fixed_rows,
     score=ScoreColumn("distance"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dagster_brain.item_media import with_media
 from dagster_brain.methods.base import (
     BrainMethod,
     RunField,
@@ -16,7 +17,7 @@ from dagster_brain.specs import HardnessSpec
 METHOD = BrainMethod(
     kind="hardness",
     spec=HardnessSpec,
-    run=run_hardness,
+    run=with_media(run_hardness),
     inputs=samples_input,
     expected_rows=no_fixed_rows,
     score=ScoreColumn("hardness", 0.0, 1.0),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dagster_brain.item_media import with_media
 from dagster_brain.methods.base import (
     BrainMethod,
     RunField,
@@ -16,7 +17,7 @@ from dagster_brain.specs import MistakennessSpec
 METHOD = BrainMethod(
     kind="mistakenness",
     spec=MistakennessSpec,
-    run=run_mistakenness,
+    run=with_media(run_mistakenness),
     inputs=samples_input,
     expected_rows=no_fixed_rows,
     score=ScoreColumn("mistakenness", 0.0, 1.0),

@@ -1,4 +1,4 @@
-"""Dagster metadata of label-scoring methods (mistakenness, hardness)."""
+"""Dagster metadata of scoring methods (uniqueness, mistakenness, hardness)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from dagster_brain.runs import RunOutcome
 
 
 def scores_metadata(score: str) -> Callable[[RunOutcome], dict[str, Any]]:
-    """Score statistics, skipped samples and, for detections, the per-object flags."""
+    """Score statistics, thumbnails of the top and bottom items, skipped samples and, for
+    detections, the per-object flags."""
 
     def build(outcome: RunOutcome) -> dict[str, Any]:
         from dagster_brain.metadata import rows_table, score_metadata
 
-        meta = score_metadata(outcome.results, score, ["sample_id"])
+        ids = ["sample_id"] + (["label_id"] if "label_id" in outcome.results else [])
+        meta = score_metadata(outcome.results, score, ids, media=outcome.summary.get("media"))
         for reason, count in (outcome.summary.get("skipped") or {}).items():
             meta[f"skipped_{reason}"] = count
         objects = outcome.summary.get("objects")

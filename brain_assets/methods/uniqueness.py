@@ -9,6 +9,7 @@ import pandas as pd
 
 from dagster_brain.algorithms.uniqueness import uniqueness_from_graph
 from dagster_brain.embeddings import check_model
+from dagster_brain.item_media import with_media
 from dagster_brain.knn_graphs import (
     GRAPH_TABLE,
     find_graph,
@@ -24,6 +25,7 @@ from dagster_brain.methods.base import (
     embeddings_input,
     one_row_per_embedding,
 )
+from dagster_brain.methods.scored import scores_metadata
 from dagster_brain.runs import _LOG, RunOutcome, embeddings_lineage, frame_version, new_record
 from dagster_brain.specs import UniquenessSpec
 from dagster_brain.store import Store, row_hashes
@@ -143,7 +145,7 @@ def run_uniqueness(
 METHOD = BrainMethod(
     kind="uniqueness",
     spec=UniquenessSpec,
-    run=run_uniqueness,
+    run=with_media(run_uniqueness),
     inputs=embeddings_input,
     expected_rows=one_row_per_embedding,
     score=ScoreColumn("uniqueness", 0.0, 1.0),
@@ -152,4 +154,5 @@ METHOD = BrainMethod(
         RunField("k", int, "neighbours per item", ge=1, le=100),
         RunField("metric", str, "cosine or euclidean"),
     ),
+    asset_metadata=scores_metadata("uniqueness"),
 )
