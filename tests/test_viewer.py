@@ -231,11 +231,6 @@ def test_visualization_links_the_viewer(plotted, monkeypatch):
         BrainSettings.from_env(env={**env, "BRAIN_VIEWER_PORT": "web"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the one-line change to brain_assets/methods/visualization.py "
-    "(notes/viewer.md); drop this mark once it is in",
-)
 def test_asset_metadata_links_the_viewer(plotted):
     from dagster_brain.methods import get_method
 

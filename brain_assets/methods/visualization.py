@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from dagster_brain.methods.base import BrainMethod, Input, RunField, one_row_per_embedding
@@ -35,7 +34,7 @@ def _metadata(outcome: RunOutcome) -> dict[str, Any]:
         "dagster/row_count": len(outcome.results),
         "scatter": png_md(s["png"], "scatter"),
         "interactive_plot": dg.MetadataValue.path(str(s["html_path"])),
-        "interactive_plot_url": dg.MetadataValue.url(Path(s["html_path"]).as_uri()),
+        "interactive_plot_url": dg.MetadataValue.url(s["viewer_url"]),
         "png_path": dg.MetadataValue.path(str(s["png_path"])),
         "fit_size": int(s["fit_size"]),
         "timings_s": dg.MetadataValue.json({k: round(v, 3) for k, v in s["timings"].items()}),
