@@ -120,16 +120,101 @@ def datasets_cmd(data_dir: Path | None) -> None:
 def materialize_cmd(
     selection: str, brain_keys: Path | None, batch: str | None, data_dir: Path | None
 ) -> None:
-    """Materialise brain assets in this process, recorded in the Dagster instance."""
+    """Materialise brain assets in this process, recorded in the project's Dagster instance.
+
+    Prints the instance, one line per materialised asset (and per failed step or check), then
+    a summary; Dagster's own log is in the run's event log (the UI's run page)."""
+    ok = materialize_selection(selection, brain_keys, batch, data_dir)
+    if not ok:
+        sys.exit(1)
+
+
+def _quiet_dagster() -> None:
+    """Keep Dagster's notices about its own beta, preview and superseded APIs (which it uses
+    internally) out of the terminal."""
+    import warnings
+
+    import dagster as dg
+
+    for category in (dg.BetaWarning, dg.PreviewWarning, dg.SupersessionWarning):
+        warnings.filterwarnings("ignore", category=category)
+
+
+class RunPrinter:
+    """An event listener: one line per materialised asset, failed step, failed check and step
+    warning; the rest of a run's events stay in its event log."""
+
+    def __init__(self, keys=()) -> None:
+        self.names = {k.to_python_identifier(): k.to_user_string() for k in keys}
+        self.materialized: set = set()
+        self.failed_steps: dict[str, str] = {}
+        self.started: set[str] = set()
+
+    def __call__(self, entry) -> None:
+        import logging
+
+        event = entry.dagster_event
+        if event is None:  # a logged message; a step that never started was skipped
+            if entry.level >= logging.WARNING and (
+                entry.step_key in self.started or not entry.step_key
+            ):
+                where = entry.step_key or entry.job_name
+                click.echo(f"{'warning':<13} {where}: {entry.user_message}")
+            return
+        if event.is_step_start:
+            self.started.add(event.step_key)
+        elif event.is_step_materialization:
+            key = event.asset_key
+            self.materialized.add(key)
+            part = f" [{event.partition}]" if event.partition else ""
+            click.echo(f"{'materialized':<13} {key.to_user_string()}{part}")
+        elif event.is_step_failure:
+            from dagster_brain.owned import error_text
+
+            message = error_text(event.step_failure_data.error) or event.message or "failed"
+            self.failed_steps[event.step_key] = message
+            step = self.names.get(event.step_key, event.step_key)
+            click.echo(f"{'FAILED':<13} {step}: {message}")
+        elif event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            if not evaluation.passed:
+                click.echo(
+                    f"{'check failed':<13} {evaluation.asset_key.to_user_string()} "
+                    f"{evaluation.check_name}" + (" (blocking)" if evaluation.blocking else "")
+                )
+        elif event.is_run_failure and not self.failed_steps:
+            from dagster_brain.owned import error_text
+
+            error = error_text(getattr(event.event_specific_data, "error", None))
+            click.echo(f"{'run failed':<13} {error or event.message}")
+
+
+def materialize_selection(
+    selection: str,
+    brain_keys: Path | None,
+    batch: str | None,
+    data_dir: Path | None,
+) -> bool:
+    """``brain materialize``: run the selected assets on the project's instance, print the
+    progress and the summary; whether every run succeeded."""
+    import time
+
     import dagster as dg
 
     from dagster_brain.definitions import batch_job_name, build_defs
-    from dagster_brain.owned import materialize, project_instance
+    from dagster_brain.owned import find_project_home, materialize, project_instance
 
+    _quiet_dagster()
+    started = time.monotonic()
     defs = build_defs(brain_keys, data_dir)
-    instance = project_instance()
     graph = defs.resolve_asset_graph()
-    keys = dg.AssetSelection.from_string(selection).resolve(graph)
+    try:
+        keys = dg.AssetSelection.from_string(selection).resolve(graph)
+    except dg.DagsterError as err:  # DagsterInvalidAssetSelectionError (not exported)
+        raise ValueError(
+            f"asset selection {selection!r} is not valid ({err}); examples: '*', "
+            "'group:digits', 'key:\"digits/brain/uniqueness\"', '+key:\"digits/brain/unique\"'"
+        ) from err
     if not keys:
         raise ValueError(f"asset selection {selection!r} matches no asset")
     batched = {k for k in keys if graph.get(k).partitions_def is not None}
@@ -140,43 +225,41 @@ def materialize_cmd(
             brain_keys, defs.resources["store"].data_dir, {k.path[0] for k in batched}, batch
         )
         keys = batched
-        results = []
-        for dataset in sorted({k.path[0] for k in batched}):
-            part = graph.get(next(k for k in batched if k.path[0] == dataset)).partitions_def
-            instance.add_dynamic_partitions(part.name, [batch])
-            results.append(
-                defs.resolve_job_def(batch_job_name(dataset)).execute_in_process(
-                    instance=instance,
-                    partition_key=batch,
-                    asset_selection=[k for k in batched if k.path[0] == dataset],
-                    raise_on_error=False,
-                )
-            )
-    else:
-        if batched:
-            click.echo(
-                f"skipped {len(batched)} batch assets of inbox datasets (their sensors take "
-                "each batch; or pass --batch NAME)"
-            )
-            keys = keys - batched
+    elif batched:
+        click.echo(
+            f"skipped {len(batched)} batch assets of inbox datasets (their sensors take "
+            "each batch; or pass --batch NAME)"
+        )
+        keys = keys - batched
         if not keys:
             raise ValueError(f"asset selection {selection!r} matches only batch assets")
-        results = [materialize(defs, keys, instance)]
+    printer = RunPrinter(keys)
+    results = []
+    with project_instance(say=click.echo) as instance:
+        if batch is not None:
+            for dataset in sorted({k.path[0] for k in keys}):
+                mine = [k for k in keys if k.path[0] == dataset]
+                instance.add_dynamic_partitions(graph.get(mine[0]).partitions_def.name, [batch])
+                results.append(
+                    materialize(
+                        defs,
+                        mine,
+                        instance,
+                        on_event=printer,
+                        job_name=batch_job_name(dataset),
+                        partition_key=batch,
+                    )
+                )
+        else:
+            results.append(materialize(defs, keys, instance, on_event=printer))
     store = _store(data_dir)
-    click.echo("")
-    click.echo(f"{'asset':<40} status")
-    for result in results:
-        for step in result.all_node_events:
-            if step.is_step_failure:
-                click.echo(f"{step.step_key:<40} FAILED: {step.event_specific_data.error.message}")
-    for key in sorted(keys, key=lambda k: k.to_user_string()):
-        mats = any(
-            r.asset_materializations_for_node(key.to_python_identifier())
-            for r in results
-            if key.to_python_identifier() in {n.name for n in r.job_def.nodes}
-        )
-        click.echo(f"{key.to_user_string():<40} {'materialized' if mats else 'not materialized'}")
-    click.echo("")
+    missing = sorted(k.to_user_string() for k in keys - printer.materialized)
+    failed = f", {len(printer.failed_steps)} failed" if printer.failed_steps else ""
+    click.echo(
+        f"{len(keys & printer.materialized)} of {len(keys)} assets materialized{failed} in "
+        f"{time.monotonic() - started:.0f} s"
+        + (f"; not materialized: {', '.join(missing)}" if missing else "")
+    )
     click.echo(
         f"store:    {store.db_path}  (DuckDB: tables samples, labels, embeddings, "
         "brain_runs; schema results)"
@@ -184,14 +267,14 @@ def materialize_cmd(
     click.echo(
         f"parquet:  {store.parquet_dir}/<dataset>/{{samples,embeddings/*,results/*}}.parquet"
     )
-    if _has_dagster_home():
+    if find_project_home().home is not None:
         click.echo("UI:       dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000  (make ui)")
     from dagster_brain.demo_report import demo_report
 
-    for line in demo_report(store):
+    ran = {(k.path[0], k.path[2]) for k in printer.materialized if k.path[1:2] == ["brain"]}
+    for line in demo_report(store, runs=ran):
         click.echo(f"found:    {line}")
-    if not all(r.success for r in results):
-        sys.exit(1)
+    return all(r.success for r in results)
 
 
 def _check_batch(brain_keys: Path | None, data_dir: str, datasets: set[str], batch: str) -> None:
@@ -211,12 +294,6 @@ def _check_batch(brain_keys: Path | None, data_dir: str, datasets: set[str], bat
                 f"--batch {batch!r}: no such batch in the inbox of {spec.name!r} ({root}); "
                 f"batches there: {found[:20]}"
             )
-
-
-def _has_dagster_home() -> bool:
-    import os
-
-    return bool(os.environ.get("DAGSTER_HOME"))
 
 
 @main.group("runs")
@@ -706,11 +783,30 @@ def compute_group() -> None:
 
 
 def _attach_optional_groups() -> None:
-    """Subcommands that live beside their code (ingestion, demo)."""
+    """Subcommands that live beside their code (ingestion; the demo's data)."""
     from dagster_brain.ingest.cli import demo, ingest
 
     main.add_command(ingest)
-    main.add_command(demo)
+    for command in demo.commands.values():
+        demo_group.add_command(command)
+
+
+@main.group("demo", invoke_without_command=True)
+@data_dir_option
+@click.pass_context
+def demo_group(ctx: click.Context, data_dir: Path | None) -> None:
+    """The offline demo datasets with planted mistakes.
+
+    Without a subcommand: materialise every demo asset (the bundled brain-keys YAML) on the
+    project's Dagster instance and report what the brain found (what `make demo` runs after
+    setting up)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from dagster_brain.specs import DEFAULT_SPECS_PATH
+
+    ok = user_errors(materialize_selection)("*", DEFAULT_SPECS_PATH, None, data_dir)
+    if not ok:
+        sys.exit(1)
 
 
 _attach_optional_groups()

@@ -64,14 +64,20 @@ def duplicates_vs_planted(groups: pd.DataFrame, planted: set[frozenset]) -> dict
     }
 
 
-def demo_report(store: Store) -> list[str]:
-    """Lines describing each demo brain result against the planted truth."""
+def demo_report(store: Store, runs: set[tuple[str, str]] | None = None) -> list[str]:
+    """Lines describing each demo brain result against the planted truth; only for the
+    ``(dataset, brain_key)`` pairs in ``runs`` when given (what a command just materialised)."""
+
+    def keys(dataset: str, kind: str) -> list[str]:
+        listed = store.list_runs(dataset, kind=kind)["brain_key"]
+        return [k for k in listed if runs is None or (dataset, k) in runs]
+
     lines = []
     truth_path = store.data_dir / "demo" / "digits" / "truth.json"
     if "digits" in store.list_datasets() and truth_path.exists():
         truth = json.loads(Path(truth_path).read_text())
         planted = duplicate_members(truth)
-        for key in store.list_runs("digits", kind="uniqueness")["brain_key"]:
+        for key in keys("digits", "uniqueness"):
             m = uniqueness_vs_duplicates(store, "digits", key, planted)
             if m:
                 lines.append(
@@ -84,7 +90,7 @@ def demo_report(store: Store) -> list[str]:
         planted_pairs = {
             frozenset((p["copy_id"], p["original_id"])) for p in truth.get("duplicates", [])
         }
-        for key in store.list_runs("digits", kind="duplicates")["brain_key"]:
+        for key in keys("digits", "duplicates"):
             m = duplicates_vs_planted(store.load_results("digits", key), planted_pairs)
             lines.append(
                 f"digits/{key}: {m['found']} duplicate pairs found, {m['true']} of them "
@@ -92,7 +98,7 @@ def demo_report(store: Store) -> list[str]:
                 f"over {len(planted_pairs)} planted copies (exact, re-encoded, noisy)"
             )
         flips = {f["sample_id"] for f in truth.get("flips", [])}
-        for key in store.list_runs("digits", kind="mistakenness")["brain_key"]:
+        for key in keys("digits", "mistakenness"):
             res = store.load_results("digits", key)
             top = res.nlargest(len(flips), "mistakenness")["sample_id"]
             p_at_k = float(top.isin(flips).mean())
@@ -102,7 +108,8 @@ def demo_report(store: Store) -> list[str]:
                 f"flips are the {len(flips)} most mistaken samples (precision@k {p_at_k:.3f}; "
                 f"the reference's rule on the same predictions: {ref:.3f})"
             )
-    lines += shapes_report(store)
+    if runs is None or any(d == "shapes" for d, _ in runs):
+        lines += shapes_report(store, runs)
     return lines
 
 
@@ -118,14 +125,17 @@ def _reference_p_at_k(store: Store, sample_ids, flips: set[str]) -> float:
     return float(np.isin(top, list(flips)).mean())
 
 
-def shapes_report(store: Store) -> list[str]:
-    """Detection mistakenness flags on the shapes demo against its planted errors."""
+def shapes_report(store: Store, runs: set[tuple[str, str]] | None = None) -> list[str]:
+    """Detection mistakenness flags on the shapes demo against its planted errors (only the
+    brain keys in ``runs`` when given)."""
     truth_path = store.data_dir / "demo" / "shapes" / "truth.json"
     if "shapes" not in store.list_datasets() or not truth_path.exists():
         return []
     truth = json.loads(Path(truth_path).read_text())
     lines = []
     for key in store.list_runs("shapes", kind="mistakenness")["brain_key"]:
+        if runs is not None and ("shapes", key) not in runs:
+            continue
         objects = store.load_extra("shapes", key, "objects")
         parts = []
         for flag, planted_key in (

@@ -11,6 +11,10 @@ refused with a message naming the key and the YAML file. Keys not in the YAML ar
 from __future__ import annotations
 
 import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -98,31 +102,138 @@ def launch_config(owner: Owner, call: BrainRunSpec) -> dict[str, Any]:
     return {k: v.value if isinstance(v, Enum) else v for k, v in diff.items()}
 
 
-def project_instance(required_for: Owner | None = None):
-    """The project's Dagster instance (``DAGSTER_HOME``; scripts/env.sh sets it). Without it,
-    an ephemeral instance, or for an owned key a refusal that says how to set it."""
+@dataclass(frozen=True)
+class ProjectHome:
+    """Where the project's Dagster instance is (``home``; None: not found) and how it was
+    found: ``DAGSTER_HOME`` in the environment, or a ``.env`` file in the current directory
+    (what scripts/setup.sh writes, and what Dagster's CLI reads there)."""
+
+    home: Path | None
+    source: str  # "DAGSTER_HOME", the .env path, or "" when not found
+    env: dict[str, str]  # the .env values to apply while the instance is loaded
+    note: str | None = None  # the .env here names another instance than DAGSTER_HOME
+
+    def line(self) -> str:
+        """One line naming the instance directory, or saying that none was found."""
+        if self.home is None:
+            return (
+                f"warning: no project Dagster instance ({self.source or NO_INSTANCE}): these "
+                "runs go to a temporary instance and the UI will not show them; run from the "
+                "repository root after `bash scripts/setup.sh` (it writes .env), or "
+                "`source scripts/env.sh`"
+            )
+        return f"instance: {self.home} (from {self.source})" + (
+            f"; note: {self.note}" if self.note else ""
+        )
+
+
+NO_INSTANCE = "DAGSTER_HOME is not set and there is no .env with DAGSTER_HOME here"
+
+
+def find_project_home(cwd: str | Path | None = None) -> ProjectHome:
+    """The project's Dagster instance directory: ``DAGSTER_HOME`` if set, else the
+    ``DAGSTER_HOME`` of ``.env`` in ``cwd`` (default: the current directory). A
+    ``DAGSTER_HOME`` set to the empty string asks for no project instance."""
+    from dotenv import dotenv_values  # a Dagster dependency: the parser Dagster's CLI uses
+
+    env_file = Path(cwd or os.getcwd()) / ".env"
+    dot = (
+        {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+        if env_file.is_file()
+        else {}
+    )
+    dot_home = dot.get("DAGSTER_HOME")
+    given = os.environ.get("DAGSTER_HOME")
+    if given == "":
+        return ProjectHome(None, "DAGSTER_HOME is set to ''", {})
+    if given:
+        home = Path(given).expanduser().resolve()
+        note = None
+        if dot_home and Path(dot_home).expanduser().resolve() != home:
+            note = (
+                f"{env_file} names DAGSTER_HOME={dot_home}, which `dagster dev` run here "
+                "uses instead: these runs will not show there"
+            )
+        return ProjectHome(home, "DAGSTER_HOME", {}, note)
+    if dot_home:
+        if not Path(dot_home).is_absolute():
+            raise ValueError(
+                f"{env_file}: DAGSTER_HOME={dot_home} is not an absolute path (Dagster needs "
+                "one); run `bash scripts/setup.sh` to rewrite it"
+            )
+        return ProjectHome(Path(dot_home), str(env_file), dot)
+    return ProjectHome(None, "", {})
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with those of ``values`` it lacks, as Dagster's CLI reads a .env."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+@contextmanager
+def project_instance(
+    required_for: Owner | None = None, say: Callable[[str], None] | None = None
+) -> Iterator[Any]:
+    """The project's Dagster instance (see :func:`find_project_home`), open for the block;
+    ``say`` gets one line naming it. Without one, an ephemeral instance (the line is a
+    warning), or for an owned key a refusal that says how to get one."""
     import dagster as dg
 
-    if os.environ.get("DAGSTER_HOME"):
-        return dg.DagsterInstance.get()
-    if required_for is not None:
+    found = find_project_home()
+    if found.home is None and required_for is not None:
         raise required_for.refuse(
-            "DAGSTER_HOME is not set, so the run would not be recorded in the project's "
-            "Dagster instance; `source scripts/env.sh` (or set DAGSTER_HOME) and run again"
+            f"{found.source or NO_INSTANCE}, so the run would not be recorded in the "
+            "project's Dagster instance; run from the repository root after `bash "
+            "scripts/setup.sh` (it writes .env), or `source scripts/env.sh`, and run again"
         )
-    return dg.DagsterInstance.ephemeral()
+    if say is not None:
+        say(found.line())
+    if found.home is None:
+        with dg.DagsterInstance.ephemeral() as instance:
+            yield instance
+        return
+    # the .env's variables stay set while the instance is used: dagster.yaml's storage
+    # settings (BRAIN_DAGSTER_STORAGE_DIR) are read when each part of the instance is first used
+    with _environ(found.env), dg.DagsterInstance.from_config(str(found.home)) as instance:
+        yield instance
 
 
-def materialize(defs, keys, instance, run_config: dict[str, Any] | None = None):
-    """Materialise the (whole-dataset) assets ``keys`` of ``defs`` in this process, recorded
-    in ``instance`` (what ``brain materialize`` runs)."""
+# The run's Dagster log goes to the instance's event log (the UI shows it); the terminal gets
+# what the caller's event listener prints.
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+def materialize(
+    defs,
+    keys,
+    instance,
+    run_config: dict[str, Any] | None = None,
+    on_event: Callable[[Any], None] | None = None,
+    job_name: str | None = None,
+    partition_key: str | None = None,
+):
+    """Materialise the assets ``keys`` of ``defs`` in this process, recorded in ``instance``
+    (what ``brain materialize`` runs). Dagster's own log stays in the run's event log;
+    ``on_event`` is called with each event-log entry of the run as it happens."""
     from dagster_brain.definitions import ALL_JOB
 
-    return defs.resolve_job_def(ALL_JOB).execute_in_process(
+    run_id = str(uuid.uuid4())
+    if on_event is not None:
+        instance.add_event_listener(run_id, on_event)
+    return defs.resolve_job_def(job_name or ALL_JOB).execute_in_process(
         instance=instance,
         asset_selection=list(keys),
         raise_on_error=False,
-        run_config=run_config or {},
+        run_config={**QUIET, **(run_config or {})},
+        run_id=run_id,
+        partition_key=partition_key,
     )
 
 
@@ -137,20 +248,20 @@ def run_owned(
     config = launch_config(owner, call)
     if ids is not None and set(ids) != set(store.sample_ids(call.dataset)):
         raise owner.refuse("the asset runs on the whole dataset, not on a view")
-    instance = project_instance(required_for=owner)
-    defs = build_defs(owner.yaml_path, store.data_dir)
-    key = brain_key_asset(call.dataset, call.brain_key)
-    if defs.resolve_asset_graph().get(key).partitions_def is not None:
-        raise owner.refuse(
-            "it is updated batch by batch by its inbox sensor (brain materialize --batch NAME)"
+    with project_instance(required_for=owner, say=_to_stderr) as instance:
+        defs = build_defs(owner.yaml_path, store.data_dir)
+        key = brain_key_asset(call.dataset, call.brain_key)
+        if defs.resolve_asset_graph().get(key).partitions_def is not None:
+            raise owner.refuse(
+                "it is updated batch by batch by its inbox sensor (brain materialize --batch NAME)"
+            )
+        op = key.to_python_identifier()
+        result = materialize(
+            defs, [key], instance, {"ops": {op: {"config": config}}} if config else None
         )
-    op = key.to_python_identifier()
-    result = materialize(
-        defs, [key], instance, {"ops": {op: {"config": config}}} if config else None
-    )
     if not result.success:
         errors = [
-            e.event_specific_data.error.message.strip()
+            error_text(e.step_failure_data.error)
             for e in result.all_node_events
             if e.is_step_failure
         ]
@@ -162,3 +273,21 @@ def run_owned(
     results = store.load_results(call.dataset, call.brain_key)
     summary = {"asset": owner.asset, "dagster_run_id": result.run_id, "run_config": config}
     return RunOutcome(record, results, frame_version(results), summary)
+
+
+def error_text(error) -> str:
+    """A step's error (a ``SerializableErrorInfo``) as the user's code raised it: Dagster's
+    wrapping errors and the exception's module path taken off."""
+    if error is None:
+        return ""
+    while error.cause is not None and error.cls_name.startswith("Dagster"):
+        error = error.cause
+    text = error.message.strip()
+    head, sep, rest = text.partition(": ")
+    if sep and head.endswith("." + error.cls_name):
+        text = f"{error.cls_name}: {rest}"
+    return text
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)

@@ -5,10 +5,12 @@ An invalid entry fails at load time with the entry's key and the bad field.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -466,64 +468,106 @@ class BrainKeysFile(_Spec):
 
     @model_validator(mode="after")
     def _references(self) -> BrainKeysFile:
-        datasets = {d.name for d in self.datasets}
-        if len(datasets) != len(self.datasets):
-            raise ValueError("datasets: a dataset name is declared twice")
-        emb: dict[tuple[str, str], EmbeddingsSpec] = {}
-        for e in self.embeddings:
-            if e.dataset not in datasets:
-                raise ValueError(f"embeddings {e.key!r}: unknown dataset {e.dataset!r}")
-            if (e.dataset, e.key) in emb:
-                raise ValueError(f"embeddings {e.key!r}: declared twice for {e.dataset!r}")
-            emb[(e.dataset, e.key)] = e
-        for e in self.embeddings:
-            if e.source == "key" and (e.dataset, e.from_key) not in emb:
-                raise ValueError(f"embeddings {e.key!r}: from_key {e.from_key!r} is not declared")
-        seen = set()
-        inboxes = {d.name for d in self.datasets if d.incremental}
-        for r in self.brain_runs:
-            if r.dataset not in datasets:
-                raise ValueError(f"brain run {r.brain_key!r}: unknown dataset {r.dataset!r}")
-            if r.refresh_cron is not None and (r.dataset not in inboxes or r.kind == "similarity"):
-                raise ValueError(
-                    f"brain run {r.brain_key!r}: refresh_cron applies to whole-dataset runs on "
-                    "inbox datasets (others refresh with the nightly schedule; similarity "
-                    "indexes are updated batch by batch)"
-                )
-            if (r.dataset, r.brain_key) in seen:
-                raise ValueError(f"brain run {r.brain_key!r}: declared twice on {r.dataset!r}")
-            seen.add((r.dataset, r.brain_key))
-            sim = getattr(r, "similarity", None)
-            if sim is not None:
-                target = next(
-                    (
-                        o
-                        for o in self.brain_runs
-                        if o.brain_key == sim and o.dataset == r.dataset and o.kind == "similarity"
-                    ),
-                    None,
-                )
-                if target is None:
-                    raise ValueError(
-                        f"brain run {r.brain_key!r}: similarity {sim!r} is not a similarity "
-                        f"brain key declared for dataset {r.dataset!r}"
-                    )
-                if target.metric == "dotproduct":
-                    raise ValueError(
-                        f"brain run {r.brain_key!r}: {r.kind} needs a distance, but similarity "
-                        f"{sim!r} uses metric dotproduct (use cosine for normalised vectors)"
-                    )
-            key = getattr(r, "embeddings", None)
-            if key is not None and (r.dataset, key) not in emb:
-                raise ValueError(
-                    f"brain run {r.brain_key!r}: embeddings {key!r} is not declared for "
-                    f"dataset {r.dataset!r}"
-                )
+        problems = _reference_problems(self.datasets, self.embeddings, self.brain_runs)
+        if problems:
+            raise ValueError("; ".join(msg for _, msg in problems))
         return self
 
 
+def _reference_problems(
+    datasets: list[DatasetSpec], embeddings: list[EmbeddingsSpec], brain_runs: list[BrainRunSpec]
+) -> list[tuple[str, str]]:
+    """Entries that name a dataset, embeddings key or similarity index not declared (or
+    declare one twice), as (YAML path, message) pairs."""
+    problems: list[tuple[str, str]] = []
+    names: set[str] = set()
+    for i, d in enumerate(datasets):
+        if d.name in names:
+            problems.append((f"datasets[{i}].name", f"dataset {d.name!r} is declared twice"))
+        names.add(d.name)
+    emb: dict[tuple[str, str], EmbeddingsSpec] = {}
+    for i, e in enumerate(embeddings):
+        if e.dataset not in names:
+            problems.append(
+                (f"embeddings[{i}].dataset", f"embeddings {e.key!r}: unknown dataset {e.dataset!r}")
+            )
+        if (e.dataset, e.key) in emb:
+            problems.append(
+                (f"embeddings[{i}].key", f"embeddings {e.key!r}: declared twice for {e.dataset!r}")
+            )
+        emb[(e.dataset, e.key)] = e
+    for i, e in enumerate(embeddings):
+        if e.source == "key" and (e.dataset, e.from_key) not in emb:
+            problems.append(
+                (
+                    f"embeddings[{i}].from_key",
+                    f"embeddings {e.key!r}: from_key {e.from_key!r} is not declared",
+                )
+            )
+    seen = set()
+    inboxes = {d.name for d in datasets if d.incremental}
+    for i, r in enumerate(brain_runs):
+        at, run = f"brain_runs[{i}]", f"brain run {r.brain_key!r}"
+        if r.dataset not in names:
+            problems.append((f"{at}.dataset", f"{run}: unknown dataset {r.dataset!r}"))
+        if r.refresh_cron is not None and (r.dataset not in inboxes or r.kind == "similarity"):
+            problems.append(
+                (
+                    f"{at}.refresh_cron",
+                    f"{run}: refresh_cron applies to whole-dataset runs on inbox datasets "
+                    "(others refresh with the nightly schedule; similarity indexes are updated "
+                    "batch by batch)",
+                )
+            )
+        if (r.dataset, r.brain_key) in seen:
+            problems.append((f"{at}.brain_key", f"{run}: declared twice on {r.dataset!r}"))
+        seen.add((r.dataset, r.brain_key))
+        sim = getattr(r, "similarity", None)
+        if sim is not None:
+            target = next(
+                (
+                    o
+                    for o in brain_runs
+                    if o.brain_key == sim and o.dataset == r.dataset and o.kind == "similarity"
+                ),
+                None,
+            )
+            if target is None:
+                problems.append(
+                    (
+                        f"{at}.similarity",
+                        f"{run}: similarity {sim!r} is not a similarity brain key declared for "
+                        f"dataset {r.dataset!r}",
+                    )
+                )
+            elif target.metric == "dotproduct":
+                problems.append(
+                    (
+                        f"{at}.similarity",
+                        f"{run}: {r.kind} needs a distance, but similarity {sim!r} uses metric "
+                        "dotproduct (use cosine for normalised vectors)",
+                    )
+                )
+        key = getattr(r, "embeddings", None)
+        if key is not None and (r.dataset, key) not in emb:
+            problems.append(
+                (
+                    f"{at}.embeddings",
+                    f"{run}: embeddings {key!r} is not declared for dataset {r.dataset!r}",
+                )
+            )
+    return problems
+
+
 class SpecError(ValueError):
-    """A brain-keys YAML that cannot be loaded; names the entry and the field."""
+    """A brain-keys YAML that cannot be loaded; names every bad entry and field at once."""
+
+
+SECTIONS: dict[str, type[_Spec]] = {
+    "datasets": DatasetSpec,
+    "embeddings": EmbeddingsSpec,
+    "brain_runs": BrainRunSpec,
+}
 
 
 def _entry_name(section: str, entry: Any) -> str:
@@ -534,48 +578,131 @@ def _entry_name(section: str, entry: Any) -> str:
     return f"{section} entry"
 
 
+def _did_you_mean(word: Any, choices: Any) -> str:
+    """``; did you mean 'x'?`` for the closest of ``choices``, or nothing."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _models(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation holds (through Annotated, unions, lists)."""
+    origin = get_origin(annotation)
+    if origin is Annotated or origin is list:
+        return _models(get_args(annotation)[0])
+    if origin is Union or origin is UnionType:
+        return [m for arg in get_args(annotation) for m in _models(arg)]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return []
+
+
+def _tag(model: type[BaseModel]) -> Any:
+    """A source model's ``type`` value (the union's discriminator), if it has one."""
+    field = model.model_fields.get("type")
+    args = get_args(field.annotation) if field is not None else ()
+    return args[0] if len(args) == 1 else None
+
+
+def _walk(model: type[BaseModel], loc: tuple) -> tuple[str, list[type[BaseModel]], Any]:
+    """Pydantic's error location as a YAML path (``source.path``, ``weights[1]``; union tags
+    dropped), the models holding its last field, and that field's annotation."""
+    path, holders, annotation, here = "", [model], None, [model]
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+            continue
+        tagged = [m for m in here if _tag(m) == part and part not in m.model_fields]
+        if len(here) > 1 and tagged:
+            here = tagged  # pydantic names the union member it tried
+            continue
+        owner = next((m for m in here if part in m.model_fields), None)
+        holders = here
+        annotation = owner.model_fields[part].annotation if owner else None
+        here = _models(annotation) if owner else []
+        path += f".{part}" if path else str(part)
+    return path, holders, annotation
+
+
+def _error_text(model: type[BaseModel], err: dict) -> tuple[str, str]:
+    """One pydantic error as (path inside the entry, message without pydantic's prefixes)."""
+    path, holders, annotation = _walk(model, tuple(err["loc"]))
+    msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if err["type"] == "missing":
+        msg = "required, missing"
+    leaf = str(err["loc"][-1]) if err["loc"] else ""
+    if err["type"] == "extra_forbidden":
+        fields = {f for m in holders for f in m.model_fields}
+        return path, f"unknown field {leaf!r}{_did_you_mean(leaf, fields)}"
+    if err["type"] == "union_tag_invalid":
+        tags = err.get("ctx", {}).get("expected_tags", "")
+        tag = err.get("ctx", {}).get("tag")
+        choices = [t.strip(" '") for t in str(tags).split(",")]
+        return path, f"field {path!r}: {msg}{_did_you_mean(tag, choices)}"
+    if err["type"] == "literal_error":
+        literals = [a for a in get_args(annotation) if isinstance(a, str)]
+        return path, f"field {path!r}: {msg}{_did_you_mean(err.get('input'), literals)}"
+    return path, f"field {path!r}: {msg}" if path else msg
+
+
+def _entry_problems(
+    model: type[BaseModel], entry: Any, where: str, index: str
+) -> tuple[Any, list[tuple[str, str]]]:
+    """The validated entry (or None) and its problems as (YAML path, message) pairs."""
+    try:
+        return model.model_validate(entry), []
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            path, msg = _error_text(model, e)
+            problems.append((f"{index}.{path}" if path else index, f"{where}: {msg}"))
+        return None, problems
+
+
 def parse_specs(data: Any, origin: str = "brain keys") -> BrainKeysFile:
-    """Validate parsed YAML; errors name the section, the entry's key and the bad field."""
+    """Validate parsed YAML. Every problem is reported at once, each with its YAML path
+    (``brain_runs[3].kind``), the entry's key and, for a misspelt name, the closest valid one."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise SpecError(f"{origin}: expected a mapping with datasets / embeddings / brain_runs")
-    unknown = set(data) - {"datasets", "embeddings", "brain_runs"}
-    if unknown:
-        raise SpecError(f"{origin}: unknown sections {sorted(unknown)}")
+    problems: list[tuple[str, str]] = [
+        (str(s), f"unknown section {s!r}{_did_you_mean(s, SECTIONS)}")
+        for s in sorted(set(data) - set(SECTIONS), key=str)
+    ]
     parsed: dict[str, list[Any]] = {}
-    for section, model in (("datasets", DatasetSpec), ("embeddings", EmbeddingsSpec)):
-        parsed[section] = [
-            _validate_entry(model, entry, f"{origin}: {_entry_name(section, entry)} (#{i + 1})")
-            for i, entry in enumerate(data.get(section) or [])
-        ]
-    runs = []
-    for i, entry in enumerate(data.get("brain_runs") or []):
-        where = f"{origin}: {_entry_name('brain_runs', entry)} (#{i + 1})"
-        kind = entry.get("kind") if isinstance(entry, dict) else None
-        types = run_spec_types()
-        if kind not in types:
-            raise SpecError(f"{where}: field 'kind': {kind!r} is not one of {sorted(types)}")
-        runs.append(_validate_entry(types[kind], entry, where))
-    try:
-        return BrainKeysFile(**parsed, brain_runs=runs)
-    except ValidationError as err:
-        raise SpecError(f"{origin}: {_describe(err)}") from err
+    types = run_spec_types()
+    for section, model in SECTIONS.items():
+        entries = data.get(section) or []
+        if not isinstance(entries, list):
+            problems.append((section, f"expected a list of entries, got {type(entries).__name__}"))
+            entries = []
+        parsed[section] = []
+        for i, entry in enumerate(entries):
+            index, where = f"{section}[{i}]", _entry_name(section, entry)
+            if section == "brain_runs":
+                kind = entry.get("kind") if isinstance(entry, dict) else None
+                if kind not in types:
+                    hint = _did_you_mean(kind, types) or f" (kinds: {', '.join(sorted(types))})"
+                    said = "missing" if kind is None else f"{kind!r} is not a brain-run kind"
+                    problems.append((f"{index}.kind", f"{where}: field 'kind': {said}{hint}"))
+                    continue
+                model = types[kind]
+            spec, found = _entry_problems(model, entry, where, index)
+            problems += found
+            if spec is not None:
+                parsed[section].append(spec)
+    if not problems:  # references between entries: only once every entry is valid
+        problems = _reference_problems(**parsed)
+    if problems:
+        raise SpecError(_report(origin, problems))
+    return BrainKeysFile(**parsed)
 
 
-def _validate_entry(model: type[BaseModel], entry: Any, where: str) -> Any:
-    try:
-        return model.model_validate(entry)
-    except ValidationError as err:
-        raise SpecError(f"{where}: {_describe(err)}") from err
-
-
-def _describe(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        parts.append(f"field {loc!r}: {e['msg']}" if loc else e["msg"])
-    return "; ".join(parts)
+def _report(origin: str, problems: list[tuple[str, str]]) -> str:
+    lines = [f"{path}: {msg}" for path, msg in problems]
+    if len(lines) == 1:
+        return f"{origin}: {lines[0]}"
+    return f"{origin}: {len(lines)} problems:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def load_specs(path: str | Path) -> BrainKeysFile:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set up, then materialise every brain asset of the demo datasets on the embedded default.
+# Set up, then materialise every demo asset on the project's Dagster instance (brain demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
-brain materialize --select '*' "$@"
+brain demo "$@"

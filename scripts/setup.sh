@@ -18,3 +18,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 else
   echo "[setup] .venv is up to date"
 fi
+# ./.env: absolute DAGSTER_HOME, BRAIN_DAGSTER_STORAGE_DIR, BRAIN_DATA_DIR, so that dagster dev,
+# dagster asset materialize and brain work from the repository root with nothing exported.
+.venv/bin/python scripts/write_env.py "$PWD"

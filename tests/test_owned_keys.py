@@ -22,6 +22,7 @@ N = 12
 def project(tmp_path, monkeypatch):
     """A project: store, YAML (uniqueness 'uniq', similarity 'sim', unique 'unique' with
     count 5) and a Dagster instance, found through the environment as scripts/env.sh sets it."""
+    monkeypatch.chdir(tmp_path)  # no project .env here: only the environment names the instance
     paths = write_images(tmp_path / "images", N)
     data_dir = tmp_path / "data"
     store = Store(data_dir)

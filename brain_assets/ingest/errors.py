@@ -41,7 +41,11 @@ class IngestError(ValueError):
         return " ".join(parts)
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.message}" if self.where else self.message
+        where = self.where
+        # a message that starts or ends with its place ("not a folder: <path>") names it already
+        if not where or self.message.startswith(where) or self.message.endswith(where):
+            return self.message
+        return f"{where}: {self.message}"
 
 
 class SkippedRow(NamedTuple):

@@ -96,5 +96,5 @@ def ingest_dataset(
         )
     else:  # pragma: no cover - the spec union is closed
         raise TypeError(f"dataset {spec.name!r}: unknown source {type(src).__name__}")
-    log.info("dataset %r: %s", spec.name, report.summary())
+    log.info("%s", report.summary())  # the summary names the dataset
     return report
