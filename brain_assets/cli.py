@@ -78,10 +78,15 @@ def config_cmd(field: str | None) -> None:
             err=True,
         )
         return
-    merged = masked(config.as_dict())
-    if field not in merged:
-        raise BrainConfigError(f"brain config has no field {field!r} (fields: {sorted(merged)})")
-    value = merged[field]
+    value: object = masked(config.as_dict())
+    path: list[str] = []
+    for part in field.split("."):  # a dotted path reaches into the nested settings
+        if not isinstance(value, dict) or part not in value:
+            where = ".".join(path) or "brain config"
+            choices = sorted(value) if isinstance(value, dict) else []
+            raise BrainConfigError(f"{where} has no field {part!r} (fields: {choices})")
+        value = value[part]
+        path.append(part)
     click.echo(json.dumps(value, indent=4) if isinstance(value, dict) else value)
 
 
@@ -783,10 +788,12 @@ def compute_group() -> None:
 
 
 def _attach_optional_groups() -> None:
-    """Subcommands that live beside their code (ingestion; the demo's data)."""
+    """Subcommands that live beside their code (ingestion; the demo's data; the viewer)."""
     from dagster_brain.ingest.cli import demo, ingest
+    from dagster_brain.viewer.cli import attach as attach_viewer
 
     main.add_command(ingest)
+    attach_viewer(main)
     for command in demo.commands.values():
         demo_group.add_command(command)
 

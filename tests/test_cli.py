@@ -44,6 +44,16 @@ def test_config_prints_merged_json_with_masked_secrets(tmp_path):
     assert data["default_similarity_backend"] == "qdrant"
     assert data["similarity_backends"]["qdrant"]["api_key"] == "****9876"
     assert "qd-secret" not in out.output
+    reset_brain_config()
+    try:
+        one = run("config", "similarity_backends.qdrant", env=env)
+        leaf = run("config", "similarity_backends.qdrant.api_key", env=env)
+        bad = CliRunner().invoke(main, ["config", "similarity_backends.qdrnt"], env=env)
+    finally:
+        reset_brain_config()
+    assert json.loads(one.stdout)["api_key"] == "****9876" and "qd-secret" not in one.output
+    assert leaf.stdout.strip() == "****9876"
+    assert bad.exit_code != 0 and "similarity_backends has no field 'qdrnt'" in bad.output
 
 
 def test_runs_commands(data_dir, tmp_path):
