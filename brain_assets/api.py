@@ -372,6 +372,37 @@ class Dataset:
         results = self.store.load_results(self.name, brain_key)
         return DatasetView(self, tuple(record.sample_ids), results if len(results) else None)
 
+    def list_saved_views(self) -> pd.DataFrame:
+        """The dataset's saved views (``view.save(name)``, or a lasso in the viewer).
+
+        Returns:
+            A DataFrame of ``name``, ``n``, ``created_at`` and ``source`` (the plot's brain
+            key when the viewer saved it), by name.
+        """
+        return self.store.saved_views(self.name)
+
+    def load_saved_view(self, name: str) -> DatasetView:
+        """A saved view again, in its saved order.
+
+        Args:
+            name: the view's name.
+
+        Returns:
+            A :class:`DatasetView` of its samples.
+        """
+        return DatasetView(self, tuple(self.store.load_view_ids(self.name, name)))
+
+    def delete_saved_view(self, name: str) -> None:
+        """Delete a saved view (its table, its listing and its Parquet copy).
+
+        Args:
+            name: the view's name.
+
+        Returns:
+            None.
+        """
+        self.store.delete_view(self.name, name)
+
     def rename_brain_run(self, brain_key: str, new_brain_key: str) -> None:
         """Move a run and its results to a new key.
 

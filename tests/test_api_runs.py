@@ -67,3 +67,19 @@ def test_api_errors_name_what_is_wrong(dataset):
         fob.compute_uniqueness(dataset, embeddings=bad)
     with pytest.raises(StoreError, match="no dataset 'missing'"):
         fob.Dataset("missing", dataset.store)
+
+
+def test_saved_views_round_trip_through_the_api(dataset):
+    """view.save, then list, load (same order) and delete: the viewer's lasso uses the same
+    store tables."""
+    fob.compute_uniqueness(dataset, embeddings=vectors(), k=2, brain_key="u")
+    view = dataset.load_brain_view("u").sort_by("uniqueness")
+    view.select(list(view.ids[:3])).save("least_unique")
+    listed = dataset.list_saved_views()
+    assert listed["name"].tolist() == ["least_unique"] and listed["n"].tolist() == [3]
+    again = dataset.load_saved_view("least_unique")
+    assert again.ids == view.ids[:3]
+    dataset.delete_saved_view("least_unique")
+    assert dataset.list_saved_views().empty
+    with pytest.raises(StoreError, match="least_unique"):
+        dataset.load_saved_view("least_unique")
