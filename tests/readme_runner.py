@@ -5,8 +5,8 @@ A block may carry one directive, an HTML comment on the line above its fence:
 
 - ``<!-- readme-test: skip: REASON -->``  not run (the reason is required);
 - ``<!-- readme-test: file: NAME -->``    the block's text is written to ``~/NAME``;
-- ``<!-- readme-test: server: URL -->``   a command that serves: started, must answer at
-  URL, then stopped;
+- ``<!-- readme-test: server: URL ... -->`` a command that serves: started, every URL must
+  answer, then it is stopped;
 - ``<!-- readme-test: long: REASON -->``  run only by the long README test.
 
 Blocks without a language (printed output) are not commands and are not run.
@@ -104,13 +104,13 @@ def _serve(block: Block, cwd: Path, env: dict[str, str], timeout_s: float) -> Ou
         start_new_session=True,
     )
     deadline = time.time() + timeout_s
-    ok = False
+    waiting = block.argument.split()  # every URL must answer
     try:
-        while time.time() < deadline and proc.poll() is None:
+        while waiting and time.time() < deadline and proc.poll() is None:
             try:
-                with urllib.request.urlopen(block.argument, timeout=5) as r:
-                    ok = r.status == 200
-                    break
+                with urllib.request.urlopen(waiting[0], timeout=5) as r:
+                    if r.status == 200:
+                        waiting.pop(0)
             except OSError:
                 time.sleep(1.0)
     finally:
@@ -120,8 +120,8 @@ def _serve(block: Block, cwd: Path, env: dict[str, str], timeout_s: float) -> Ou
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             out, _ = proc.communicate()
-    why = "" if ok else f"\n{block.argument} never answered (exit {proc.returncode})"
-    return Outcome(block, ok, (out or "")[-4000:] + why)
+    why = f"\n{waiting[0]} never answered (exit {proc.returncode})" if waiting else ""
+    return Outcome(block, not waiting, (out or "")[-4000:] + why)
 
 
 def run_block(block: Block, cwd: Path, env: dict[str, str], timeout_s: float = 900) -> Outcome:
