@@ -87,10 +87,7 @@ class Outcome:
 
 def _bash_script(code: str) -> str:
     # stop at the first failing command and name it
-    return (
-        "set -eo pipefail\n"
-        "trap 'echo \"README command failed: $BASH_COMMAND\" >&2' ERR\n" + code
-    )
+    return "set -eo pipefail\ntrap 'echo \"README command failed: $BASH_COMMAND\" >&2' ERR\n" + code
 
 
 def _serve(block: Block, cwd: Path, env: dict[str, str], timeout_s: float) -> Outcome:
