@@ -1,7 +1,9 @@
 """``SimilarityIndex``: one index API over any vector backend, with bookkeeping in the store.
 
-The backend holds the vectors; the store holds which ids are indexed (the run's results
-table: ``id``, ``sample_id``, ``label_id``), so sizes and views never ask the backend.
+The backend holds the vectors; the store holds which ids the run put there (the run's results
+table: ``id``, ``sample_id``, ``label_id``). Sizes are the backend's own counts; an index
+whose backend lacks vectors the run recorded (a deleted file or collection) is refused with
+:class:`IndexIncomplete` naming the fix.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ ADD_BATCH = 10_000
 
 class SimilarityError(ValueError):
     """A similarity request that cannot be answered (unknown ids, bad k, empty index...)."""
+
+
+class IndexIncomplete(SimilarityError):
+    """The backend holds fewer of the index's vectors than its run recorded."""
+
+
+FETCH_CHUNK = 10_000  # ids per fetch when only asking which ids the backend holds
 
 
 @dataclass(frozen=True)
@@ -300,9 +309,13 @@ class SimilarityIndex(DuplicatesMixin):
         self._closed = False
 
     def __repr__(self) -> str:
+        try:
+            size: int | str = self.total_index_size
+        except Exception:  # an unreachable backend must not break the repr
+            size = "?"
         return (
             f"SimilarityIndex({self.dataset}/{self.brain_key}: {self.config.backend}, "
-            f"{self.config.metric}, {self.total_index_size} vectors of dim {self.config.dim})"
+            f"{self.config.metric}, {size} vectors of dim {self.config.dim})"
         )
 
     # -- sizes and ids ----------------------------------------------------------------------
@@ -324,8 +337,43 @@ class SimilarityIndex(DuplicatesMixin):
 
     @property
     def total_index_size(self) -> int:
-        """Vectors in the index, whatever the view."""
-        return len(self._members)
+        """Vectors the backend holds, whatever the view."""
+        return int(self.backend.count())
+
+    def held_ids(self, ids: Sequence[str]) -> list[str]:
+        """Those of ``ids`` the backend holds a vector for (asked in chunks)."""
+        held: list[str] = []
+        ids = list(ids)
+        for start in range(0, len(ids), FETCH_CHUNK):
+            found, _ = self.backend.fetch(ids[start : start + FETCH_CHUNK])
+            held.extend(found)
+        return held
+
+    def _fix(self) -> str:
+        return (
+            f"run `brain doctor --dataset {self.dataset} --repair` to rebuild it from "
+            f"embeddings key {self.config.embeddings_key!r}, or re-materialise brain key "
+            f"{self.brain_key!r}"
+        )
+
+    def _incomplete(self, missing: int | None = None) -> IndexIncomplete:
+        """The error for a backend that lacks vectors the run recorded."""
+        where = getattr(self.backend, "path", None) or getattr(self.backend, "where", "")
+        try:
+            held = f"holds {int(self.backend.count())} of the {len(self._members)} vectors"
+        except Exception:
+            held = f"lacks {missing} of the {len(self._members)} vectors"
+        gone = "" if not where else f" ({where})"
+        noun = getattr(self.backend, "noun", "collection")
+        return IndexIncomplete(
+            f"similarity index {self.brain_key!r} on {self.dataset!r}: the {self.config.backend} "
+            f"{noun} {self.config.collection!r}{gone} {held} the run recorded; {self._fix()}"
+        )
+
+    def _require(self, wanted: Sequence[str], found: Sequence[str]) -> None:
+        """Refuse an answer built on members the backend does not hold."""
+        if len(found) < len(wanted):
+            raise self._incomplete(len(wanted) - len(found))
 
     @property
     def sample_ids(self) -> np.ndarray:
@@ -352,18 +400,21 @@ class SimilarityIndex(DuplicatesMixin):
 
     @property
     def index_size(self) -> int:
-        """Indexed vectors that belong to the current view."""
-        return len(self._view_members())
+        """Vectors the backend holds for the current view's items."""
+        if self._view is None:
+            return self.total_index_size
+        return len(self.held_ids(self._view_members()["id"].tolist()))
 
     @property
     def missing_size(self) -> int:
-        """Items of the current view (samples, or patches) that have no vector."""
+        """Items of the current view (samples, or patches) the backend has no vector for."""
         view = self._view if self._view is not None else self.store.sample_ids(self.dataset)
         if not self.is_patches:
-            return len(set(view) - set(self._members["sample_id"]))
-        labels = self.store.labels(self.dataset, self.config.patches_field)
-        wanted = set(labels.loc[labels["sample_id"].isin(set(view)), "label_id"])
-        return len(wanted - set(self._members["label_id"]))
+            wanted = sorted(set(view))
+        else:
+            labels = self.store.labels(self.dataset, self.config.patches_field)
+            wanted = sorted(set(labels.loc[labels["sample_id"].isin(set(view)), "label_id"]))
+        return len(wanted) - len(self.held_ids(wanted))
 
     # -- changing the index -----------------------------------------------------------------
 
@@ -500,6 +551,7 @@ class SimilarityIndex(DuplicatesMixin):
         elif sample_ids is not None:
             m = self._members[self._members["sample_id"].isin({str(i) for i in sample_ids})]
         found, X = self.backend.fetch(m["id"].tolist()) if len(m) else ([], None)
+        self._require(m["id"].tolist(), found)
         if X is None or len(found) == 0:
             X = np.zeros((0, self.config.dim), np.float32)
         by_id = m.set_index("id")
@@ -516,6 +568,7 @@ class SimilarityIndex(DuplicatesMixin):
                 + (" in the current view" if self._view is not None else "")
             )
         found, X = self.backend.fetch(m["id"].tolist())
+        self._require(m["id"], found)
         return list(found), np.asarray(X, dtype=np.float32)
 
     # -- models -----------------------------------------------------------------------------
@@ -586,6 +639,7 @@ class SimilarityIndex(DuplicatesMixin):
                     f"index {self.brain_key!r} has no vectors for {what} ids {missing[:5]}"
                 )
             found, X = self.backend.fetch(list(query))
+            self._require(query, found)
             return np.asarray(X, np.float32), list(found)
         Q = np.asarray(query, dtype=np.float32)
         Q = Q[None, :] if Q.ndim == 1 else Q
@@ -656,6 +710,8 @@ class SimilarityIndex(DuplicatesMixin):
         exhaustive = reverse or len(Q) > 1 or k >= n
         if not exhaustive:
             got, d = self.backend.query(Q, k, allowed=allowed)
+            if len(got[0]) < k and self.backend.count() < len(self._members):
+                raise self._incomplete()  # fewer answers than the members promise
             return list(got[0]), np.asarray(d[0], dtype=np.float64)
         # Exact answer for least-similar, multi-vector and whole-view sorts: scan the view's
         # vectors in blocks (every backend gets the same answer).

@@ -10,8 +10,8 @@ place only after the transaction commits.
 Modules, bottom up: ``errors``, ``records`` (what comes back), ``hashing`` (data versions),
 ``vectors`` (Arrow <-> numpy), ``tables`` (quoted SQL names), ``schema`` (tables and numbered
 migrations), ``connection`` (connections and :class:`Transaction`), ``mirror`` (Parquet
-copies), ``core`` < ``samples`` < ``embeddings`` < ``runs`` < ``facade`` (:class:`Store`),
-``locks`` (one run per brain key).
+copies), ``core`` < ``samples`` < ``embeddings`` < ``runs`` < ``views`` (saved views) <
+``facade`` (:class:`Store`), ``locks`` (one run per brain key).
 """
 
 from __future__ import annotations

@@ -16,6 +16,37 @@ from typing import Any
 
 import duckdb
 
+from dagster_brain.store.errors import StoreError
+
+# What DuckDB says when the file itself is broken (truncated, overwritten, bad blocks), as
+# opposed to a busy file lock or a bad query.
+_DAMAGE_MARKERS = (
+    "not a valid duckdb database file",
+    "could not read enough bytes",
+    "corrupt database file",
+    "does not match stored checksum",
+)
+
+
+class StoreDamaged(StoreError):
+    """``brain.duckdb`` cannot be read: truncated, overwritten or with corrupted blocks."""
+
+
+def damage_cause(err: BaseException) -> str | None:
+    """DuckDB's message when ``err`` says the database file is damaged, else None."""
+    if not isinstance(err, duckdb.Error):
+        return None
+    text = str(err)
+    return text if any(m in text.lower() for m in _DAMAGE_MARKERS) else None
+
+
+def damaged(db_path: Path, cause: str) -> StoreDamaged:
+    """The one message for a damaged store file: what, why, what to do."""
+    return StoreDamaged(
+        f"{db_path.name} is damaged: {cause}; restore with `brain restore --data-dir "
+        f"{db_path.parent}` from the Parquet copies"
+    )
+
 
 @contextlib.contextmanager
 def connect(db_path: Path, lock_timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -27,13 +58,23 @@ def connect(db_path: Path, lock_timeout_s: float) -> Iterator[duckdb.DuckDBPyCon
         try:
             conn = duckdb.connect(str(db_path))
             break
-        except duckdb.IOException as err:
-            if "lock" not in str(err).lower() or time.monotonic() > deadline:
+        except duckdb.Error as err:
+            cause = damage_cause(err)
+            if cause is not None:
+                raise damaged(db_path, cause) from err
+            busy = isinstance(err, duckdb.IOException) and "lock" in str(err).lower()
+            if not busy or time.monotonic() > deadline:
                 raise
             time.sleep(delay + random.random() * delay)
             delay = min(delay * 2, 2.0)
     try:
         yield conn
+    except duckdb.Error as err:
+        # a bad block surfaces only when a query reads it: say so wherever that happens
+        cause = damage_cause(err)
+        if cause is not None:
+            raise damaged(db_path, cause) from err
+        raise
     finally:
         conn.close()
 
@@ -44,6 +85,8 @@ class Transaction:
     def __init__(self, conn: duckdb.DuckDBPyConnection) -> None:
         self.conn = conn
         self.renames: list[tuple[Path, Path]] = []
+        # the records copied beside those copies (mirror.records_of), moved in with them
+        self.record_renames: list[tuple[Path, Path]] = []
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> duckdb.DuckDBPyConnection:
         """Run one statement with its values as parameters."""
@@ -61,9 +104,14 @@ class Transaction:
         """Forget a registered frame."""
         self.conn.unregister(name)
 
-    def replace_after_commit(self, tmp: Path, final: Path) -> None:
-        """Move ``tmp`` onto ``final`` once the transaction commits; remove it otherwise."""
-        self.renames.append((tmp, final))
+    def replace_after_commit(self, tmp: Path, final: Path, record: bool = False) -> None:
+        """Move ``tmp`` onto ``final`` once the transaction commits; remove it otherwise.
+        ``record``: a copy's record (kept in :attr:`record_renames`)."""
+        (self.record_renames if record else self.renames).append((tmp, final))
+
+    def pending(self) -> list[tuple[Path, Path]]:
+        """Every (temporary, final) file waiting for the commit."""
+        return [*self.renames, *self.record_renames]
 
 
 @contextlib.contextmanager
@@ -85,9 +133,9 @@ def transaction(db_path: Path, lock_timeout_s: float) -> Iterator[Transaction]:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            for tmp, final in tx.renames:
+            for tmp, final in tx.pending():
                 os.replace(tmp, final)
     except BaseException:
-        for tmp, _ in tx.renames if tx is not None else ():
+        for tmp, _ in tx.pending() if tx is not None else ():
             tmp.unlink(missing_ok=True)
         raise

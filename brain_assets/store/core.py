@@ -14,7 +14,19 @@ import pandas as pd
 
 from dagster_brain.store import connection, mirror
 from dagster_brain.store.connection import Transaction
+from dagster_brain.store.errors import StoreError
 from dagster_brain.store.schema import migrate
+
+DB_NAME = "brain.duckdb"
+
+
+def has_parquet_copies(parquet_dir: Path) -> bool:
+    """Whether a store's Parquet copies folder holds any copy."""
+    return parquet_dir.is_dir() and next(parquet_dir.glob("*/**/*.parquet"), None) is not None
+
+
+class StoreMissing(StoreError):
+    """``brain.duckdb`` is gone but its Parquet copies are there: refuse to start empty."""
 
 
 class StoreCore:
@@ -22,9 +34,16 @@ class StoreCore:
 
     def __init__(self, data_dir: str | os.PathLike, lock_timeout_s: float = 120.0):
         self.data_dir = Path(data_dir).expanduser().resolve()
-        self.db_path = self.data_dir / "brain.duckdb"
+        self.db_path = self.data_dir / DB_NAME
         self.parquet_dir = self.data_dir / "parquet"
         self.lock_timeout_s = lock_timeout_s
+        if not self.db_path.exists() and has_parquet_copies(self.parquet_dir):
+            # a new empty store here would hide the data the copies hold
+            raise StoreMissing(
+                f"{self.data_dir} has Parquet copies of a store but no {DB_NAME}; rebuild it "
+                f"with `brain restore --data-dir {self.data_dir}` (or point --data-dir / "
+                "BRAIN_DATA_DIR at an empty folder for a new store)"
+            )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.connect() as conn:
             migrate(conn)  # reads the schema version; writes only when it is behind
@@ -63,5 +82,18 @@ class StoreCore:
         select_sql: str,
         params: Sequence[Any] | None = None,
     ) -> None:
-        """Write a Parquet copy inside the open transaction; renamed after it commits."""
+        """Write a Parquet copy inside the open transaction; renamed after it commits.
+
+        The records that give a copy its meaning go with it (see :func:`mirror.records_of`):
+        a run's record with its results, an embeddings key's metadata with its vectors, the
+        labels with the samples, so ``brain restore`` can rebuild the store from the copies.
+        """
         mirror.write_copy(tx, self._parquet_path(dataset, name), select_sql, params)
+        for record, sql, args in mirror.records_of(dataset, name):
+            mirror.write_copy(tx, self._parquet_path(dataset, record), sql, args, record=True)
+
+    def refresh_copy(self, dataset: str, name: str, select_sql: str, params=None) -> Path:
+        """Rewrite one Parquet copy (and its records) from the DuckDB tables now."""
+        with self.transaction() as tx:
+            self._mirror(tx, dataset, name, select_sql, params)
+        return self._parquet_path(dataset, name)
