@@ -221,20 +221,27 @@ def materialize(
 ):
     """Materialise the assets ``keys`` of ``defs`` in this process, recorded in ``instance``
     (what ``brain materialize`` runs). Dagster's own log stays in the run's event log;
-    ``on_event`` is called with each event-log entry of the run as it happens."""
+    ``on_event`` is called with each event-log entry of the run as it happens. The run is
+    tagged with this process (:mod:`dagster_brain.run_liveness`), so that it is marked failed
+    if the process is killed; runs of killed processes are marked so first."""
     from dagster_brain.definitions import ALL_JOB
+    from dagster_brain.run_liveness import fail_dead_marked_runs, liveness_tags, marked_run
 
+    for line in fail_dead_marked_runs(instance):  # runs of killed processes end here
+        _to_stderr(f"note: {line}")
     run_id = str(uuid.uuid4())
     if on_event is not None:
         instance.add_event_listener(run_id, on_event)
-    return defs.resolve_job_def(job_name or ALL_JOB).execute_in_process(
-        instance=instance,
-        asset_selection=list(keys),
-        raise_on_error=False,
-        run_config={**QUIET, **(run_config or {})},
-        run_id=run_id,
-        partition_key=partition_key,
-    )
+    with marked_run(instance, run_id):
+        return defs.resolve_job_def(job_name or ALL_JOB).execute_in_process(
+            instance=instance,
+            asset_selection=list(keys),
+            raise_on_error=False,
+            run_config={**QUIET, **(run_config or {})},
+            run_id=run_id,
+            partition_key=partition_key,
+            tags=liveness_tags(),
+        )
 
 
 def run_owned(
@@ -277,16 +284,29 @@ def run_owned(
 
 def error_text(error) -> str:
     """A step's error (a ``SerializableErrorInfo``) as the user's code raised it: Dagster's
-    wrapping errors and the exception's module path taken off."""
+    wrapping errors, a failed rollback hiding its cause and the exception's module path taken
+    off."""
     if error is None:
         return ""
-    while error.cause is not None and error.cls_name.startswith("Dagster"):
-        error = error.cause
+    while True:
+        if error.cause is not None and error.cls_name.startswith("Dagster"):
+            error = error.cause
+        elif error.context is not None and _failed_rollback(error):
+            error = error.context  # the error that made the transaction fail
+        else:
+            break
     text = error.message.strip()
     head, sep, rest = text.partition(": ")
     if sep and head.endswith("." + error.cls_name):
         text = f"{error.cls_name}: {rest}"
     return text
+
+
+def _failed_rollback(error) -> bool:
+    """Whether a ``SerializableErrorInfo`` is DuckDB's rollback of an already failed
+    transaction."""
+    text = error.message.lower()
+    return "cannot rollback" in text or "no transaction is active" in text
 
 
 def _to_stderr(line: str) -> None:

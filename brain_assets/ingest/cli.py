@@ -71,18 +71,23 @@ def _embedding_columns(values: tuple[str, ...]) -> dict[str, str]:
 
 
 def reporting(fn: Callable[..., IngestReport | dict[str, IngestReport]]) -> Callable:
-    """Print the report(s); bad input exits with code 2 and its message, no traceback."""
+    """Print the report(s); an error is one line and no traceback (``brain --debug`` shows
+    it): bad input exits with code 2, a store or disk failure with 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from dagster_brain.cli import fail, passes
+
         try:
             result = fn(*args, **kwargs)
         except (IngestError, BrainNameError) as err:
-            click.echo(f"error: {err}", err=True)
-            click.get_current_context().exit(2)
+            fail(err, 2)
         except StoreError as err:
-            click.echo(f"error: {err}", err=True)
-            click.get_current_context().exit(1)
+            fail(err, 1)
+        except Exception as err:
+            if passes(err):
+                raise
+            fail(err)
         for report in result.values() if isinstance(result, dict) else [result]:
             click.echo(report.summary())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from dagster_brain.ingest.classes import (
 )
 from dagster_brain.ingest.errors import FieldSummary, IngestError, IngestReport
 from dagster_brain.store import Store
+
+_LOG = logging.getLogger("dagster_brain")
 
 
 @dataclass
@@ -166,6 +169,7 @@ def commit(
     dry_run: bool = False,
 ) -> IngestReport:
     """Write validated samples + labels (one transaction), then merge each embeddings key.
+    When this ingest creates the dataset and a write fails, the dataset is removed again.
 
     Vectors already stored under a key stay for samples this ingest does not cover; a key whose
     stored dimension differs is refused before anything is written. ``dry_run`` checks and
@@ -184,19 +188,40 @@ def commit(
         report.updated = len(samples) - report.added
         return report
     frame = pd.DataFrame(samples, columns=Store.SAMPLE_COLUMNS)
-    store.write_samples(
-        dataset,
-        frame,
-        labels={f: (r.kind, r.classes, r.frame()) for f, r in labels.items()},
-    )
-    for key, (ids, vectors, source) in merged.items():
-        store.write_embeddings(dataset, key, ids, vectors, source=source, model=None)
+    new_dataset = dataset not in store.list_datasets()
+    try:
+        store.write_samples(
+            dataset,
+            frame,
+            labels={f: (r.kind, r.classes, r.frame()) for f, r in labels.items()},
+        )
+        for key, (ids, vectors, source) in merged.items():
+            store.write_embeddings(dataset, key, ids, vectors, source=source, model=None)
+    except BaseException as err:
+        if new_dataset:  # a failed first ingest leaves no dataset behind, empty or partial
+            _remove_new_dataset(store, dataset, err)
+        raise
     report.sample_ids = [s["sample_id"] for s in samples]
     report.added = sum(s["sample_id"] not in before for s in samples)
     report.updated = len(samples) - report.added
     report.label_fields.update({f: len(r.rows) for f, r in labels.items()})
     report.embeddings_keys.update({k: len(e.sample_ids) for k, e in embeddings.items()})
     return report
+
+
+def _remove_new_dataset(store: Store, dataset: str, err: BaseException) -> None:
+    """Delete ``dataset``, created by an ingest that failed with ``err``; a failure to do so
+    (the disk still full) is logged and noted on ``err``, which stays the error raised."""
+    try:
+        if dataset in store.list_datasets():
+            store.delete_dataset(dataset)
+    except Exception as cleanup:
+        note = (
+            f"dataset {dataset!r} was created by this failed ingest and could not be removed "
+            f"({cleanup}); it may be empty or partial: ingest again once the cause is fixed"
+        )
+        _LOG.warning("%s", note)
+        err.add_note(note)
 
 
 def _merge_embeddings(

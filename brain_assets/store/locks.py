@@ -1,7 +1,8 @@
 """One run per brain key at a time: a row in ``brain_locks``, kept alive by a heartbeat.
 
-A lock whose holder died is taken over: on this host when its pid is gone, from another host
-(a worker) when its heartbeat is older than :data:`LOCK_STALE_S`.
+A lock whose holder died is taken over, with a warning naming that holder: at once on this host
+when its pid is gone, and from any host when its heartbeat is older than :data:`LOCK_STALE_S`
+whatever its pid is now (a pid may have been reused by another process).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
 
 _LOG = logging.getLogger("dagster_brain")
 
-# A run holding a brain key refreshes its lock this often; a lock from another host whose
-# heartbeat is older than LOCK_STALE_S belongs to a worker that died, and is taken over.
+# A run holding a brain key refreshes its lock this often; a lock whose heartbeat is older than
+# LOCK_STALE_S belongs to a process that died or hangs, and is taken over.
 LOCK_HEARTBEAT_S = 30.0
 LOCK_STALE_S = 300.0
 # After this many missed beats in a row the holder logs a warning (and again at every
@@ -44,6 +45,21 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def heartbeat_age_s(row: tuple, now) -> float:
+    """Seconds since the last heartbeat of a lock row (holder, pid, host, since, beat)."""
+    return (now - row[4]).total_seconds()
+
+
+def takeover_reason(row: tuple, host: str, now) -> str | None:
+    """Why the lock ``row`` can be taken over (None: its holder may still be running)."""
+    age = heartbeat_age_s(row, now)
+    if age > LOCK_STALE_S:  # whatever the pid is now: it may have been reused
+        return f"its last heartbeat is {age:.0f} s old (stale after {LOCK_STALE_S:.0f} s)"
+    if row[2] == host and not pid_alive(row[1]):
+        return "that process is gone"
+    return None
+
+
 def _try_acquire(
     store: StoreCore, dataset: str, brain_key: str, holder: str, host: str, pid: int
 ) -> tuple | None:
@@ -55,14 +71,21 @@ def _try_acquire(
             [dataset, brain_key],
         ).fetchall()
         row = rows[0] if rows else None
-        free = row is None or (
-            not pid_alive(row[1])
-            if row[2] == host
-            else (utcnow() - row[4]).total_seconds() > LOCK_STALE_S
-        )
-        if not free:
-            return row
         now = utcnow()
+        if row is not None:
+            why = takeover_reason(row, host, now)
+            if why is None:
+                return row
+            _LOG.warning(
+                "brain key %r on %r: taking over the lock of %s (pid %s on %s, since %s): %s",
+                brain_key,
+                dataset,
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                why,
+            )
         tx.execute(
             "INSERT OR REPLACE INTO brain_locks "
             "(dataset, brain_key, holder, pid, host, acquired_at, heartbeat_at) "
@@ -108,9 +131,12 @@ def hold_run_lock(
     delay = 0.2
     while (row := _try_acquire(store, dataset, brain_key, holder, host, pid)) is not None:
         if time.monotonic() >= deadline:
+            age = heartbeat_age_s(row, utcnow())
             raise StoreError(
                 f"brain key {brain_key!r} on {dataset!r} is being computed by {row[0]} "
-                f"(pid {row[1]} on {row[2]}, since {row[3]}); wait for it to finish"
+                f"(pid {row[1]} on {row[2]}, since {row[3]}, last heartbeat {age:.0f} s ago); "
+                "wait for it to finish (a lock whose heartbeat stops is taken over after "
+                f"{LOCK_STALE_S:.0f} s)"
             )
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 5.0)
