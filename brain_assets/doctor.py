@@ -28,7 +28,7 @@ from dagster_brain.store.connection import StoreDamaged, connect
 from dagster_brain.store.core import DB_NAME, has_parquet_copies
 from dagster_brain.store.embeddings import KEY_COPY_SQL
 from dagster_brain.store.hashing import embeddings_version, rows_digest
-from dagster_brain.store.locks import LOCK_STALE_S, pid_alive
+from dagster_brain.store.locks import takeover_reason
 from dagster_brain.store.mirror import RECORDS, parquet_path, remove_tree
 from dagster_brain.store.records import utcnow
 from dagster_brain.store.samples import SAMPLES_COPY_SQL
@@ -589,14 +589,13 @@ def _locks(store: Store) -> list[dict[str, Any]]:
 
 def _lock_dead(lock: dict[str, Any]) -> tuple[bool, str]:
     """Whether a lock's holder is dead, and why: the rule by which the next run of the key
-    takes the lock over (a heartbeat older than ``LOCK_STALE_S`` from any host, or a pid gone
-    on this host)."""
-    age = (utcnow() - pd.Timestamp(lock["beat"]).to_pydatetime()).total_seconds()
-    if age > LOCK_STALE_S:
-        return True, f"no heartbeat from {lock['host']} for {age:.0f} s"
-    if lock["host"] == socket.gethostname() and not pid_alive(int(lock["pid"])):
-        return True, f"process {lock['pid']} on this host is gone"
-    return False, ""
+    takes the lock over (``locks.takeover_reason``)."""
+    row = (lock["holder"], int(lock["pid"]), lock["host"], lock["acquired_at"])
+    beat = pd.Timestamp(lock["beat"]).to_pydatetime()
+    why = takeover_reason((*row, beat), socket.gethostname(), utcnow())
+    if why is None:
+        return False, ""
+    return True, why
 
 
 def check_locks(store: Store, dataset: str | None = None) -> list[Finding]:

@@ -82,7 +82,8 @@ def parse_blocks(text: str) -> list[Block]:
 class Outcome:
     block: Block
     ok: bool
-    output: str
+    output: str  # the end of what it printed
+    lines: int = 0  # how many lines it printed in all
 
 
 def _bash_script(code: str) -> str:
@@ -147,8 +148,8 @@ def run_block(block: Block, cwd: Path, env: dict[str, str], timeout_s: float = 9
         )
     except subprocess.TimeoutExpired as err:
         return Outcome(block, False, f"timed out after {timeout_s} s\n{err.stdout or ''}")
-    output = (proc.stdout + proc.stderr)[-4000:]
-    return Outcome(block, proc.returncode == 0, output)
+    printed = proc.stdout + proc.stderr
+    return Outcome(block, proc.returncode == 0, printed[-4000:], len(printed.splitlines()))
 
 
 def runnable(blocks: list[Block], long: bool = False) -> list[Block]:

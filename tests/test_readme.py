@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from readme_runner import Block, failures, parse_blocks, run_block, runnable
+from readme_runner import Block, Outcome, failures, parse_blocks, run_block, runnable
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -84,13 +84,11 @@ def user_home(tmp_path_factory) -> Path:
     return home
 
 
-def _run(blocks: list[Block], home: Path) -> None:
-    outcomes = []
-    for block in blocks:
-        outcome = run_block(block, REPO, user_env(home))
-        outcomes.append(outcome)
+def _run(blocks: list[Block], home: Path) -> list[Outcome]:
+    outcomes = [run_block(block, REPO, user_env(home)) for block in blocks]
     report = failures(outcomes)
     assert not report, f"README commands failed:\n\n{report}"
+    return outcomes
 
 
 def test_readme_commands_run_as_written(user_home):
@@ -100,7 +98,10 @@ def test_readme_commands_run_as_written(user_home):
     skipped = [b for b in blocks if b.directive == "skip"]
     assert all(b.argument for b in skipped)
     assert len(skipped) <= 6, [b.label() for b in skipped]  # skips stay the exception
-    _run(taken, user_home)
+    demo = _run(taken, user_home)[0]
+    # make demo: one line per asset and a summary, not Dagster's debug stream
+    assert demo.lines <= 60, f"make demo printed {demo.lines} lines:\n{demo.output}"
+    assert "materialized" in demo.output and "found:" in demo.output
 
 
 @pytest.mark.slow

@@ -131,7 +131,10 @@ def transaction(db_path: Path, lock_timeout_s: float) -> Iterator[Transaction]:
                 yield tx
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # a failed commit may leave no transaction to roll back: the original error
+                # (disk full, a constraint) is the one raised, never the rollback's
+                with contextlib.suppress(duckdb.Error):
+                    conn.execute("ROLLBACK")
                 raise
             for tmp, final in tx.pending():
                 os.replace(tmp, final)
