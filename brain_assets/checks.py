@@ -3,12 +3,18 @@
 Each check reads the committed results from the store and compares them with their input:
 row counts, NaN and out-of-range scores, index size against the embeddings, and the
 embeddings' model and dimension against the spec.
+
+Inbox batches run side by side, so a check never compares with a count another run can change
+while it runs: a batch's index update is checked on that batch's own vectors, and a
+whole-dataset run whose input moved on after it read it is reported (a warning, the refresh
+runs again) rather than failed.
 """
 
 from typing import Any
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 
 from dagster_brain.factory import brain_key_asset, embeddings_key
 from dagster_brain.methods import get_method
@@ -27,19 +33,74 @@ def as_run(store: Store, spec: BrainRunSpec, method) -> BrainRunSpec:
     return type(spec).model_validate({**spec.model_dump(), **used}) if used else spec
 
 
+# Batched methods whose results list the vectors held by a vector backend.
+INDEX_KINDS = frozenset({"similarity"})
+FETCH_CHUNK = 10_000  # ids per backend fetch
+
+
+def batch_vectors_held(
+    store: Store, spec: BrainRunSpec, members: pd.DataFrame, batch: str, meta: dict[str, Any]
+) -> list[str]:
+    """The backend holds every vector the committed index lists for this batch's samples.
+
+    Another batch may be adding or removing its own vectors meanwhile, so the backend's total
+    is recorded (``backend_count``) but not compared.
+    """
+    from dagster_brain.similarity.compute import load_index
+
+    ids = members["id"].astype(str).tolist()
+    index = load_index(store, spec.dataset, spec.brain_key)
+    try:
+        meta["backend_count"] = int(index.backend.count())
+        held: set[str] = set()
+        for start in range(0, len(ids), FETCH_CHUNK):
+            held.update(map(str, index.backend.fetch(ids[start : start + FETCH_CHUNK])[0]))
+    finally:
+        index.close()
+    absent = [i for i in ids if i not in held]
+    meta["batch_vectors_held"] = len(ids) - len(absent)
+    if absent:
+        return [
+            f"the backend lacks {len(absent)} of the {len(ids)} vectors batch {batch!r} "
+            f"indexed, e.g. {absent[:3]}"
+        ]
+    return []
+
+
+def input_moved_on(store: Store, spec: BrainRunSpec) -> str | None:
+    """Why the embeddings a committed run read are no longer the key's (another batch landed
+    after the run read them), or ``None`` when they still are or the run records none."""
+    record = store.get_run(spec.dataset, spec.brain_key, missing_ok=True)
+    read = (record.upstream or {}).get("embeddings") if record is not None else None
+    if not isinstance(read, dict) or not read.get("key") or not read.get("data_version"):
+        return None
+    sets = store.embedding_sets(spec.dataset)
+    row = sets[sets["embeddings_key"] == read["key"]]
+    now = None if row.empty else row["data_version"].iloc[0]
+    if now is None or now == read["data_version"]:
+        return None
+    return (
+        f"embeddings {read['key']!r} changed after the run read them "
+        f"({read['data_version']} -> {now}); the refresh runs again"
+    )
+
+
 def check_results(
     store: Store, spec: BrainRunSpec, batch: str | None = None
 ) -> tuple[bool, dict[str, Any]]:
     """(passed, metadata) for one brain run's committed results.
 
     ``batch``: an inbox batch's update of an index, checked for that batch (its vectors are
-    indexed) rather than against the whole key, which other batches may be changing.
+    indexed and held by the backend) rather than against the whole key, which other batches
+    may be changing. A row count that differs only because the input changed after the run
+    read it is not a problem: it is listed in ``meta["stale"]``.
     """
     method = get_method(spec.kind, spec.brain_key)  # type: ignore[attr-defined]
     spec = as_run(store, spec, method)
     results = store.load_results(spec.dataset, spec.brain_key)
     problems: list[str] = []
     meta: dict[str, Any] = {"rows": len(results)}
+    mine: set[str] = set()
     if batch is not None:
         mine = set(store.batch_sample_ids(spec.dataset, batch))
         embedded = mine & set(store.embedded_sample_ids(spec.dataset, spec.embeddings))
@@ -53,7 +114,12 @@ def check_results(
     if expected is not None:
         meta["expected_rows"] = expected
         if len(results) != expected:
-            problems.append(f"{len(results)} rows for {expected} input items")
+            found = f"{len(results)} rows for {expected} input items"
+            moved = input_moved_on(store, spec)
+            if moved is None:
+                problems.append(found)
+            else:
+                meta["stale"] = dg.MetadataValue.json([f"{found}: {moved}"])
     numeric = results.select_dtypes("number")
     nan_cols = [c for c in numeric if numeric[c].isna().any() and c != "distance"]
     if nan_cols:
@@ -67,7 +133,10 @@ def check_results(
             problems.append(
                 f"{len(bad)} {col} scores outside [{lo}, {hi}], e.g. {bad.head(3).tolist()}"
             )
-    if method.check is not None:
+    if batch is not None and method.kind in INDEX_KINDS:
+        mine_rows = results[results["sample_id"].isin(mine)] if len(results) else results
+        problems.extend(batch_vectors_held(store, spec, mine_rows, batch, meta))
+    elif method.check is not None:
         problems.extend(method.check(store, spec, results, meta))
     patches = "label_id" in results and results["label_id"].notna().any()
     id_col = "label_id" if patches else "sample_id"
@@ -133,6 +202,10 @@ def build_run_check(spec: BrainRunSpec) -> dg.AssetChecksDefinition:
     )
     def _check(context: dg.AssetCheckExecutionContext, store: BrainStoreResource):
         passed, meta = check_results(store.get(), spec, _batch(context))
+        if passed and "stale" in meta:  # not wrong, but already behind: shown, not blocking
+            return dg.AssetCheckResult(
+                passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=meta
+            )
         return dg.AssetCheckResult(passed=passed, metadata=meta)
 
     return _check

@@ -71,9 +71,11 @@ def refresh_condition(spec: BrainRunSpec) -> dg.AutomationCondition:
     # remembered: only a request clears "a dep updated", not the refresh's own completion
     # (eager's would, and that batch would never be scored). And a batch whose run failed
     # (a missing partition) does not hold back the refresh for the batches that did land.
-    landed = (cond.newly_missing() | cond.any_deps_updated()).since(
-        cond.newly_requested() | cond.initial_evaluation()
-    )
+    trigger = cond.newly_missing() | cond.any_deps_updated()
+    # "Requested" is seen one tick after the request; a batch seen on that same tick landed
+    # after the request was made, maybe after the refresh read its inputs, so the request
+    # does not clear it (by default the reset would win a tie: that batch stayed unscored).
+    landed = trigger.since((cond.newly_requested() & ~trigger) | cond.initial_evaluation())
     return (landed & ~cond.any_deps_in_progress() & ~cond.in_progress()).with_label(
         "eager (past failed batches, landed mid-run)"
     )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-_IDENT = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# \A...\Z with fullmatch: "$" would also match before a final newline ("ok\n" passing)
+_IDENT = re.compile(r"\A[a-z][a-z0-9_]{0,62}\Z")
 
 
 class BrainNameError(ValueError):
@@ -13,7 +14,7 @@ class BrainNameError(ValueError):
 
 def check_name(value: str, what: str) -> str:
     """Return ``value`` if it is a lower-case identifier (safe as a table or column name)."""
-    if not isinstance(value, str) or not _IDENT.match(value) or "__" in value:
+    if not isinstance(value, str) or not _IDENT.fullmatch(value) or "__" in value:
         raise BrainNameError(
             f"{what} {value!r} is not a valid name: use lower-case letters, digits and single "
             "underscores, starting with a letter (at most 63 characters)"

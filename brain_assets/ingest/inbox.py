@@ -22,7 +22,7 @@ from dagster_brain.ingest.manifest import ingest_manifest
 from dagster_brain.specs import DatasetSpec, InboxSource
 from dagster_brain.store import Store
 
-BATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+BATCH_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")  # no final newline
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson")
 READY_MARKER = "_SUCCESS"
 
@@ -123,7 +123,7 @@ def list_batches(source: InboxSource, root: Path) -> InboxListing:
                 f"{source.predictions_dir}/"
             )
             continue
-        if not BATCH_NAME.match(name):
+        if not BATCH_NAME.fullmatch(name):
             listing.rejected[entry.name] = (
                 "a batch name is letters, digits, '.', '_' or '-' (at most 100), starting with "
                 "a letter or digit"
