@@ -15,8 +15,9 @@ The JSON file defaults to ``~/.dagster_brain/brain_config.json`` and moves with
 - ``BRAIN_SIMILARITY_<BACKEND>_<PARAM>=value``: one backend parameter; values are parsed as
   JSON where they parse (numbers, booleans, ``null``), else kept as strings.
 
-Secrets (parameters named like ``api_key``, ``password``, ``token``, ``secret``) are masked
-whenever the config is printed.
+Secrets are masked whenever the config is printed (:mod:`dagster_brain.redact`): parameters
+named like ``api_key``, ``password``, ``token``, ``secret``, and credentials inside values
+(``http://user:pass@host`` -> ``http://****@host``, ``?api_key=...`` -> ``?api_key=****``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from dagster_brain.redact import SECRET_WORDS, is_secret, redact  # noqa: F401 (re-exported)
 
 DEFAULT_CONFIG_PATH = Path("~/.dagster_brain/brain_config.json")
 
@@ -64,7 +67,6 @@ TOP_LEVEL_ENV = (
     "viewer_host",
     "viewer_port",
 )
-SECRET_WORDS = ("api_key", "apikey", "password", "token", "secret")
 
 
 def defaults() -> dict[str, Any]:
@@ -93,11 +95,6 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def is_secret(name: str) -> bool:
-    """Whether a parameter name holds a secret."""
-    return any(word in name.lower() for word in SECRET_WORDS)
-
-
 def mask(value: Any) -> Any:
     """``'sk-abcdef1234'`` -> ``'****1234'``; short secrets are masked whole."""
     if value is None:
@@ -107,14 +104,9 @@ def mask(value: Any) -> Any:
 
 
 def masked(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a config dict with every secret masked."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            out[key] = masked(value)
-        else:
-            out[key] = mask(value) if is_secret(key) and value is not None else value
-    return out
+    """A copy of a config dict with every secret masked: secret-named values by :func:`mask`,
+    credentials inside other values (URL userinfo, query-string keys) by ``redact``."""
+    return redact(dict(config), secret=mask)
 
 
 def read_json_layer(path: Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dagster_brain.redact import redact
 from dagster_brain.store import BrainRunRecord, Store
 
 
@@ -50,7 +51,7 @@ def lineage(
         "code_version": record.code_version,
         "data_version": record.data_version,
         "versions": record.versions,
-        "upstream": record.upstream,
+        "upstream": redact(record.upstream),
         "stale": _stale_reasons(store, record),
     }
     if sample_id is not None:
@@ -76,7 +77,7 @@ def lineage(
                 {"brain_key": key, "type": other.kind, "stale": _stale_reasons(store, other)}
             )
     info["downstream"] = downstream
-    info["history"] = (
+    info["history"] = redact(
         store.query(
             "SELECT event, event_at, run_id, code_version, data_version, detail "
             "FROM brain_run_history WHERE dataset = ? AND brain_key = ? ORDER BY event_at",

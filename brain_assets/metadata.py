@@ -11,6 +11,7 @@ import dagster as dg
 import pandas as pd
 
 from dagster_brain.contact_sheet import GRID_BUDGET_BYTES, Grid, Tile, compose_grid
+from dagster_brain.redact import redact, redact_text
 from dagster_brain.store import BrainRunRecord
 
 THUMBNAILS_KEY = "thumbnails"  # the metadata entry holding the grid image
@@ -182,7 +183,7 @@ def score_thumbnails(
             text += "  \nbottom: " + ", ".join(_item(r) for _, r in bottom.iterrows())
         return thumbnails(rows, f"{score}: top and bottom items", text, budget)
     except Exception as err:  # pictures are a view of committed results: never fail the run
-        return Thumbnails(None, f"*thumbnails unavailable: {err}*")
+        return Thumbnails(None, f"*thumbnails unavailable: {redact_text(str(err))}*")
 
 
 def group_thumbnails(
@@ -211,18 +212,18 @@ def group_thumbnails(
         text = f"{len(rows)} of {results['group'].nunique()} duplicate groups shown"
         return thumbnails(rows, "duplicate groups", text, budget)
     except Exception as err:  # pictures are a view of committed results: never fail the run
-        return Thumbnails(None, f"*thumbnails unavailable: {err}*")
+        return Thumbnails(None, f"*thumbnails unavailable: {redact_text(str(err))}*")
 
 
 def lineage_metadata(record: BrainRunRecord, parquet_path: str | None) -> dict[str, Any]:
-    """Where the result is and what produced it."""
+    """Where the result is and what produced it (credentials in the lineage masked)."""
     meta: dict[str, Any] = {
         "brain_key": record.brain_key,
         "dataset": record.dataset,
         "run_id": record.run_id or "",
         "code_version": record.code_version or "",
         "input_data_version": record.data_version or "",
-        "upstream": dg.MetadataValue.json(record.upstream),
+        "upstream": dg.MetadataValue.json(redact(record.upstream)),
         "versions": dg.MetadataValue.json(record.versions),
     }
     if record.results_table:

@@ -124,7 +124,8 @@ def new_record(
     packages: tuple[str, ...] = (),
     config: dict[str, Any] | None = None,
 ) -> BrainRunRecord:
-    """The run record of a spec: config, ids, versions, data version and lineage."""
+    """The run record of a spec: config, ids, versions, data version and lineage (the store
+    redacts config and lineage when it commits the record)."""
     ids = sorted(set(sample_ids))
     return BrainRunRecord(
         dataset=spec.dataset,

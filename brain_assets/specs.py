@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from dagster_brain.config import is_secret
+from dagster_brain.redact import has_credentials, is_secret
 
 NAME = r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$"  # lower-case identifier, single underscores
 
@@ -285,6 +285,20 @@ class SimilaritySpec(BrainRunSpec):
     def _backend_supports_metric(self) -> SimilaritySpec:
         from dagster_brain.similarity.backends.registry import BACKEND_METRICS, check_settings
 
+        env = f"BRAIN_SIMILARITY_{(self.backend or '<BACKEND>').upper()}_"
+        secrets = [k for k in self.backend_params if is_secret(k)]
+        if secrets:
+            raise ValueError(
+                f"brain key {self.brain_key!r}: backend_params {secrets} are secrets: set them "
+                f"as environment variables ({env}<PARAM>), not in the YAML"
+            )
+        inline = [k for k, v in self.backend_params.items() if has_credentials(v)]
+        if inline:
+            raise ValueError(
+                f"brain key {self.brain_key!r}: backend_params {inline} hold credentials "
+                "(user:password@ or a key in the query string): set them in the environment "
+                f"variable {env}{inline[0].upper()}, not in the YAML"
+            )
         if self.backend is not None:
             if self.backend not in BACKEND_METRICS:
                 raise ValueError(
@@ -297,12 +311,6 @@ class SimilaritySpec(BrainRunSpec):
                     f"(supported: {', '.join(BACKEND_METRICS[self.backend])})"
                 )
             check_settings(self.backend, {"metric": self.metric, **self.backend_params})
-        secrets = [k for k in self.backend_params if is_secret(k)]
-        if secrets:
-            raise ValueError(
-                f"backend_params {secrets} are secrets: set them as environment variables "
-                "(BRAIN_SIMILARITY_<BACKEND>_<PARAM>), not in the YAML"
-            )
         return self
 
 

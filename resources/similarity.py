@@ -3,7 +3,8 @@
 Definitions build one resource per exposed registered backend from the merged brain config;
 each resource class is derived from its adapter's ``Settings`` (the connection settings, not
 the per-index ones such as ``metric``). Secrets (API keys, passwords, tokens) are passed as
-``dg.EnvVar`` so the UI never shows them.
+``dg.EnvVar`` so the UI never shows them, as are values carrying credentials (a URL with
+``user:pass@`` or ``?api_key=``); set elsewhere, they stay out of the resource.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any, ClassVar
 import dagster as dg
 from pydantic import Field, create_model
 
-from dagster_brain.config import BrainConfig, BrainSettings, is_secret
+from dagster_brain.config import BrainConfig, BrainSettings
+from dagster_brain.redact import has_credentials, is_secret
 from dagster_brain.similarity.backends.base import VectorBackend
 from dagster_brain.similarity.backends.registry import BACKENDS, BackendTable, check_settings
 
@@ -66,7 +68,9 @@ def similarity_resources(
 ) -> dict[str, SimilarityBackendResource]:
     """One resource per exposed registered backend, its fields from the brain settings built
     when the definitions load (checked against the backend's ``Settings``: a bad value is
-    refused naming backend and setting)."""
+    refused naming backend and setting). Secrets and values carrying credentials are
+    ``dg.EnvVar`` when an environment variable sets them, else left out (the step reads them
+    from the brain config), so Dagster never stores or shows them."""
     out: dict[str, SimilarityBackendResource] = {}
     for backend, params in config.as_dict()["similarity_backends"].items():
         if backend not in BACKENDS:
@@ -76,9 +80,12 @@ def similarity_resources(
         kwargs: dict[str, Any] = {}
         for name in cls.model_fields:
             env = f"BRAIN_SIMILARITY_{backend.upper()}_{name.upper()}"
-            if is_secret(name) and os.environ.get(env):
+            secret = is_secret(name) or has_credentials(params.get(name))
+            if secret and os.environ.get(env):
                 kwargs[name] = dg.EnvVar(env)
-            elif params.get(name) is not None:
+            elif params.get(name) is not None and not secret:
                 kwargs[name] = params[name]
+            # a secret set elsewhere (JSON file, runtime edit) stays out of the resource, whose
+            # config Dagster stores and shows: the step takes it from the brain config
         out[resource_key(backend)] = cls(**kwargs)
     return out

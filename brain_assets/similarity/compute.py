@@ -8,8 +8,9 @@ from typing import Any
 
 import pandas as pd
 
-from dagster_brain.config import BrainConfig, BrainSettings, get_brain_config, is_secret
+from dagster_brain.config import BrainConfig, BrainSettings, get_brain_config
 from dagster_brain.progress import progress
+from dagster_brain.redact import MASK, has_credentials, is_secret, redact_text
 from dagster_brain.runs import embeddings_lineage, new_record
 from dagster_brain.similarity.backends.registry import BACKEND_METRICS, SDKS, check_settings
 from dagster_brain.similarity.index import (
@@ -42,8 +43,22 @@ def backend_settings(
 
 
 def public_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Parameters safe to store and show (no secrets, no empty values)."""
-    return {k: v for k, v in params.items() if v is not None and not is_secret(k)}
+    """Parameters safe to store and show: no secrets, no values carrying credentials (a URL
+    with ``user:pass@`` or ``?api_key=``: reopening takes those from the brain config), no
+    empty values."""
+    return {
+        k: v
+        for k, v in params.items()
+        if v is not None and not is_secret(k) and not has_credentials(v)
+    }
+
+
+def recorded_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded backend parameters, fit to reopen its index: values that were masked
+    when stored (``http://****@host``) are left out, so the brain config's own values apply."""
+    return {
+        k: v for k, v in public_params(params).items() if not (isinstance(v, str) and MASK in v)
+    }
 
 
 def entry_settings(spec: SimilaritySpec, params: dict[str, Any] | None) -> dict[str, Any]:
@@ -64,7 +79,11 @@ def model_supports_prompts(model: str | None, log: Any = _LOG) -> bool:
     try:
         return bool(load_model(model, device="cpu").supports_prompts)
     except Exception as err:  # an unreachable hub must not fail the index build
-        log.warning("model %r could not be loaded to check for a text tower: %s", model, err)
+        log.warning(
+            "model %r could not be loaded to check for a text tower: %s",
+            model,
+            redact_text(str(err)),
+        )
         return False
 
 
@@ -305,7 +324,11 @@ def _drop_quietly(backend, log: Any) -> None:
         backend.drop()
         release_backend(backend)
     except Exception as err:  # the original error matters more
-        log.warning("could not drop the half-built collection %s: %s", backend.collection, err)
+        log.warning(
+            "could not drop the half-built collection %s: %s",
+            backend.collection,
+            redact_text(str(err)),
+        )
 
 
 def _drop_collection(store: Store, record: BrainRunRecord, log: Any) -> None:
@@ -313,12 +336,16 @@ def _drop_collection(store: Store, record: BrainRunRecord, log: Any) -> None:
     try:
         cfg = SimilarityConfig.from_dict(record.config["index"])
         backend = open_backend(
-            store, record.dataset, cfg, backend_settings(cfg.backend, cfg.params)
+            store, record.dataset, cfg, backend_settings(cfg.backend, recorded_params(cfg.params))
         )
         backend.drop()
         release_backend(backend)
     except Exception as err:
-        log.warning("could not drop the previous collection of %r: %s", record.brain_key, err)
+        log.warning(
+            "could not drop the previous collection of %r: %s",
+            record.brain_key,
+            redact_text(str(err)),
+        )
 
 
 def load_index(
@@ -331,7 +358,7 @@ def load_index(
             f"brain key {brain_key!r} on {dataset!r} is a {record.kind} run, not a similarity index"
         )
     cfg = SimilarityConfig.from_dict(record.config["index"])
-    settings = backend_settings(cfg.backend, {**cfg.params, **(params or {})})
+    settings = backend_settings(cfg.backend, {**recorded_params(cfg.params), **(params or {})})
     backend = open_backend(store, dataset, cfg, settings)
     members = store.load_results(dataset, brain_key)
     return SimilarityIndex(store, dataset, brain_key, cfg, backend, members, record=record)
@@ -340,7 +367,9 @@ def load_index(
 def delete_index(store: Store, record: BrainRunRecord) -> None:
     """Drop a similarity run's backend collection (raises if the backend is unreachable)."""
     cfg = SimilarityConfig.from_dict(record.config["index"])
-    backend = open_backend(store, record.dataset, cfg, backend_settings(cfg.backend, cfg.params))
+    backend = open_backend(
+        store, record.dataset, cfg, backend_settings(cfg.backend, recorded_params(cfg.params))
+    )
     try:
         backend.drop()
     finally:

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow as pa
 
 from dagster_brain.names import check_name
+from dagster_brain.redact import redact
 from dagster_brain.store.connection import Transaction
 from dagster_brain.store.embeddings import EmbeddingTables
 from dagster_brain.store.errors import StoreError
@@ -35,6 +36,7 @@ class RunTables(EmbeddingTables):
         """Record a brain run and replace its results table, in one transaction.
 
         If anything fails, the previous run record, results table and Parquet copy stay.
+        The record's ``config`` and ``upstream`` are stored redacted (credentials masked).
         ``event`` is what the history table records (``materialized``, ``updated``...).
         ``extra`` holds further named tables of the run (``results."<ds>__<key>__<name>"``,
         e.g. per-object rows beside per-sample results); they move and go with the run.
@@ -53,6 +55,8 @@ class RunTables(EmbeddingTables):
                 f"{record.dataset!r}; delete or rename it before running {record.kind}"
             )
         record.created_at = utcnow()
+        record.config = redact(record.config)
+        record.upstream = redact(record.upstream)
         table = results_table_name(record.dataset, record.brain_key)
         record.results_table = table if results is not None else None
         with self.transaction() as tx:
@@ -110,7 +114,7 @@ class RunTables(EmbeddingTables):
                 record.run_id,
                 record.code_version,
                 record.data_version,
-                json.dumps(record.upstream, sort_keys=True, default=str),
+                json.dumps(redact(record.upstream), sort_keys=True, default=str),
                 detail,
             ],
         )

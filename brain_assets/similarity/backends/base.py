@@ -13,7 +13,8 @@ backend:
   restricted to ``allowed`` ids (a view): native filters where the backend has them, else an
   exact scan of the allowed vectors;
 - errors that come from an unreachable backend are raised as :class:`BackendUnavailable`
-  naming the backend and its URL/path.
+  naming the backend and its URL/path, credentials masked (:mod:`dagster_brain.redact`);
+  the SDK's error stays chained to it only when its own text holds no credential.
 
 Each adapter class is also the backend's descriptor: ``name``, ``metrics``, ``sdk`` (the pip
 package), ``Settings`` (its brain-config settings and their defaults) and :meth:`embedded`.
@@ -33,14 +34,20 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dagster_brain.config import is_secret
+from dagster_brain.redact import is_secret, redact, redact_text, safe_cause
 
 METRICS: tuple[str, ...] = ("cosine", "euclidean", "dotproduct")
 Answer = tuple[list[list[str]], list[np.ndarray]]  # per query row: ids, distances
 
 
 class BackendUnavailable(RuntimeError):
-    """The backend cannot be reached or opened (message names the backend and where)."""
+    """The backend cannot be reached or opened (message names the backend and where).
+
+    The message is redacted: URL userinfo and query-string credentials are masked.
+    """
+
+    def __init__(self, message: object = "", *args: object):
+        super().__init__(redact_text(str(message)), *redact(list(args)))
 
 
 class UnsupportedMetric(ValueError):
@@ -144,10 +151,10 @@ class VectorBackend(ABC):
             problems = []
             for e in err.errors():
                 field = ".".join(str(p) for p in e["loc"])
-                shown = "" if is_secret(field) else f" (got {e.get('input')!r})"
+                shown = "" if is_secret(field) else redact_text(f" (got {e.get('input')!r})")
                 problems.append(f"{field}: {e['msg']}{shown}")
             raise ValueError(
-                f"similarity backend {cls.name!r} settings: " + "; ".join(problems)
+                redact_text(f"similarity backend {cls.name!r} settings: " + "; ".join(problems))
             ) from None
         cls.check_metric(settings.metric)
         return settings.model_dump()
@@ -185,7 +192,7 @@ class VectorBackend(ABC):
             doing = f"cannot {what}: " if what else ""
             raise BackendUnavailable(
                 f"similarity backend {self.name!r} at {where or self.where}: {doing}{reason}"
-            ) from err
+            ) from safe_cause(err)
 
     # -- storage --------------------------------------------------------------------------------
 

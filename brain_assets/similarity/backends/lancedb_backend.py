@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from dagster_brain.redact import redact, redact_text
 from dagster_brain.similarity.backends.base import (
     Answer,
     BackendSettings,
@@ -102,7 +103,8 @@ class LanceDBBackend(VectorBackend):
 
         self.uri = uri or str(self.root / "lancedb")
         self.remote = self.uri.startswith("db://")
-        self.where = f"{host_override} ({self.uri})" if self.remote and host_override else self.uri
+        where = f"{host_override} ({self.uri})" if self.remote and host_override else self.uri
+        self.where = redact_text(where)  # for messages: no credentials
         self.index_threshold = index_threshold
         self.build_index = build_index
         self.num_partitions = num_partitions
@@ -324,4 +326,4 @@ class LanceDBBackend(VectorBackend):
 
     def describe(self) -> dict[str, Any]:
         """Where the vectors live; never the API key."""
-        return {**super().describe(), "where": self.where, "exact": self.exact}
+        return redact({**super().describe(), "where": self.where, "exact": self.exact})

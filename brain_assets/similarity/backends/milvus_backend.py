@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import numpy as np
 from pydantic import Field
 
+from dagster_brain.redact import redact, redact_text, safe_cause
 from dagster_brain.similarity.backends.base import (
     Answer,
     BackendSettings,
@@ -75,7 +76,7 @@ class MilvusBackend(VectorBackend):
         scheme = urlparse(str(uri)).scheme if uri else ""
         if scheme in SERVER_SCHEMES and not str(uri).endswith(".db"):
             return None
-        where = f"uri {uri!r}" if uri else "no uri"
+        where = redact_text(f"uri {uri!r}") if uri else "no uri"
         return f"milvus-lite ({where}): a local .db file that one process locks"
 
     def __init__(
@@ -107,7 +108,7 @@ class MilvusBackend(VectorBackend):
         from pymilvus.exceptions import MilvusException
 
         self.lite_path = None if uri else self.root / f"milvus_{collection}.db"
-        self.where = uri or str(self.lite_path)
+        self.where = redact_text(uri) if uri else str(self.lite_path)  # for messages
         self.max_filter_ids = max_filter_ids
         self.batch_size = batch_size
         self._client = None
@@ -115,7 +116,7 @@ class MilvusBackend(VectorBackend):
             self.root.mkdir(parents=True, exist_ok=True)
         try:
             self._client = MilvusClient(
-                uri=self.where,
+                uri=uri or str(self.lite_path),
                 user=user,
                 password=password,
                 token=token,
@@ -128,7 +129,7 @@ class MilvusBackend(VectorBackend):
             hint = " (milvus-lite opens a .db folder in one process at a time)" if not uri else ""
             raise BackendUnavailable(
                 f"similarity backend 'milvus' at {self.where}: {err.message}{hint}"
-            ) from err
+            ) from safe_cause(err)
         try:
             self._open_or_create()
         except BaseException:
@@ -321,4 +322,4 @@ class MilvusBackend(VectorBackend):
 
     def describe(self) -> dict[str, Any]:
         """Where the vectors live; never credentials."""
-        return {**super().describe(), "where": self.where, "exact": self.exact}
+        return redact({**super().describe(), "where": self.where, "exact": self.exact})

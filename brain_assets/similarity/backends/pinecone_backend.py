@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import Field
 
 from dagster_brain.algorithms.knn import check_vectors
+from dagster_brain.redact import redact, redact_text, safe_cause
 from dagster_brain.similarity.backends.base import (
     METRICS,
     Answer,
@@ -200,8 +201,8 @@ class PineconeBackend(VectorBackend):
 
     @property
     def where(self) -> str:  # type: ignore[override]
-        """The index's own host once known, else the control plane."""
-        return self._data_host or self.control_host
+        """The index's own host once known, else the control plane (credentials masked)."""
+        return redact_text(self._data_host or self.control_host)
 
     def _unavailable_reason(self, err: BaseException) -> str | None:
         from pinecone.errors.exceptions import UnauthorizedError
@@ -225,9 +226,11 @@ class PineconeBackend(VectorBackend):
                 if isinstance(err, self.unavailable):
                     raise
                 raise RuntimeError(
-                    f"similarity backend 'pinecone' at {where or self.where}: cannot {what} "
-                    f"(index {self.index_name!r}): {err}"
-                ) from err
+                    redact_text(
+                        f"similarity backend 'pinecone' at {where or self.where}: cannot {what} "
+                        f"(index {self.index_name!r}): {err}"
+                    )
+                ) from safe_cause(err)
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -525,12 +528,14 @@ class PineconeBackend(VectorBackend):
 
     def describe(self) -> dict[str, Any]:
         """Where the vectors live; never the API key."""
-        return {
-            **super().describe(),
-            "index_name": self.index_name,
-            "namespace": self.namespace,
-            "host": self.control_host,
-            "index_host": self._data_host,
-            "cloud": self.cloud,
-            "region": self.region,
-        }
+        return redact(
+            {
+                **super().describe(),
+                "index_name": self.index_name,
+                "namespace": self.namespace,
+                "host": self.control_host,
+                "index_host": self._data_host,
+                "cloud": self.cloud,
+                "region": self.region,
+            }
+        )

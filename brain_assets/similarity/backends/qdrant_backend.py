@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import Field
 
 from dagster_brain.algorithms.knn import normalize_rows
+from dagster_brain.redact import redact, redact_text, safe_cause
 from dagster_brain.similarity.backends.base import (
     Answer,
     BackendSettings,
@@ -96,7 +97,7 @@ class QdrantBackend(VectorBackend):
 
         self.url = url
         self.path = None if url else self.root / f"qdrant_{collection}"
-        self.where = url or str(self.path)
+        self.where = redact_text(url) if url else str(self.path)  # for messages: no credentials
         self.exact = url is None or exact_search
         self.exact_search = exact_search
         self.max_filter_ids = max_filter_ids
@@ -114,7 +115,7 @@ class QdrantBackend(VectorBackend):
             raise BackendUnavailable(
                 f"similarity backend 'qdrant' at {self.where}: {err} "
                 "(local mode locks its folder to one process: close the other one first)"
-            ) from err
+            ) from safe_cause(err)
         try:
             self._open_or_create()
         except BaseException:
@@ -299,4 +300,4 @@ class QdrantBackend(VectorBackend):
 
     def describe(self) -> dict[str, Any]:
         """Where the vectors live; never the API key."""
-        return {**super().describe(), "where": self.where, "exact": self.exact}
+        return redact({**super().describe(), "where": self.where, "exact": self.exact})
