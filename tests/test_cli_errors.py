@@ -13,7 +13,8 @@ from brain_env import use_brain_env
 from click.testing import CliRunner
 from conftest import write_images
 
-from dagster_brain.cli import error_message, main
+from dagster_brain.cli import main
+from dagster_brain.cli_errors import error_message
 from dagster_brain.store import Store, StoreError
 from dagster_brain.store.connection import Transaction
 from dagster_brain.store.samples import SampleTables
@@ -202,3 +203,16 @@ def test_store_errors_name_the_disk_cause_they_were_raised_from():
             "device; free space on that disk (or point --data-dir / BRAIN_DATA_DIR and "
             "DAGSTER_HOME at another one) and run again)"
         )
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_credential_in_an_error_is_never_printed(store, monkeypatch, debug):
+    """An SDK error naming a URL with a password: the line (and the --debug traceback) show
+    the host, not the password."""
+    secret = "Pa55-word-9f3c"
+    _raise_in_datasets(monkeypatch, RuntimeError(f"cannot reach http://admin:{secret}@db:6333/x"))
+    out = CliRunner().invoke(main, ["--debug", "datasets"] if debug else ["datasets"])
+    assert out.exit_code == 1
+    assert secret not in out.output
+    assert "error: RuntimeError: cannot reach http://****@db:6333/x" in out.stderr
+    assert ("Traceback" in out.stderr) is debug

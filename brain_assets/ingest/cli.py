@@ -76,7 +76,7 @@ def reporting(fn: Callable[..., IngestReport | dict[str, IngestReport]]) -> Call
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from dagster_brain.cli import fail, passes
+        from dagster_brain.cli_errors import fail, passes
 
         try:
             result = fn(*args, **kwargs)
