@@ -287,15 +287,20 @@ def test_a_store_that_is_not_there_is_not_created(tmp_path):
     assert not (tmp_path / "nothing" / "brain.duckdb").exists()
 
 
-def test_record_copies_left_by_a_deleted_run_are_cleaned(built):
-    store, _ = built
+def test_deleting_or_renaming_runs_and_views_leaves_no_stale_record(built):
+    """A delete takes its copy's records with it; a rename writes the new key's copy and
+    record and removes the old ones: the doctor finds nothing either way."""
+    store, answer = built
+    fob.Dataset("toy", store).load_brain_view("uniq").select(["s001", "s002"]).save("pair")
+    store.rename_run("toy", "sim", "sim2")
+    assert store.parquet_path("toy", "records/runs/sim2").exists()
+    assert not store.parquet_path("toy", "records/runs/sim").exists()
     store.delete_run("toy", "uniq")  # with its embeddings key (an artifact of the run)
-    left = [
-        store.parquet_path("toy", f"records/{r}")
-        for r in ("embedding_sets/uniq_embeddings", "runs/uniq")
-    ]
-    findings = doctor.examine(store)
-    assert codes(findings) == ["record_stale"] * 2
-    assert sorted(f.path for f in findings) == [str(p) for p in left]
-    doctor.repair(store, findings)
-    assert not any(p.exists() for p in left) and doctor.examine(store) == []
+    store.delete_view("toy", "pair")
+    assert doctor.examine(store) == []
+    gone = (
+        "records/runs/uniq",
+        "records/embedding_sets/uniq_embeddings",
+        "records/saved_views/pair",
+    )
+    assert not any(store.parquet_path("toy", f"records/{r}").exists() for r in gone)

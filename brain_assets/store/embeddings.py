@@ -17,6 +17,7 @@ from dagster_brain.store.hashing import (
     rows_digest,
     shifted_version,
 )
+from dagster_brain.store.mirror import remove_copy
 from dagster_brain.store.records import EmbeddingSet, utcnow
 from dagster_brain.store.samples import SampleTables
 from dagster_brain.store.vectors import arrow_to_vectors, vectors_to_arrow
@@ -325,4 +326,4 @@ class EmbeddingTables(SampleTables):
                 "DELETE FROM embedding_sets WHERE dataset = ? AND embeddings_key = ?",
                 [dataset, key],
             )
-        self._parquet_path(dataset, f"embeddings/{key}").unlink(missing_ok=True)
+        remove_copy(self.parquet_dir, dataset, f"embeddings/{key}")  # and its record

@@ -15,7 +15,7 @@ from dagster_brain.redact import redact
 from dagster_brain.store.connection import Transaction
 from dagster_brain.store.embeddings import EmbeddingTables
 from dagster_brain.store.errors import StoreError
-from dagster_brain.store.mirror import remove_tree
+from dagster_brain.store.mirror import records_of, remove_copy, remove_tree, write_copy
 from dagster_brain.store.records import BrainRunRecord, record_from_row, utcnow
 from dagster_brain.store.tables import extra_table_name, quote, results_table_name
 
@@ -167,8 +167,6 @@ class RunTables(EmbeddingTables):
         record = self.get_run(dataset, brain_key)
         if self.get_run(dataset, new_key, missing_ok=True) is not None:
             raise StoreError(f"dataset {dataset!r} already has a brain run {new_key!r}")
-        old_pq = self._parquet_path(dataset, f"results/{brain_key}")
-        new_pq = self._parquet_path(dataset, f"results/{new_key}")
         extras = record.table_names()
         with self.transaction() as tx:
             new_table = None
@@ -189,8 +187,13 @@ class RunTables(EmbeddingTables):
                 [new_key, new_table, dataset, brain_key],
             )
             self._history(tx, record, "renamed", detail=f"to {new_key}")
-        if old_pq.exists():
-            os.replace(old_pq, new_pq)
+            # the new key's copy and record are written with the rename (the old ones go after)
+            if new_table is not None:
+                self._mirror(tx, dataset, f"results/{new_key}", f"SELECT * FROM {new_table}")
+            else:
+                for name, sql, args in records_of(dataset, f"results/{new_key}"):
+                    write_copy(tx, self._parquet_path(dataset, name), sql, args, record=True)
+        remove_copy(self.parquet_dir, dataset, f"results/{brain_key}")
         for name in extras:
             old_x = self._parquet_path(dataset, f"results/{brain_key}__{name}")
             if old_x.exists():
@@ -208,7 +211,7 @@ class RunTables(EmbeddingTables):
                 "DELETE FROM brain_runs WHERE dataset = ? AND brain_key = ?", [dataset, brain_key]
             )
             self._history(tx, record, "deleted")
-        self._parquet_path(dataset, f"results/{brain_key}").unlink(missing_ok=True)
+        remove_copy(self.parquet_dir, dataset, f"results/{brain_key}")  # and its record
         for name in extras:
             self._parquet_path(dataset, f"results/{brain_key}__{name}").unlink(missing_ok=True)
         for art in record.artifacts:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from dagster_brain.names import check_name
 from dagster_brain.store.errors import StoreError
+from dagster_brain.store.mirror import remove_copy
 from dagster_brain.store.records import utcnow
 from dagster_brain.store.runs import RunTables
 from dagster_brain.store.tables import view_table_name
@@ -97,7 +98,7 @@ class ViewTables(RunTables):
         with self.transaction() as tx:
             tx.execute(f"DROP TABLE IF EXISTS {view_table_name(dataset, name)}")
             tx.execute("DELETE FROM saved_views WHERE dataset = ? AND name = ?", [dataset, name])
-        self._parquet_path(dataset, f"views/{name}").unlink(missing_ok=True)
+        remove_copy(self.parquet_dir, dataset, f"views/{name}")  # and its record
 
     def _drop_views_of(self, tx, dataset: str) -> None:
         """Inside ``tx``: drop every saved view of a dataset (its Parquet copies go with the
