@@ -24,12 +24,32 @@ from pydantic import (
 )
 
 from dagster_brain.redact import has_credentials, is_secret
+from dagster_brain.yaml_loader import DuplicateKeyError, load_yaml
 
 NAME = r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$"  # lower-case identifier, single underscores
 
 
+def _wants_number(annotation: Any) -> bool:
+    """Whether a field holds numbers (``int``, ``float``, optional or in a list), not bools."""
+    args = {annotation, *get_args(annotation)}
+    for arg in list(args):
+        args.update(get_args(arg))  # list[float] | None
+    return bool(args & {int, float}) and bool not in args
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        """``k: true`` is not the number 1 (pydantic's lax mode would read it so)."""
+        for name, value in data.items() if isinstance(data, dict) else ():
+            field = cls.model_fields.get(name)
+            items = value if isinstance(value, list) else [value]
+            if field and _wants_number(field.annotation) and any(type(v) is bool for v in items):
+                raise ValueError(f"field {name!r}: expected a number, got {value!r}")
+        return data
 
     def spec_hash(self) -> str:
         """Short hash of every field (part of the asset's code version)."""
@@ -717,9 +737,11 @@ def load_specs(path: str | Path) -> BrainKeysFile:
     """Read and validate a brain-keys YAML file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path, name=path.name)  # a key given twice is refused
     except FileNotFoundError as err:
         raise SpecError(f"brain keys file {path} does not exist") from err
+    except DuplicateKeyError as err:
+        raise SpecError(str(err)) from err
     except yaml.YAMLError as err:
         raise SpecError(f"{path.name}: invalid YAML ({err})") from err
     return parse_specs(data, origin=path.name)

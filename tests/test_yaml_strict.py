@@ -94,9 +94,6 @@ def test_what_is_not_a_repeat_reads_as_safe_load_reads_it():
     assert issubclass(DuplicateKeyError, yaml.YAMLError)  # load_specs reports it as bad YAML
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs load_yaml in specs.load_specs (notes/strict.md); then drop this"
-)
 def test_load_specs_refuses_a_key_twice(tmp_path):
     path = tmp_path / "brain_keys.yaml"
     for text in (ENTRY_TWICE, SECTION_TWICE):
@@ -105,9 +102,6 @@ def test_load_specs_refuses_a_key_twice(tmp_path):
             load_specs(path)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs the bool refusal on specs._Spec (notes/strict.md); then drop this"
-)
 def test_a_boolean_where_a_number_is_expected_is_refused(tmp_path):
     path = tmp_path / "brain_keys.yaml"
     path.write_text(ENTRY_TWICE.replace("    k: 50\n    k: 1\n", "    k: true\n"))
