@@ -16,7 +16,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from dagster_brain.factory import brain_key_asset, embeddings_key
+from dagster_brain.factory import brain_key_asset, embeddings_key, samples_key
 from dagster_brain.methods import get_method
 from dagster_brain.resources.store import BrainStoreResource
 from dagster_brain.specs import BrainRunSpec, EmbeddingsSpec
@@ -223,5 +223,33 @@ def build_embeddings_check(spec: EmbeddingsSpec, default_model: str) -> dg.Asset
     def _check(context: dg.AssetCheckExecutionContext, store: BrainStoreResource):
         passed, meta = check_embeddings(store.get(), spec, default_model, _batch(context))
         return dg.AssetCheckResult(passed=passed, metadata=meta)
+
+    return _check
+
+
+def build_store_health_check(dataset: str) -> dg.AssetChecksDefinition:
+    """``store_health`` on a dataset's samples asset (non-blocking, a warning): the cheap part
+    of ``brain doctor`` — Parquet copies, indexes against their backends, orphan index files,
+    dead locks."""
+
+    @dg.asset_check(
+        asset=samples_key(dataset),
+        name="store_health",
+        blocking=False,
+        description="brain doctor's quick checks of this dataset's copies, indexes and locks",
+    )
+    def _check(store: BrainStoreResource) -> dg.AssetCheckResult:
+        from dagster_brain.doctor import quick_check
+
+        findings = quick_check(store.get(), dataset)
+        return dg.AssetCheckResult(
+            passed=not findings,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "findings": len(findings),
+                "report": dg.MetadataValue.md("\n".join(f"- {f}" for f in findings) or "healthy"),
+                "repair": "brain doctor --repair" if findings else "",
+            },
+        )
 
     return _check

@@ -7,7 +7,11 @@ from typing import Any
 
 import dagster as dg
 
-from dagster_brain.checks import build_embeddings_check, build_run_check
+from dagster_brain.checks import (
+    build_embeddings_check,
+    build_run_check,
+    build_store_health_check,
+)
 from dagster_brain.config import BrainSettings, get_brain_config
 from dagster_brain.execution import build_executor
 from dagster_brain.factory import (
@@ -22,6 +26,7 @@ from dagster_brain.resources.embedder import EmbedderResource
 from dagster_brain.resources.similarity import similarity_resources
 from dagster_brain.resources.store import BrainStoreResource
 from dagster_brain.sensors.inbox import build_inbox_sensor, sensor_interval_s
+from dagster_brain.sensors.liveness import build_liveness_sensor
 from dagster_brain.sensors.schedules import build_schedules
 from dagster_brain.specs import DEFAULT_SPECS_PATH, BrainKeysFile, BrainRunSpec, load_specs
 
@@ -133,13 +138,14 @@ def build_defs(
     checks = [
         *(build_embeddings_check(e, config.default_model) for e in specs.embeddings),
         *(build_run_check(r) for r in with_shared_graphs(specs.brain_runs)),
+        *(build_store_health_check(d.name) for d in specs.datasets),
     ]
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
         jobs=[everything, *batch_jobs],
         schedules=build_schedules(whole),
-        sensors=sensors,
+        sensors=[*sensors, build_liveness_sensor()],
         executor=executor,
         resources={
             "store": BrainStoreResource(data_dir=str(Path(data_dir or config.data_dir).resolve())),

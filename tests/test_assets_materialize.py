@@ -198,8 +198,9 @@ def test_asset_checks_pass_and_catch_bad_results(tmp_path):
     result = dg.materialize([*defs.assets, *defs.asset_checks], resources=defs.resources)
     assert result.success
     evaluations = result.get_asset_check_evaluations()
-    assert {e.check_name for e in evaluations} == {"embeddings_valid", "results_valid"}
-    assert len(evaluations) == 3 and all(e.passed for e in evaluations)
+    names = {"embeddings_valid", "results_valid", "store_health"}
+    assert {e.check_name for e in evaluations} == names  # store_health: the doctor's quick look
+    assert len(evaluations) == 4 and all(e.passed for e in evaluations)
     # a tampered result (NaN score, a missing row) fails the check with the reason
     store = Store(tmp_path / "data")
     spec = next(r for r in load_specs(keys).brain_runs if r.brain_key == "uniqueness")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from datetime import timedelta
 
+import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
@@ -304,3 +305,21 @@ def test_deleting_or_renaming_runs_and_views_leaves_no_stale_record(built):
         "records/saved_views/pair",
     )
     assert not any(store.parquet_path("toy", f"records/{r}").exists() for r in gone)
+
+
+def test_the_store_health_check_warns_with_the_findings(built):
+    """The non-blocking asset check on a dataset's samples: healthy, then a warning naming a
+    deleted copy and the repair."""
+    from dagster_brain.checks import build_store_health_check
+    from dagster_brain.resources.store import BrainStoreResource
+
+    store, _ = built
+    check = build_store_health_check("toy")
+    resource = BrainStoreResource(data_dir=str(store.data_dir))
+    assert check(store=resource).passed
+    store.parquet_path("toy", "samples").unlink()
+    result = check(store=resource)
+    assert not result.passed and result.severity == dg.AssetCheckSeverity.WARN
+    assert result.metadata["findings"].value == 1
+    assert "copy_missing: Parquet copy 'samples' is missing" in result.metadata["report"].value
+    assert result.metadata["repair"].value == "brain doctor --repair"

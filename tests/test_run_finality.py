@@ -209,3 +209,22 @@ def test_a_killed_materialize_is_marked_failed_by_the_next_brain_command(stuck_p
     again = CliRunner().invoke(main, ["datasets"])  # nothing left to mark: silent
     assert again.exit_code == 0 and again.stderr == ""
     shutil.rmtree(Path(stuck_project["BRAIN_DATA_DIR"]), ignore_errors=True)
+
+
+def test_the_liveness_sensor_ends_dead_runs_without_a_brain_command(tmp_path):
+    """The daemon's sensor `dead_brain_runs` marks a dead run failed and requests nothing."""
+    from dagster_brain.sensors.liveness import build_liveness_sensor
+
+    dead = _dead_pid()
+    tags = {**run_liveness.liveness_tags(), run_liveness.PID_TAG: str(dead)}
+    sensor = build_liveness_sensor()
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        job = dg.GraphDefinition(name="killed", node_defs=[]).to_job()
+        run = instance.create_run_for_job(job, tags=tags, status=dg.DagsterRunStatus.STARTED)
+        result = sensor(dg.build_sensor_context(instance=instance))
+        assert isinstance(result, dg.SkipReason) and "1 dead runs marked failed" in str(
+            result.skip_message
+        )
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        again = sensor(dg.build_sensor_context(instance=instance))
+        assert again.skip_message == "none dead"
