@@ -9,8 +9,9 @@ updated batch by batch; its other brain runs score the whole dataset and are ref
 eager automation condition once the batches they read have landed.
 """
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from enum import Enum, StrEnum
 from typing import Any
 
@@ -24,6 +25,7 @@ from dagster_brain.ingest.sources import data_path, ingest_dataset
 from dagster_brain.metadata import lineage_metadata, score_metadata
 from dagster_brain.methods import BrainMethod, Input, get_method, run_brain
 from dagster_brain.progress import run_log
+from dagster_brain.redact import has_credentials, redact_text
 from dagster_brain.resources.embedder import EmbedderResource
 from dagster_brain.resources.store import BrainStoreResource
 from dagster_brain.runs import (
@@ -79,6 +81,26 @@ def refresh_condition(spec: BrainRunSpec) -> dg.AutomationCondition:
     return (landed & ~cond.any_deps_in_progress() & ~cond.in_progress()).with_label(
         "eager (past failed batches, landed mid-run)"
     )
+
+
+@contextlib.contextmanager
+def no_credentials_in_errors() -> Iterator[None]:
+    """A step's error whose text (or a cause's) holds a credential is raised again redacted
+    and without its chain, so Dagster's event log never stores the credential."""
+    try:
+        yield
+    except dg.RetryRequested:
+        raise  # Dagster's control flow (its message is ours, already redacted)
+    except Exception as err:
+        chain, e = [], err
+        while e is not None and e not in chain:
+            chain.append(e)
+            e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+        if not any(has_credentials(str(e)) for e in chain):
+            raise
+        raise RuntimeError(
+            " <- ".join(redact_text(f"{type(e).__name__}: {e}") for e in chain)
+        ) from None
 
 
 def is_batched(kind: str) -> bool:
@@ -238,7 +260,7 @@ def build_embeddings_asset(spec: EmbeddingsSpec, incremental: bool = False) -> d
         store: BrainStoreResource,
         embedder: EmbedderResource,
     ):
-        with run_log(context.log):  # long loops report to the run log, never a bar
+        with run_log(context.log), no_credentials_in_errors():  # progress: run log lines
             return _embed_step(context, config, store.get(), embedder)
 
     def _embed_step(context, config, db, embedder):
@@ -351,7 +373,7 @@ def build_brain_asset(
     render = method.asset_metadata or functools.partial(default_metadata, method)
 
     def _compute(context: dg.AssetExecutionContext, config):
-        with run_log(context.log):  # long loops report to the run log, never a bar
+        with run_log(context.log), no_credentials_in_errors():  # progress: run log lines
             return _step(context, config)
 
     def _step(context: dg.AssetExecutionContext, config):

@@ -152,3 +152,25 @@ def test_recorded_backend_params_never_hold_or_reuse_credentials():
     # a record stored before credentials were dropped holds masked values: never reopened
     legacy = {"url": "http://****@h:6333", "timeout": 5}
     assert recorded_params(legacy) == {"timeout": 5}
+
+
+def test_a_step_error_holding_a_credential_is_raised_redacted():
+    """The asset steps' safety net: an SDK error (and its cause) naming a URL with a password
+    reaches Dagster redacted and without its chain; other errors pass untouched."""
+    import pytest
+
+    from dagster_brain.factory import no_credentials_in_errors
+
+    secret = "hunter2-0x7f"
+    with pytest.raises(RuntimeError) as caught:
+        with no_credentials_in_errors():
+            try:
+                raise OSError(f"refused by http://bob:{secret}@vec-db:19530")
+            except OSError as err:
+                raise ValueError("index build failed") from err
+    text = str(caught.value)
+    assert secret not in text and caught.value.__cause__ is None
+    assert text == "ValueError: index build failed <- OSError: refused by http://****@vec-db:19530"
+    with pytest.raises(KeyError, match="plain"):
+        with no_credentials_in_errors():
+            raise KeyError("plain")
