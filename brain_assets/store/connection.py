@@ -16,7 +16,7 @@ from typing import Any
 
 import duckdb
 
-from dagster_brain.store.errors import StoreError
+from dagster_brain.store.errors import StoreError, StoreReadOnly
 
 # What DuckDB says when the file itself is broken (truncated, overwritten, bad blocks), as
 # opposed to a busy file lock or a bad query.
@@ -49,14 +49,16 @@ def damaged(db_path: Path, cause: str) -> StoreDamaged:
 
 
 @contextlib.contextmanager
-def connect(db_path: Path, lock_timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect(
+    db_path: Path, lock_timeout_s: float, read_only: bool = False
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short-lived connection; waits (with jittered backoff) while another process holds
-    the file lock, up to ``lock_timeout_s``."""
+    the file lock, up to ``lock_timeout_s``. ``read_only``: for a store on a read-only mount."""
     deadline = time.monotonic() + lock_timeout_s
     delay = 0.05
     while True:
         try:
-            conn = duckdb.connect(str(db_path))
+            conn = duckdb.connect(str(db_path), read_only=read_only)
             break
         except duckdb.Error as err:
             cause = damage_cause(err)
@@ -74,6 +76,8 @@ def connect(db_path: Path, lock_timeout_s: float) -> Iterator[duckdb.DuckDBPyCon
         cause = damage_cause(err)
         if cause is not None:
             raise damaged(db_path, cause) from err
+        if read_only and "read-only mode" in str(err):
+            raise StoreReadOnly(db_path.parent) from err
         raise
     finally:
         conn.close()

@@ -14,8 +14,8 @@ import pandas as pd
 
 from dagster_brain.store import connection, mirror
 from dagster_brain.store.connection import Transaction
-from dagster_brain.store.errors import StoreError
-from dagster_brain.store.schema import migrate
+from dagster_brain.store.errors import StoreError, StoreReadOnly
+from dagster_brain.store.schema import SCHEMA_VERSION, migrate, schema_version
 
 DB_NAME = "brain.duckdb"
 
@@ -27,6 +27,11 @@ def has_parquet_copies(parquet_dir: Path) -> bool:
 
 class StoreMissing(StoreError):
     """``brain.duckdb`` is gone but its Parquet copies are there: refuse to start empty."""
+
+
+def writable(data_dir: Path, db_path: Path) -> bool:
+    """Whether this process may write the store's folder and file."""
+    return os.access(data_dir, os.W_OK) and os.access(db_path, os.W_OK)
 
 
 class StoreCore:
@@ -44,6 +49,17 @@ class StoreCore:
                 f"with `brain restore --data-dir {self.data_dir}` (or point --data-dir / "
                 "BRAIN_DATA_DIR at an empty folder for a new store)"
             )
+        # a store that cannot be written (a read-only mount) is opened for reading only
+        self.read_only = self.db_path.exists() and not writable(self.data_dir, self.db_path)
+        if self.read_only:
+            with self.connect() as conn:
+                if schema_version(conn) < SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.db_path} is read-only and its schema (version "
+                        f"{schema_version(conn)}) is older than this version of dagster-brain "
+                        f"reads ({SCHEMA_VERSION}); open it once where it can be written"
+                    )
+            return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.connect() as conn:
             migrate(conn)  # reads the schema version; writes only when it is behind
@@ -53,11 +69,13 @@ class StoreCore:
 
     def connect(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
         """A short-lived connection; waits while another process holds the file lock."""
-        return connection.connect(self.db_path, self.lock_timeout_s)
+        return connection.connect(self.db_path, self.lock_timeout_s, read_only=self.read_only)
 
     def transaction(self) -> contextlib.AbstractContextManager[Transaction]:
         """One transaction (its own connection and pending Parquet copies): everything
         inside commits together or not at all; see :func:`connection.transaction`."""
+        if self.read_only:
+            raise StoreReadOnly(self.data_dir)
         return connection.transaction(self.db_path, self.lock_timeout_s)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
