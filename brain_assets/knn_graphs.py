@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from dagster_brain.algorithms.ann_graph import APPROX_THRESHOLD, build_graph
 from dagster_brain.algorithms.duplicates import FIRST_PASS_K
 from dagster_brain.algorithms.knn import Metric
 from dagster_brain.algorithms.knn_graph import (
     KnnGraph,
-    build_knn_graph,
     graph_from_arrow,
     graph_to_arrow,
     reorder_graph,
@@ -42,6 +42,17 @@ def duplicates_graph_k(spec: DuplicatesSpec) -> int:
     ``verify``)."""
     verified = spec.fraction is None and spec.thresh == "auto" and spec.verify
     return max(FIRST_PASS_K, spec.neighbours) if verified else FIRST_PASS_K
+
+
+def reads_approximate(spec: Any) -> bool:
+    """Whether a reader's results may come from an approximate graph (then they record
+    ``graph_exact: false`` and the graph's recall): uniqueness (a score per item from its
+    mean neighbour distance) and duplicates with an explicit numeric ``thresh``. Duplicates
+    with ``fraction`` or ``thresh: auto`` choose their threshold from the neighbour
+    distances, so they read exact graphs only."""
+    if isinstance(spec, DuplicatesSpec):
+        return isinstance(spec.thresh, float) and spec.fraction is None
+    return getattr(spec, "kind", None) == "uniqueness"
 
 
 @dataclass
@@ -96,11 +107,21 @@ def graph_change(
 
 
 def refresh_graph(
-    emb: EmbeddingSet, change: GraphChange | None, k: int, metric: Metric
+    emb: EmbeddingSet,
+    change: GraphChange | None,
+    k: int,
+    metric: Metric,
+    *,
+    exact: bool | None = True,
+    threshold: int = APPROX_THRESHOLD,
 ) -> KnnGraph:
-    """The exact graph of ``emb``: built, or updated from ``change`` (the same graph)."""
+    """The graph of ``emb``: built, or updated from ``change`` (the same graph as a rebuild).
+
+    ``exact``: True builds the exact graph, False the approximate one, None decides by size
+    (``use_exact``; :func:`build_graph` also returns how an approximate one was built).
+    ``change`` is for exact graphs only: the update is exact."""
     if change is None:
-        return build_knn_graph(emb.vectors, emb.ids, k, metric)
+        return build_graph(emb.vectors, emb.ids, k, metric, exact=exact, threshold=threshold)[0]
     pos = pd.Index(emb.ids)
     at = pos.get_indexer(change.graph.ids)  # -1: removed since
     X_old = np.where((at >= 0)[:, None], emb.vectors[at], 0.0).astype(np.float32)
@@ -121,19 +142,34 @@ def graph_table(graph: KnnGraph, ids: list[str], hashes: np.ndarray) -> pa.Table
 
 
 def find_graph(
-    store: Store, dataset: str, ids: list[str], hashes: np.ndarray, metric: str, k: int
+    store: Store,
+    dataset: str,
+    ids: list[str],
+    hashes: np.ndarray,
+    metric: str,
+    k: int,
+    *,
+    approximate: bool = False,
 ) -> tuple[str, KnnGraph] | None:
     """A stored shared graph of exactly these items and vectors (``hashes`` by ``ids``),
     with this metric and at least ``k`` neighbours, rows in the order of ``ids``, cut to
-    ``k`` neighbours; with the brain key that holds it. ``None``: there is none."""
+    ``k`` neighbours; with the brain key that holds it. ``None``: there is none.
+
+    Only exact graphs qualify unless ``approximate`` is true (a reader whose results may
+    come from approximate neighbours); the graph returned says which it is (``exact``,
+    ``recall_at_k``). An exact graph is preferred to an approximate one."""
     runs = store.list_runs(dataset, kind=GRAPH_KIND)
     want = pd.Series(hashes, index=ids)
+    found: list[tuple[bool, str, Any]] = []
     for key in runs["brain_key"]:
         rec = store.get_run(dataset, key)
         if rec.config.get("metric") != metric or int(rec.config.get("k", 0)) < k:
             continue
-        if GRAPH_TABLE not in rec.table_names():
+        exact = graph_is_exact(rec.upstream)
+        if not (exact or approximate) or GRAPH_TABLE not in rec.table_names():
             continue
+        found.append((not exact, key, rec))
+    for _, key, rec in sorted(found, key=lambda f: f[0]):
         table = store.load_extra(dataset, key, GRAPH_TABLE, arrow=True)
         have = pd.Series(
             table.column("row_hash").to_numpy(), index=table.column("item_id").to_pylist()
@@ -143,8 +179,25 @@ def find_graph(
         if not (have.loc[want.index].to_numpy() == want.to_numpy()).all():
             continue
         graph = graph_from_arrow(table, k=int(rec.config["k"]), metric=metric)  # type: ignore[arg-type]
+        stats = rec.upstream.get("graph") or {}
+        if not graph_is_exact(rec.upstream):
+            graph = KnnGraph(
+                ids=graph.ids,
+                neighbors=graph.neighbors,
+                distances=graph.distances,
+                metric=graph.metric,
+                k=graph.k,
+                exact=False,
+                recall_at_k=stats.get("recall_at_k"),
+            )
         return key, cut_graph(reorder_graph(graph, ids), k)
     return None
+
+
+def graph_is_exact(upstream: dict[str, Any]) -> bool:
+    """Whether a graph run's record (its ``upstream``) holds an exact graph; runs recorded
+    before approximate graphs existed are exact."""
+    return bool((upstream.get("graph") or {}).get("exact", True))
 
 
 def cut_graph(graph: KnnGraph, k: int) -> KnnGraph:
@@ -158,4 +211,6 @@ def cut_graph(graph: KnnGraph, k: int) -> KnnGraph:
         distances=graph.distances[:, :w],
         metric=graph.metric,
         k=k,
+        exact=graph.exact,
+        recall_at_k=graph.recall_at_k,
     )

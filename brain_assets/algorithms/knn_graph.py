@@ -54,14 +54,18 @@ class KnnGraph:
     """Row ``i`` lists the nearest other items of ``ids[i]``, nearest first.
 
     ``k`` is the requested number of neighbours; the lists hold ``width = min(k, n - 1)``
-    of them, so a graph of a small collection widens when it grows.
+    of them, so a graph of a small collection widens when it grows. ``exact`` is false for
+    an approximate graph (``algorithms/ann_graph.py``), whose ``recall_at_k`` was measured on
+    a sample of rows; an exact graph has no recall (None: every list is the true one).
     """
 
     ids: list[str]
-    neighbors: np.ndarray  # (n, width) int64 row indices into ids
+    neighbors: np.ndarray  # (n, width) int32 row indices into ids (int64 past 2**31 items)
     distances: np.ndarray  # (n, width) float32, ascending along each row
     metric: Metric
     k: int
+    exact: bool = True
+    recall_at_k: float | None = None
 
     def __post_init__(self) -> None:
         ids = _unique_ids(self.ids, "knn graph")
@@ -69,7 +73,7 @@ class KnnGraph:
             raise ValueError(f"unknown metric {self.metric!r}; expected one of {METRICS}")
         if self.k < 1:
             raise ValueError(f"knn graph: k must be at least 1, got {self.k}")
-        nbr = np.asarray(self.neighbors, dtype=np.int64)
+        nbr = np.asarray(self.neighbors, dtype=_index_dtype(len(ids)))
         dist = np.asarray(self.distances, dtype=np.float32)
         n, w = len(ids), _width(self.k, len(ids))
         if nbr.shape != (n, w) or dist.shape != (n, w):
@@ -225,6 +229,8 @@ def reorder_graph(graph: KnnGraph, ids: Sequence[str]) -> KnnGraph:
         distances=graph.distances[at],
         metric=graph.metric,
         k=graph.k,
+        exact=graph.exact,
+        recall_at_k=graph.recall_at_k,
     )
 
 
@@ -564,6 +570,11 @@ def _pair_distances(X: np.ndarray, a: np.ndarray, b: np.ndarray, metric: Metric)
             d = np.clip(1.0 - cos, 0.0, 2.0)
         out[start : start + d.size] = d
     return out
+
+
+def _index_dtype(n: int) -> type:
+    """The neighbour index type of a graph of ``n`` items: int32 while it can hold them."""
+    return np.int32 if n < 2**31 else np.int64
 
 
 def _width(k: int, n: int) -> int:

@@ -1,7 +1,10 @@
-"""kNN graph: the exact nearest neighbours of an embeddings key, computed once and shared.
+"""kNN graph: the nearest neighbours of an embeddings key, computed once and shared.
 
-Uniqueness and duplicates read a stored graph of the same vectors and metric (with at least
-the neighbours they need) instead of computing their own; their results are the same.
+The graph is exact up to ``APPROX_THRESHOLD`` items and approximate (faiss IVF, recall@k
+measured and recorded) above, unless the spec sets ``exact``. Uniqueness and duplicates read
+a stored exact graph of the same vectors and metric (with at least the neighbours they need)
+instead of computing their own; their results are the same. Approximate graphs are read
+only by readers that ask for them (``find_graph(..., approximate=True)``).
 
 When two or more brain runs of a brain-keys YAML read the same vectors with the same metric,
 :func:`plan_graphs` adds one graph run for them (brain key ``knn_<embeddings>_<metric>``),
@@ -12,6 +15,7 @@ those vectors is used instead.
 from __future__ import annotations
 
 import hashlib
+import resource
 import time
 import tracemalloc
 from collections.abc import Sequence
@@ -22,6 +26,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from dagster_brain.algorithms import ann_graph
 from dagster_brain.algorithms.duplicates import FIRST_PASS_K
 from dagster_brain.embeddings import check_model
 from dagster_brain.knn_graphs import (
@@ -29,6 +34,7 @@ from dagster_brain.knn_graphs import (
     duplicates_graph_k,
     graph_change,
     graph_table,
+    reads_approximate,
     refresh_graph,
     update_lineage,
 )
@@ -51,10 +57,12 @@ from dagster_brain.store import Store, row_hashes
 
 
 class KnnGraphSpec(BrainRunSpec):
-    """An exact kNN graph of an embeddings key: ``k`` nearest other items per item.
+    """A kNN graph of an embeddings key: ``k`` nearest other items per item.
 
     ``k`` defaults to 16, the first pass of duplicates (uniqueness needs 3 by default); a
-    reader asking for more neighbours than the graph has computes its own.
+    reader asking for more neighbours than the graph has computes its own. ``exact``: None
+    (default) builds the exact graph up to ``APPROX_THRESHOLD`` items and an approximate one
+    above; true always exact; false always approximate.
     """
 
     version: ClassVar[str] = "1"
@@ -63,6 +71,7 @@ class KnnGraphSpec(BrainRunSpec):
     model: str | None = None  # if set, the embeddings key must come from this model
     k: int = Field(default=FIRST_PASS_K, ge=1, le=256)
     metric: Literal["cosine", "euclidean"] = "cosine"
+    exact: bool | None = None
 
 
 def run_knn_graph(
@@ -73,9 +82,12 @@ def run_knn_graph(
     log: Any = _LOG,
     ids: list[str] | None = None,
     artifacts: list[dict[str, Any]] | None = None,
+    threshold: int | None = None,
 ) -> RunOutcome:
-    """The exact kNN graph of an embeddings key (table ``knn``), refreshed incrementally when
-    few items changed since the previous run (the same graph as a rebuild)."""
+    """The kNN graph of an embeddings key (table ``knn``). An exact graph is refreshed
+    incrementally when few items changed since the previous run (the same graph as a
+    rebuild); an approximate one (``spec.exact``, or above ``threshold`` items, default
+    ``APPROX_THRESHOLD``) is rebuilt."""
     emb = store.read_embeddings(spec.dataset, spec.embeddings, ids=ids)
     check_model(spec.brain_key, emb, spec.model)
     if len(emb.ids) < 2:
@@ -84,8 +96,11 @@ def run_knn_graph(
             f"embeddings key {spec.embeddings!r}, found {len(emb.ids)}"
         )
     hashes = row_hashes(emb.ids, emb.vectors)
+    if threshold is None:
+        threshold = ann_graph.APPROX_THRESHOLD
+    exact = ann_graph.use_exact(len(emb.ids), spec.exact, threshold)
     change = None
-    if ids is None:
+    if ids is None and exact:
         change = graph_change(
             store,
             spec.dataset,
@@ -98,8 +113,9 @@ def run_knn_graph(
             metric=spec.metric,
         )
     log.info(
-        "%s: kNN graph of %d items from embeddings %r (k=%d, %s, %s)",
+        "%s: %s kNN graph of %d items from embeddings %r (k=%d, %s, %s)",
         spec.brain_key,
+        "exact" if exact else "approximate",
         len(emb.ids),
         spec.embeddings,
         spec.k,
@@ -114,8 +130,14 @@ def run_knn_graph(
         tracemalloc.start()
     tracemalloc.reset_peak()
     base = tracemalloc.get_traced_memory()[0]
+    ann = None
     try:
-        graph = refresh_graph(emb, change, spec.k, spec.metric)
+        if change is None:
+            graph, ann = ann_graph.build_graph(
+                emb.vectors, emb.ids, spec.k, spec.metric, exact=exact
+            )
+        else:
+            graph = refresh_graph(emb, change, spec.k, spec.metric)
     except ValueError as err:
         raise ValueError(f"brain key {spec.brain_key!r}: {err}") from err
     finally:
@@ -123,6 +145,7 @@ def run_knn_graph(
         if tracing:
             tracemalloc.stop()
     seconds = time.perf_counter() - started
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     order = pd.Index(graph.ids).get_indexer(emb.ids)
     names = np.asarray(graph.ids, dtype=object)
     results = pd.DataFrame({"sample_id": emb.sample_ids})
@@ -135,16 +158,30 @@ def run_knn_graph(
         "items": len(graph.ids),
         "k": spec.k,
         "metric": spec.metric,
-        "exact": True,
-        "recall_at_k": None,  # exact: every list is the true one
+        "exact": graph.exact,
+        "recall_at_k": None if ann is None else round(ann.recall_at_k, 4),  # None: exact
+        "recall_sample": None if ann is None else ann.sample,
+        "nlist": None if ann is None else ann.nlist,
+        "nprobe": None if ann is None else ann.nprobe,
         "build_seconds": round(seconds, 3),
         "peak_memory_mb": round(peak / 2**20, 1),
+        "peak_rss_mb": round(rss / 2**20, 1),
         "incremental": change is not None,
     }
+    if ann is not None:
+        log.info(
+            "%s: approximate graph, recall@%d %.3f on %d sampled rows (nlist %d, nprobe %d)",
+            spec.brain_key,
+            graph.width,
+            ann.recall_at_k,
+            ann.sample,
+            ann.nlist,
+            ann.nprobe,
+        )
     record = new_record(
         spec,
         store,
-        method="exact",
+        method="exact" if graph.exact else "faiss_ivf_flat",
         sample_ids=emb.sample_ids,
         label_ids=emb.label_ids,
         run_id=run_id,
@@ -169,8 +206,11 @@ def _metadata(outcome: RunOutcome) -> dict[str, Any]:
         "metric": s["metric"],
         "exact": s["exact"],
         "recall_at_k": "exact" if s["recall_at_k"] is None else s["recall_at_k"],
+        "nprobe": "exact" if s.get("nprobe") is None else s["nprobe"],
         "build_seconds": s["build_seconds"],
+        "build_s": s["build_seconds"],
         "peak_memory_mb": s["peak_memory_mb"],
+        "peak_rss": s.get("peak_rss_mb"),
         "incremental": s["incremental"],
     }
 
@@ -182,7 +222,8 @@ METHOD = BrainMethod(
     inputs=embeddings_input,
     expected_rows=one_row_per_embedding,
     score=ScoreColumn("nearest_distance"),
-    summary="Exact kNN graph of an embeddings key, shared by uniqueness and duplicates.",
+    summary="kNN graph of an embeddings key (exact, or approximate when large), shared by "
+    "uniqueness and duplicates.",
     run_fields=(RunField("k", int, "neighbours per item", ge=1, le=256),),
     asset_metadata=_metadata,
 )
@@ -299,6 +340,8 @@ def plan_graphs(brain_runs: Sequence[BrainRunSpec]) -> GraphPlan:
             embeddings=embeddings,
             metric=metric,  # type: ignore[arg-type]
             k=max(FIRST_PASS_K, *(r.k for r in readers)),
+            # approximate above the size threshold only when every reader may read it
+            exact=None if all(reads_approximate(r.spec) for r in readers) else True,
             refresh_cron=crons.pop() if len(crons) == 1 else None,
         )
         plan.generated.append(spec)
