@@ -153,3 +153,29 @@ def test_which_readers_may_read_an_approximate_graph_and_what_is_generated():
     assert free.exact is None  # approximate when large
     (strict,) = plan_graphs([u, sim, auto]).generated
     assert strict.exact is True  # thresh: auto chooses its threshold from exact distances
+
+
+def test_uniqueness_reads_an_approximate_graph_and_says_so(embedded):
+    """Uniqueness may read an approximate graph: it records graph_exact false and the recall,
+    its nearest neighbours agree with brute force, and its stored graph is never refreshed in
+    place from those approximate lists (the next run without the graph recomputes)."""
+    from dagster_brain.methods.uniqueness import run_uniqueness
+
+    store, X, ids = embedded
+    graph = KnnGraphSpec(kind="knn_graph", dataset="toy", brain_key="g", embeddings="e", k=5)
+    out = run_knn_graph(graph.model_copy(update={"exact": False}), store)
+    spec = UniquenessSpec(kind="uniqueness", dataset="toy", brain_key="u", embeddings="e", k=3)
+    first = run_uniqueness(spec, store)
+    assert first.summary["shared_graph"] and first.summary["graph_exact"] is False
+    assert first.summary["graph_recall_at_k"] == out.summary["recall_at_k"]
+    assert first.record.upstream["graph_exact"] is False
+    D = pairwise_distances(X, X, "cosine").astype(np.float64)
+    np.fill_diagonal(D, np.inf)
+    near = first.results.set_index("sample_id")["nearest_distance"].reindex(ids).to_numpy()
+    assert np.mean(np.isclose(near, D.min(1), atol=1e-6)) >= 0.95
+    store.delete_run("toy", "g")
+    again = run_uniqueness(spec, store)
+    assert not again.summary["incremental"] and again.summary["graph_exact"] is True
+    assert np.allclose(
+        again.results.set_index("sample_id")["nearest_distance"].reindex(ids), D.min(1), atol=1e-6
+    )

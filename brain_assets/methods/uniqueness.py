@@ -15,6 +15,7 @@ from dagster_brain.knn_graphs import (
     find_graph,
     graph_change,
     graph_table,
+    reads_approximate,
     refresh_graph,
     update_lineage,
 )
@@ -58,9 +59,22 @@ def run_uniqueness(
             f"embeddings key {spec.embeddings!r}, found {len(item_ids)}"
         )
     hashes = row_hashes(item_ids, emb.vectors)
-    shared = find_graph(store, spec.dataset, item_ids, hashes, spec.metric, spec.k)
+    shared = find_graph(
+        store,
+        spec.dataset,
+        item_ids,
+        hashes,
+        spec.metric,
+        spec.k,
+        approximate=reads_approximate(spec),
+    )
+    exact = shared is None or shared[1].exact
     change = None
-    if shared is None and ids is None:
+    previous = store.get_run(spec.dataset, spec.brain_key, missing_ok=True)
+    # a stored graph read from an approximate one is not refreshed in place (that assumes
+    # exact lists): the run recomputes its own
+    stored_exact = previous is None or previous.upstream.get("graph_exact", True) is not False
+    if shared is None and ids is None and stored_exact:
         change = graph_change(
             store,
             spec.dataset,
@@ -127,6 +141,7 @@ def run_uniqueness(
             "embeddings": embeddings_lineage(emb),
             "update": update_lineage(change),
             **({} if shared is None else {"knn_graph": shared[0]}),
+            **({} if exact else {"graph_exact": False, "graph_recall_at_k": shared[1].recall_at_k}),
         },
         artifacts=artifacts,
         packages=("scikit-learn",),
@@ -138,6 +153,8 @@ def run_uniqueness(
         "min": float(np.min(scores)),
         "incremental": change is not None,
         "shared_graph": shared is not None,
+        "graph_exact": exact,
+        "graph_recall_at_k": None if exact else shared[1].recall_at_k,
     }
     return RunOutcome(record, results, frame_version(results), summary)
 
