@@ -343,8 +343,11 @@ class Dataset:
         """
         if self.store.get_run(self.name, brain_key).kind == "similarity":
             from dagster_brain.similarity.compute import load_index
+            from dagster_brain.similarity.index import cached_index
 
-            return load_index(self.store, self.name, brain_key, backend_params or None)
+            # loaded once per process and reused while the run is unchanged
+            params = backend_params or None
+            return cached_index(self.store, self.name, brain_key, load_index, params)
         return self.store.load_results(self.name, brain_key)
 
     def sort_by_similarity(self, query: Any, **kwargs: Any) -> DatasetView:
@@ -730,9 +733,11 @@ def sort_by_similarity(
         A :class:`DatasetView` in similarity order with a ``dist_field`` column.
     """
     from dagster_brain.similarity.compute import load_index
+    from dagster_brain.similarity.index import cached_index
 
     dataset, ids = _as_view(samples)
-    index = load_index(dataset.store, dataset.name, _similarity_key(dataset, brain_key))
+    key = _similarity_key(dataset, brain_key)
+    index = cached_index(dataset.store, dataset.name, key, load_index)  # reused while unchanged
     try:
         if ids is not None:
             index.use_view(ids)

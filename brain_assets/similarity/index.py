@@ -8,12 +8,17 @@ whose backend lacks vectors the run recorded (a deleted file or collection) is r
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import copy
 import inspect
 import logging
+import os
 import threading
+import time
 import uuid
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,6 +136,15 @@ class BackendHandles:
             backend = make()
             self._open[key] = [backend, 1]
             return backend
+
+    def share(self, backend: VectorBackend) -> VectorBackend:
+        """One more holder of a client that is open now (a cached index's, handed out)."""
+        with self._lock:
+            for entry in self._open.values():
+                if entry[0] is backend:
+                    entry[1] += 1
+                    return backend
+        raise SimilarityError(f"backend client of {backend.collection!r} is not open")
 
     def release(self, backend: VectorBackend) -> None:
         """One holder fewer; the last one (or a client never shared) closes it."""
@@ -726,3 +740,223 @@ class SimilarityIndex(DuplicatesMixin):
             total[start : start + 65_536] = block.mean(axis=0)
         order = np.argsort(-total if reverse else total, kind="stable")[:k]
         return [ids[i] for i in order], total[order]
+
+
+# -- loaded indexes kept for later queries in this process --------------------------------------
+
+INDEX_CACHE_SIZE = 4  # loaded indexes kept per process (least recently used goes first)
+
+Loader = Callable[[Store, str, str, "dict[str, Any] | None"], SimilarityIndex]
+
+
+def run_stamp(store: Store, dataset: str, brain_key: str) -> tuple[Any, ...] | None:
+    """What identifies the current state of a brain run, read in one small query (None: no run).
+
+    Every write of a run goes through ``commit_run``, which stamps ``created_at`` anew, so an
+    update in place (``add_to_index``, ``remove_from_index``, an incremental batch) changes it
+    even though the run id stays; a rebuild changes the run id and collection too.
+    """
+    with store.connect() as conn:
+        row = conn.execute(
+            "SELECT run_id, kind, created_at, data_version, results_table, config "
+            "FROM brain_runs WHERE dataset = ? AND brain_key = ?",
+            [dataset, brain_key],
+        ).fetchone()
+    return None if row is None else tuple(row)
+
+
+def _file_stamp(backend: VectorBackend) -> tuple[int, int, int] | None:
+    """(inode, mtime, size) of a backend's own file, if it keeps one (sklearn's Parquet)."""
+    path = getattr(backend, "path", None)
+    if not isinstance(path, (str, Path)):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _store_stat(store: Store) -> tuple[Any, ...]:
+    """(inode, mtime, size) of the DuckDB file and its write-ahead log (None when absent)."""
+    out: list[tuple[int, int, int] | None] = []
+    for path in (store.db_path, store.db_path.with_name(store.db_path.name + ".wal")):
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def _settled(stat: tuple[Any, ...], now: float) -> bool:
+    """Whether no file of ``stat`` was written in the last ``STAT_MARGIN_S`` seconds: only
+    then does an unchanged (inode, mtime, size) prove that nothing was written since (a write
+    within the filesystem's timestamp granularity could otherwise leave mtime unchanged)."""
+    limit = int((now - STAT_MARGIN_S) * 1e9)
+    return all(s is None or s[1] < limit for s in stat)
+
+
+STAT_MARGIN_S = 1.0
+
+
+@dataclass
+class _Cached:
+    index: SimilarityIndex  # holds one handle on the backend client while cached
+    stamp: tuple[Any, ...]
+    file_stamp: tuple[int, int, int] | None
+    store_stat: tuple[Any, ...] | None  # the store files when ``stamp`` was read, if settled
+
+
+class IndexCache:
+    """Similarity indexes loaded in this process, reused by later queries while valid.
+
+    Keyed by (store data dir, dataset, brain key, backend overrides). Each use checks that the
+    run is unchanged: its stamp (:func:`run_stamp`: run id, created_at, data version, results
+    table, config) is read again unless the store's files have not been written since it was
+    last read; for backends that keep one file (sklearn's Parquet) that file's inode, mtime
+    and size must be unchanged too. Any difference (a rebuild, an update in place through
+    another handle or process, a rename or delete) drops the entry and loads the index again.
+    At most ``size`` entries; the least recently used is closed when another comes in.
+    Backends whose store one process locks (Qdrant local mode, milvus-lite) are not kept.
+    """
+
+    def __init__(self, size: int = INDEX_CACHE_SIZE) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[Any, ...], _Cached] = OrderedDict()
+        self._pid = os.getpid()
+        self.loads = 0  # indexes loaded through the cache (hits do not count)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def get(
+        self,
+        store: Store,
+        dataset: str,
+        brain_key: str,
+        loader: Loader,
+        params: dict[str, Any] | None = None,
+    ) -> SimilarityIndex:
+        """An open index (the caller closes it) sharing the cached backend client and members."""
+        if self.size <= 0:
+            return loader(store, dataset, brain_key, params)
+        key = (
+            str(Path(store.data_dir).resolve()),
+            dataset,
+            brain_key,
+            tuple(sorted((k, repr(v)) for k, v in (params or {}).items())),
+        )
+        now, before = time.time(), _store_stat(store)
+        with self._lock:
+            self._forget_after_fork()
+            entry = self._entries.get(key)
+            if (
+                entry is not None
+                and entry.store_stat == before
+                and entry.file_stamp == _file_stamp(entry.index.backend)
+            ):
+                self._entries.move_to_end(key)
+                return _handout(entry.index, store)
+        stamp = run_stamp(store, dataset, brain_key)
+        after = _store_stat(store)
+        seen = before if before == after and _settled(before, now) else None
+        stale: list[_Cached] = []
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                if (
+                    stamp is not None
+                    and entry.stamp == stamp
+                    and entry.file_stamp == _file_stamp(entry.index.backend)
+                ):
+                    entry.store_stat = seen
+                    self._entries.move_to_end(key)
+                    return _handout(entry.index, store)
+                stale.append(self._entries.pop(key))
+        _close_all(stale)  # before loading: the reload must not get the old client back
+        stale = []
+        index = loader(store, dataset, brain_key, params)
+        self.loads += 1
+        rec = index.record
+        if stamp is None or rec is None or (rec.run_id, rec.created_at) != (stamp[0], stamp[2]):
+            return index  # written while loading: answer from it, keep nothing
+        if _locks_its_store(index, params):
+            return index  # kept open, it would lock other processes (Dagster runs) out
+        entry = _Cached(index, stamp, _file_stamp(index.backend), seen)
+        with self._lock:
+            if key in self._entries:  # another thread loaded it meanwhile
+                stale.append(self._entries.pop(key))
+            self._entries[key] = entry
+            while len(self._entries) > self.size:
+                stale.append(self._entries.popitem(last=False)[1])
+            out = _handout(index, store)
+        _close_all(stale)
+        return out
+
+    def clear(self) -> None:
+        """Close and forget every cached index."""
+        with self._lock:
+            entries = list(self._entries.values())
+            self._entries.clear()
+        _close_all(entries)
+
+    def _forget_after_fork(self) -> None:
+        # a forked child must not use (or close) its parent's clients
+        if self._pid != os.getpid():
+            self._entries = OrderedDict()
+            self._pid = os.getpid()
+
+
+def _locks_its_store(index: SimilarityIndex, params: dict[str, Any] | None) -> bool:
+    """Whether the index's backend is a store one process locks (Qdrant local mode,
+    milvus-lite): such clients are closed after each query, not cached."""
+    settings = {**index.config.params, **(params or {})}
+    return backend_class(index.config.backend).embedded(settings) is not None
+
+
+def _handout(cached: SimilarityIndex, store: Store) -> SimilarityIndex:
+    """A new index object over the cached one's client (one more holder) and members."""
+    index = SimilarityIndex(
+        store,
+        cached.dataset,
+        cached.brain_key,
+        cached.config,
+        HANDLES.share(cached.backend),
+        None,
+        record=copy.copy(cached.record),
+    )
+    index._members = cached._members  # replaced, never changed in place: safe to share
+    return index
+
+
+def _close_all(entries: list[_Cached]) -> None:
+    for entry in entries:
+        try:
+            entry.index.close()
+        except Exception as err:  # closing one client must not stop the others
+            _LOG.warning("could not close cached index %r: %s", entry.index.brain_key, err)
+
+
+INDEX_CACHE = IndexCache()
+atexit.register(lambda: INDEX_CACHE.clear())  # close clients before the interpreter unwinds
+
+
+def cached_index(
+    store: Store,
+    dataset: str,
+    brain_key: str,
+    loader: Loader,
+    params: dict[str, Any] | None = None,
+) -> SimilarityIndex:
+    """The similarity index of a brain run from this process's cache (see :class:`IndexCache`);
+    ``loader`` (``similarity.compute.load_index``) loads it when absent or out of date."""
+    return INDEX_CACHE.get(store, dataset, brain_key, loader, params)
+
+
+def clear_index_cache() -> None:
+    """Close every similarity index this process keeps loaded for queries."""
+    INDEX_CACHE.clear()
