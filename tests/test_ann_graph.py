@@ -179,3 +179,23 @@ def test_uniqueness_reads_an_approximate_graph_and_says_so(embedded):
     assert np.allclose(
         again.results.set_index("sample_id")["nearest_distance"].reindex(ids), D.min(1), atol=1e-6
     )
+
+
+def test_duplicates_with_a_thresh_read_an_approximate_graph_auto_does_not(embedded):
+    """An explicit thresh may read the approximate graph (and says so); thresh auto computes
+    its own neighbours rather than choose a threshold from approximate lists."""
+    import dagster_brain as fob
+    from dagster_brain.similarity.runs import run_duplicates
+
+    store, X, ids = embedded
+    graph = KnnGraphSpec(kind="knn_graph", dataset="toy", brain_key="g", embeddings="e", k=16)
+    run_knn_graph(graph.model_copy(update={"exact": False}), store)
+    fob.compute_similarity(fob.Dataset("toy", store), embeddings="e", brain_key="sim").close()
+    fixed = DuplicatesSpec(
+        kind="duplicates", dataset="toy", brain_key="d", similarity="sim", thresh=0.05
+    )
+    out = run_duplicates(fixed, store)
+    assert out.record.upstream["knn_graph"] == "g" and out.summary["graph_exact"] is False
+    no_images = {"brain_key": "d2", "thresh": "auto", "verify": False}
+    auto = run_duplicates(fixed.model_copy(update=no_images), store)
+    assert "knn_graph" not in auto.record.upstream and auto.summary["graph_exact"] is True

@@ -18,7 +18,7 @@ from dagster_brain.algorithms.duplicates import (
     find_unique,
 )
 from dagster_brain.algorithms.knn_graph import KnnGraph
-from dagster_brain.knn_graphs import duplicates_graph_k, find_graph
+from dagster_brain.knn_graphs import duplicates_graph_k, find_graph, reads_approximate
 from dagster_brain.runs import RunContext, RunOutcome, commit_outcome, frame_version, new_record
 from dagster_brain.similarity.compute import load_index
 from dagster_brain.specs import DuplicatesSpec, ExactDuplicatesSpec, UniqueSpec
@@ -146,6 +146,8 @@ def run_duplicates(
     knn = None
     if graph is not None:
         upstream["knn_graph"], knn = graph
+        if not knn.exact:  # pairs within thresh the approximate lists missed are missing
+            upstream["graph_exact"], upstream["graph_recall_at_k"] = False, knn.recall_at_k
     choice = None
     if spec.fraction is not None:
         result = find_duplicates(X, item_ids, fraction=spec.fraction, metric=metric, graph=knn)
@@ -220,6 +222,7 @@ def run_duplicates(
         "pairs": len(pairs),
         "thresh": result.thresh,
         "method": method,
+        "graph_exact": knn is None or knn.exact,
         "choice": choice,
         "result": result,
         "vectors": X,
@@ -235,7 +238,9 @@ def _shared_graph(
     if metric not in DISTANCE_METRICS or len(item_ids) < 2:
         return None
     need = duplicates_graph_k(spec)
-    found = find_graph(store, spec.dataset, item_ids, row_hashes(item_ids, X), metric, need)
+    hashes = row_hashes(item_ids, X)
+    approximate = reads_approximate(spec)  # only with an explicit thresh
+    found = find_graph(store, spec.dataset, item_ids, hashes, metric, need, approximate=approximate)
     if found is not None:
         log.info("%s: neighbours read from the kNN graph %r", spec.brain_key, found[0])
     return found
