@@ -41,7 +41,8 @@ def open_store(data_dir: str | Path | None = None) -> Store:
     Returns:
         The :class:`~dagster_brain.store.Store`.
     """
-    return Store(data_dir or get_brain_config().data_dir)
+    config = get_brain_config()
+    return Store(data_dir or config.data_dir, memory_limit=config.store_memory_limit)
 
 
 @dataclass(frozen=True, repr=False)
@@ -1051,3 +1052,366 @@ def visualize_points(samples: Dataset | DatasetView, brain_key: str = "visualiza
             "run it again to draw one"
         )
     return png_image(png.read_bytes())
+
+
+def compute_outliers(
+    samples: Dataset | DatasetView,
+    embeddings: str,
+    brain_key: str = "outliers",
+    k: int = 16,
+    metric: str = "cosine",
+    label_field: str | None = None,
+) -> RunOutcome:
+    """Score each sample (or patch) in [0, 1] by how far it lies from its ``k`` nearest
+    neighbours compared with the rest (0.5: the outlier flag, robust z 3.5).
+
+    Args:
+        samples: a dataset or a view (only its items are scored).
+        embeddings: the embeddings key to score.
+        brain_key: the run's key.
+        k: neighbours per item.
+        metric: ``"cosine"`` or ``"euclidean"``.
+        label_field: a classification field (or the detections field of patch embeddings):
+            also score each item within its class (``class_outlier``).
+
+    Returns:
+        The run's outcome; ``results`` has ``outlier``, ``outlier_z``, ``is_outlier`` per item.
+    """
+    return compute_brain(
+        samples,
+        "outliers",
+        brain_key,
+        embeddings=embeddings,
+        k=k,
+        metric=metric,
+        label_field=label_field,
+    )
+
+
+def compute_label_summary(
+    samples: Dataset | DatasetView,
+    label_field: str = "ground_truth",
+    brain_key: str = "label_summary",
+    split_field: str | None = "split",
+    mistakenness: str | None = None,
+) -> RunOutcome:
+    """Label counts per class (and split), class imbalance, and classes with unusually many
+    likely mistakes when the dataset has a mistakenness run on ``label_field``.
+
+    Args:
+        samples: a dataset or a view.
+        label_field: the label field to summarise.
+        brain_key: the run's key.
+        split_field: ``"split"`` (the samples' split column), a classification field, or
+            None for no split.
+        mistakenness: the mistakenness run to read (None: the newest on ``label_field``).
+
+    Returns:
+        The run's outcome; ``results`` has one row per class.
+    """
+    return compute_brain(
+        samples,
+        "label_summary",
+        brain_key,
+        label_field=label_field,
+        split_field=split_field,
+        mistakenness=mistakenness,
+    )
+
+
+def write_health_report(
+    dataset: Dataset | str, path: str | Path | None = None, data_dir: str | Path | None = None
+) -> Path:
+    """Write the dataset's health report: one self-contained HTML page from every brain run
+    stored for it (issue counts, top items as thumbnails, duplicate groups, leaks, mistakes,
+    the embeddings map).
+
+    Args:
+        dataset: the dataset, or its name.
+        path: the HTML file (default: ``<data_dir>/reports/<dataset>.html``).
+        data_dir: the data directory when ``dataset`` is a name (default: the brain config's).
+
+    Returns:
+        The path written.
+    """
+    from dagster_brain.health_report import write_health_report as write
+
+    if isinstance(dataset, str):
+        dataset = load_dataset(dataset, data_dir)
+    out, _ = write(dataset.store, dataset.name, path)
+    return out
+
+
+# -- representativeness and leaky splits ---------------------------------------------------
+
+
+def compute_representativeness(
+    samples: Dataset | DatasetView,
+    representativeness_field: str = "representativeness",
+    method: str = "cluster-center",
+    embeddings: str | np.ndarray | None = None,
+    model: str | None = None,
+    brain_key: str | None = None,
+    n_clusters: int | None = None,
+    patches_field: str | None = None,
+) -> RunOutcome:
+    """Score each sample (or patch) in [0, 1] by how typical it is of a dense cluster.
+
+    Args:
+        samples: a dataset or a view (only its items are scored).
+        representativeness_field: the score column; also the brain key unless
+            ``brain_key`` is given, as in the reference.
+        method: ``"cluster-center"`` or ``"cluster-center-downweight"`` (also lowers items
+            whose near neighbours already score higher).
+        embeddings: an embeddings key (image or patch embeddings), an (n, d) array aligned
+            with the samples, or None to compute them with ``model``.
+        model: the model to embed with when ``embeddings`` is None.
+        brain_key: the run's key (default: ``representativeness_field``).
+        n_clusters: the number of clusters; None: chosen from the data (about sqrt(n / 2)).
+        patches_field: a detections field: score one embedding per box.
+
+    Returns:
+        The run's outcome; ``results`` has one row per item: ``representativeness``,
+        ``cluster``, ``centre_distance``.
+    """
+    from dagster_brain.methods.representativeness import RepresentativenessSpec
+
+    dataset, ids = _as_view(samples)
+    key = brain_key or representativeness_field
+    emb_key, created = resolve_embeddings(
+        dataset, embeddings, model, ids, f"{key}_embeddings", patches_field, key
+    )
+    spec = RepresentativenessSpec(
+        brain_key=key,
+        kind="representativeness",
+        dataset=dataset.name,
+        embeddings=emb_key,
+        method=method,
+        n_clusters=n_clusters,
+    )
+    artifacts = [{"type": "embeddings", "key": emb_key}] if created else []
+    return _run(spec, dataset.store, ids=ids, artifacts=artifacts)
+
+
+class LeakySplitsIndex:
+    """The results of a leaky-splits run: which samples have a near-duplicate in another
+    split, and views without them.
+
+    Args:
+        dataset: the dataset the run belongs to.
+        brain_key: the leaky-splits run.
+        outcome: the run's outcome when it was just computed (None: read from the store).
+    """
+
+    def __init__(self, dataset: Dataset, brain_key: str, outcome: RunOutcome | None = None):
+        record = dataset.store.get_run(dataset.name, brain_key)
+        if record.kind != "leaky_splits":
+            raise ValueError(
+                f"brain key {brain_key!r} on {dataset.name!r} is a {record.kind} run, "
+                "not leaky_splits"
+            )
+        self.dataset, self.brain_key, self.outcome = dataset, brain_key, outcome
+        self.results = dataset.store.load_results(dataset.name, brain_key)
+        self.pairs = dataset.store.load_extra(dataset.name, brain_key, "pairs")
+
+    def __repr__(self) -> str:
+        return (
+            f"LeakySplitsIndex({self.dataset.name!r}, {self.brain_key!r}, "
+            f"{len(self.leak_ids)} leaking samples, {len(self.pairs)} pairs)"
+        )
+
+    @property
+    def leak_ids(self) -> list[str]:
+        """The samples with a near-duplicate in another split, closest pairs first."""
+        leaks = self.results[self.results["leak"]].sort_values("distance", kind="stable")
+        return list(dict.fromkeys(leaks["sample_id"]))
+
+    @property
+    def splits(self) -> dict[str, int]:
+        """Samples per split (``unassigned``: samples without one)."""
+        per = self.results.drop_duplicates("sample_id")["assigned_split"].value_counts()
+        return {str(k): int(v) for k, v in per.items()}
+
+    def leaks_view(self) -> DatasetView:
+        """The leaking samples, closest pairs first.
+
+        Returns:
+            A :class:`DatasetView` with ``assigned_split``, ``nearest_id``,
+            ``nearest_split``, ``distance`` and ``verification`` columns.
+        """
+        return DatasetView(self.dataset, tuple(self.leak_ids), self._scores())
+
+    def leaks_for_sample(self, sample_id: str) -> DatasetView:
+        """The samples of other splits that a sample leaks with.
+
+        Args:
+            sample_id: a sample of the run.
+
+        Returns:
+            A :class:`DatasetView` of its partners, closest first, with ``partner_split``,
+            ``distance`` and ``verification`` columns (empty when it does not leak).
+        """
+        if sample_id not in set(self.results["sample_id"]):
+            raise KeyError(
+                f"sample {sample_id!r} is not in leaky-splits run {self.brain_key!r} on "
+                f"{self.dataset.name!r}"
+            )
+        p = self.pairs
+        mine_a, mine_b = p[p["sample_id_a"] == sample_id], p[p["sample_id_b"] == sample_id]
+        other = pd.concat(
+            [
+                pd.DataFrame(
+                    {
+                        "sample_id": mine_a["sample_id_b"],
+                        "partner_split": mine_a["split_b"],
+                        "distance": mine_a["distance"],
+                        "verification": mine_a["verification"],
+                    }
+                ),
+                pd.DataFrame(
+                    {
+                        "sample_id": mine_b["sample_id_a"],
+                        "partner_split": mine_b["split_a"],
+                        "distance": mine_b["distance"],
+                        "verification": mine_b["verification"],
+                    }
+                ),
+            ]
+        )
+        other = other.sort_values("distance", kind="stable").drop_duplicates("sample_id")
+        return DatasetView(self.dataset, tuple(other["sample_id"]), other.reset_index(drop=True))
+
+    def no_leaks_view(self, view: Dataset | DatasetView | None = None) -> DatasetView:
+        """A view (default: the run's samples) without the samples that leak.
+
+        Args:
+            view: a dataset or view to filter; None: every sample of the run.
+
+        Returns:
+            The view's samples that have no near-duplicate in another split, in view order.
+        """
+        leaking = set(self.leak_ids)
+        if view is None:
+            ids = list(dict.fromkeys(self.results["sample_id"]))
+            return DatasetView(self.dataset, tuple(i for i in ids if i not in leaking))
+        dataset, ids = _as_view(view)
+        if dataset.name != self.dataset.name:
+            raise ValueError(
+                f"view of {dataset.name!r} is not of leaky-splits run {self.brain_key!r}'s "
+                f"dataset {self.dataset.name!r}"
+            )
+        keep = [i for i in (ids if ids is not None else dataset.sample_ids) if i not in leaking]
+        if isinstance(view, DatasetView):
+            return view.select(keep)
+        return DatasetView(dataset, tuple(keep))
+
+    def _scores(self) -> pd.DataFrame:
+        cols = [
+            "sample_id",
+            "assigned_split",
+            "nearest_id",
+            "nearest_split",
+            "distance",
+            "verification",
+        ]
+        leaks = self.results[self.results["leak"]].sort_values("distance", kind="stable")
+        return leaks[cols].drop_duplicates("sample_id").reset_index(drop=True)
+
+
+def compute_leaky_splits(
+    samples: Dataset | DatasetView,
+    splits: str | Sequence[str] | dict[str, Sequence[str]] = "split",
+    embeddings: str | np.ndarray | None = None,
+    model: str | None = None,
+    brain_key: str = "leaky_splits",
+    thresh: float | str = "auto",
+    verify: bool = True,
+    train_split: str | None = None,
+    test_split: str | None = None,
+    patches_field: str | None = None,
+) -> LeakySplitsIndex:
+    """Near-duplicates across splits: samples of one split with a copy in another.
+
+    Args:
+        samples: a dataset or a view.
+        splits: a sample field or classification label field holding each sample's split
+            (default ``"split"``), a list of tags (one per split), or a dict split name ->
+            sample ids. Samples without a split are put in the split ``"unassigned"``.
+        embeddings: an embeddings key, an (n, d) array aligned with the samples, or None to
+            compute them with ``model``.
+        model: the model to embed with when ``embeddings`` is None.
+        brain_key: the run's key.
+        thresh: ``"auto"`` (pairs confirmed on the images; without images, a data-chosen
+            embedding distance), or an embedding distance that also confirms a pair.
+        verify: confirm candidate pairs on the images (hashes, aligned pixels).
+        train_split: the split the ``no_test_leaks`` check protects (default ``"train"``).
+        test_split: the split that must not leak into it (default ``"test"``).
+        patches_field: a detections field: one embedding per box.
+
+    Returns:
+        A :class:`LeakySplitsIndex`: ``leaks_view()``, ``leaks_for_sample(id)``,
+        ``no_leaks_view(view)``, ``results`` (one row per item) and ``pairs``.
+    """
+    from dagster_brain.methods.leaky_splits import LeakySplitsSpec
+
+    dataset, ids = _as_view(samples)
+    emb_key, created = resolve_embeddings(
+        dataset, embeddings, model, ids, f"{brain_key}_embeddings", patches_field, brain_key
+    )
+    given = (
+        splits
+        if isinstance(splits, str)
+        else {k: list(v) for k, v in splits.items()}
+        if isinstance(splits, dict)
+        else list(splits)
+    )
+    spec = LeakySplitsSpec(
+        brain_key=brain_key,
+        kind="leaky_splits",
+        dataset=dataset.name,
+        embeddings=emb_key,
+        splits=given,
+        thresh=thresh,
+        verify=verify,
+        train_split=train_split,
+        test_split=test_split,
+    )
+    artifacts = [{"type": "embeddings", "key": emb_key}] if created else []
+    outcome = _run(spec, dataset.store, ids=ids, artifacts=artifacts)
+    return LeakySplitsIndex(dataset, brain_key, outcome)
+
+
+def load_leaky_splits(samples: Dataset | DatasetView, brain_key: str = "leaky_splits"):
+    """The results of an earlier :func:`compute_leaky_splits` run.
+
+    Args:
+        samples: the dataset (or a view of it) the run belongs to.
+        brain_key: the run's key.
+
+    Returns:
+        A :class:`LeakySplitsIndex`.
+    """
+    dataset, _ = _as_view(samples)
+    return LeakySplitsIndex(dataset, brain_key)
+
+
+def compute_image_issues(
+    samples: Dataset | DatasetView, brain_key: str = "image_issues", **kwargs: Any
+) -> RunOutcome:
+    """Score and flag each image for dark, bright, blurry, low-information, odd-size,
+    odd-aspect-ratio, greyscale and unreadable (no model needed).
+
+    Args:
+        samples: a dataset or a view (only its samples are scored; thresholds come from them).
+        brain_key: the run's key.
+        **kwargs: fields of the spec: ``issues`` (a list, default all), ``thresholds``
+            (``"data"``: from the median and MAD of these images, default; ``"fixed"``: fixed
+            cutoffs) and ``workers`` (decoding processes; 0: one per core, 1: inline).
+
+    Returns:
+        The run's outcome; ``results`` has one row per sample: ``<issue>_score`` in [0, 1]
+        (0.5 at the flag threshold), ``is_<issue>``, ``issues`` (comma list),
+        ``image_issue_score`` (the worst), the image statistics and ``error`` (why a file
+        could not be read).
+    """
+    return compute_brain(samples, "image_issues", brain_key, **kwargs)

@@ -191,24 +191,60 @@ def _batch(context: dg.AssetCheckExecutionContext) -> str | None:
     return op.partition_key if op.has_partition_key else None
 
 
+RESULTS_VALID = "rows match the input, no NaN, scores in range, index size = embeddings"
+
+
+def _results_valid(
+    context: dg.AssetCheckExecutionContext, store: Store, spec: BrainRunSpec
+) -> dg.AssetCheckResult:
+    passed, meta = check_results(store, spec, _batch(context))
+    if passed and "stale" in meta:  # not wrong, but already behind: shown, not blocking
+        return dg.AssetCheckResult(
+            check_name="results_valid",
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata=meta,
+        )
+    return dg.AssetCheckResult(check_name="results_valid", passed=passed, metadata=meta)
+
+
 def build_run_check(spec: BrainRunSpec) -> dg.AssetChecksDefinition:
-    """``results_valid`` on a brain run's asset (blocking)."""
+    """``results_valid`` on a brain run's asset (blocking), and the method's extra checks of
+    this spec (``BrainMethod.extra_checks``; blocking as each says, else a warning)."""
+    asset = brain_key_asset(spec.dataset, spec.brain_key)
+    extras = get_method(spec.kind, spec.brain_key).extra_checks(spec)  # type: ignore[attr-defined]
+    if not extras:
 
-    @dg.asset_check(
-        asset=brain_key_asset(spec.dataset, spec.brain_key),
-        name="results_valid",
-        blocking=True,
-        description="rows match the input, no NaN, scores in range, index size = embeddings",
-    )
-    def _check(context: dg.AssetCheckExecutionContext, store: BrainStoreResource):
-        passed, meta = check_results(store.get(), spec, _batch(context))
-        if passed and "stale" in meta:  # not wrong, but already behind: shown, not blocking
-            return dg.AssetCheckResult(
-                passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=meta
+        @dg.asset_check(asset=asset, name="results_valid", blocking=True, description=RESULTS_VALID)
+        def _check(context: dg.AssetCheckExecutionContext, store: BrainStoreResource):
+            return _results_valid(context, store.get(), spec)
+
+        return _check
+
+    specs = [
+        dg.AssetCheckSpec("results_valid", asset=asset, blocking=True, description=RESULTS_VALID),
+        *(
+            dg.AssetCheckSpec(
+                x.name, asset=asset, blocking=x.blocking(spec), description=x.description
             )
-        return dg.AssetCheckResult(passed=passed, metadata=meta)
+            for x in extras
+        ),
+    ]
 
-    return _check
+    @dg.multi_asset_check(specs=specs, name=f"{asset.to_python_identifier()}_checks")
+    def _checks(context: dg.AssetCheckExecutionContext, store: BrainStoreResource):
+        held = store.get()
+        yield _results_valid(context, held, spec)
+        for x in extras:
+            passed, meta = x.evaluate(held, spec)
+            severity = (
+                dg.AssetCheckSeverity.ERROR if x.blocking(spec) else dg.AssetCheckSeverity.WARN
+            )
+            yield dg.AssetCheckResult(
+                check_name=x.name, passed=passed, severity=severity, metadata=meta
+            )
+
+    return _checks
 
 
 def build_embeddings_check(spec: EmbeddingsSpec, default_model: str) -> dg.AssetChecksDefinition:

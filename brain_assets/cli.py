@@ -39,7 +39,8 @@ def data_dir_option(fn):
 def _store(data_dir: Path | None):
     from dagster_brain.store import Store
 
-    return Store(data_dir or get_brain_config().data_dir)
+    config = get_brain_config()
+    return Store(data_dir or config.data_dir, memory_limit=config.store_memory_limit)
 
 
 @click.group(cls=BrainGroup)
@@ -797,6 +798,27 @@ class _MethodGroup(click.Group):
 @main.group("compute", cls=_MethodGroup)
 def compute_group() -> None:
     """Run any brain method on a dataset: brain compute KIND DATASET --set FIELD=VALUE."""
+
+
+@main.command("report")
+@click.argument("dataset")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The HTML file (default: <data_dir>/reports/DATASET.html).",
+)
+@data_dir_option
+@user_errors
+def report_cmd(dataset: str, out: Path | None, data_dir: Path | None) -> None:
+    """Write DATASET's health report: one self-contained HTML page from all its brain runs."""
+    from dagster_brain.health_report import write_health_report
+
+    path, report = write_health_report(_store(data_dir), dataset, out)
+    click.echo(
+        f"{dataset}: {len(report.runs)} brain runs, {report.issues} issues flagged\n"
+        f"report: {path}\n{path.as_uri()}"
+    )
 
 
 def _attach_optional_groups() -> None:

@@ -10,6 +10,8 @@ The JSON file defaults to ``~/.dagster_brain/brain_config.json`` and moves with
 - ``BRAIN_VIEWER_HOST``, ``BRAIN_VIEWER_PORT``: where the embeddings viewer listens
   (default ``127.0.0.1:3100``; ``brain view`` and ``make ui`` start it, and visualization
   assets link to it);
+- ``BRAIN_STORE_MEMORY_LIMIT``: DuckDB's memory for the store in one process (default
+  ``512MB``; e.g. ``2GB`` or ``25%``); larger writes and reads spill to disk beyond it;
 - ``BRAIN_SIMILARITY_BACKENDS=a,b``: the backends exposed (hides the others; a name that is
   not built in declares a custom backend whose parameters come from the other settings);
 - ``BRAIN_SIMILARITY_<BACKEND>_<PARAM>=value``: one backend parameter; values are parsed as
@@ -35,6 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from dagster_brain.redact import SECRET_WORDS, is_secret, redact  # noqa: F401 (re-exported)
 
 DEFAULT_CONFIG_PATH = Path("~/.dagster_brain/brain_config.json")
+# a DuckDB memory limit: a size with its unit, or a share of the machine's memory
+MEMORY_LIMIT = r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB|%)$"
 
 
 def builtin_backends() -> dict[str, dict[str, Any]]:
@@ -55,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "refresh_cron": "0 3 * * *",  # the nightly_brain_refresh schedule (UTC)
     "viewer_host": "127.0.0.1",  # the embeddings viewer (`brain view`, `make ui`)
     "viewer_port": 3100,
+    "store_memory_limit": "512MB",  # DuckDB's memory for the store, per process
 }
 
 TOP_LEVEL_ENV = (
@@ -66,6 +71,7 @@ TOP_LEVEL_ENV = (
     "refresh_cron",
     "viewer_host",
     "viewer_port",
+    "store_memory_limit",
 )
 
 
@@ -257,6 +263,7 @@ class BrainSettings(BaseModel):
     refresh_cron: str | None = None
     viewer_host: str = "127.0.0.1"
     viewer_port: int = Field(default=3100, ge=1, le=65535)
+    store_memory_limit: str = Field(default="512MB", pattern=MEMORY_LIMIT)
 
     @classmethod
     def from_env(
@@ -288,6 +295,10 @@ class BrainSettings(BaseModel):
         """The embeddings viewer's page of a visualization run (or its index page)."""
         root = f"http://{self.viewer_host}:{self.viewer_port}"
         return f"{root}/plot/{dataset}/{brain_key}" if brain_key else f"{root}/"
+
+    def report_url(self, dataset: str) -> str:
+        """The embeddings viewer's page of a dataset's health report."""
+        return f"http://{self.viewer_host}:{self.viewer_port}/report/{dataset}"
 
     def to_json(self) -> str:
         """The settings as JSON, secrets masked."""

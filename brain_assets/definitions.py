@@ -19,6 +19,7 @@ from dagster_brain.factory import (
     brain_key_asset,
     build_brain_asset,
     build_embeddings_asset,
+    build_health_report_asset,
     build_samples_asset,
 )
 from dagster_brain.methods.knn_graph import plan_graphs, with_shared_graphs
@@ -40,8 +41,9 @@ def specs_path(settings: BrainSettings | None = None) -> Path:
 
 
 def build_assets(specs: BrainKeysFile) -> list[dg.AssetsDefinition]:
-    """One asset per dataset, embeddings key and brain run, and one per kNN graph generated
-    for the runs that share vectors (upstream of those runs: ``plan_graphs``)."""
+    """One asset per dataset, embeddings key and brain run, one per kNN graph generated for
+    the runs that share vectors (upstream of those runs: ``plan_graphs``), and each dataset's
+    health report (downstream of all its brain runs)."""
     incremental = {d.name for d in specs.datasets if d.incremental}
     plan = plan_graphs(specs.brain_runs)
 
@@ -49,12 +51,16 @@ def build_assets(specs: BrainKeysFile) -> list[dg.AssetsDefinition]:
         graph = plan.reads.get((r.dataset, r.brain_key))
         return [] if graph is None else [brain_key_asset(r.dataset, graph)]
 
+    runs = [*specs.brain_runs, *plan.generated]
     return [
         *(build_samples_asset(d) for d in specs.datasets),
         *(build_embeddings_asset(e, e.dataset in incremental) for e in specs.embeddings),
+        *(build_brain_asset(r, r.dataset in incremental, graph_deps(r)) for r in runs),
         *(
-            build_brain_asset(r, r.dataset in incremental, graph_deps(r))
-            for r in [*specs.brain_runs, *plan.generated]
+            build_health_report_asset(
+                d.name, [r.brain_key for r in runs if r.dataset == d.name], d.incremental
+            )
+            for d in specs.datasets
         ),
     ]
 
@@ -148,7 +154,10 @@ def build_defs(
         sensors=[*sensors, build_liveness_sensor()],
         executor=executor,
         resources={
-            "store": BrainStoreResource(data_dir=str(Path(data_dir or config.data_dir).resolve())),
+            "store": BrainStoreResource(
+                data_dir=str(Path(data_dir or config.data_dir).resolve()),
+                memory_limit=config.store_memory_limit,
+            ),
             "embedder": EmbedderResource(model=config.default_model),
             **similarity_resources(config),
         },

@@ -18,6 +18,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, create_model
 
+from dagster_brain.config import BrainSettings
 from dagster_brain.embeddings import compute_embeddings, refresh_embeddings, update_embeddings
 from dagster_brain.execution import refuse_embedded_step, step_executor
 from dagster_brain.ingest.inbox import ingest_batch
@@ -424,3 +425,57 @@ def build_brain_asset(
         partitions_def=batch_partitions(spec.dataset) if batched else None,
         automation_condition=refresh_condition(spec) if incremental and not batched else None,
     )(_compute)
+
+
+HEALTH_REPORT = "health_report"  # the report's asset name under <dataset>/brain/
+
+
+def health_report_key(dataset: str) -> dg.AssetKey:
+    """Asset key of a dataset's health report."""
+    return dg.AssetKey([dataset, "brain", HEALTH_REPORT])
+
+
+def build_health_report_asset(
+    dataset: str,
+    brain_keys: Sequence[str],
+    incremental: bool = False,
+) -> dg.AssetsDefinition:
+    """``<dataset>/brain/health_report``: the dataset's HTML health report from every brain
+    run stored for it, downstream of its brain assets (``brain_keys``); on an inbox dataset
+    (``incremental``) rewritten as soon as they change. Its metadata links the file and the
+    viewer's page for it."""
+    if HEALTH_REPORT in brain_keys:
+        raise ValueError(
+            f"brain key {HEALTH_REPORT!r} on {dataset!r}: this name is the dataset's health "
+            "report asset; rename that run"
+        )
+
+    @dg.asset(
+        key=health_report_key(dataset),
+        deps=[samples_key(dataset), *(brain_key_asset(dataset, k) for k in brain_keys)],
+        group_name=dataset,
+        code_version="health-report-1",
+        description=f"Health report of {dataset!r}: one HTML page from all its brain runs",
+        kinds={"html"},
+        required_resource_keys={"store"},
+        automation_condition=dg.AutomationCondition.eager() if incremental else None,
+    )
+    def _report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        from dagster_brain.health_report import write_health_report
+
+        path, report = write_health_report(context.resources.store.get(), dataset)
+        context.log.info("%s: health report of %d runs at %s", dataset, len(report.runs), path)
+        return dg.MaterializeResult(
+            metadata={
+                "report": dg.MetadataValue.path(str(path)),
+                # served by the embeddings viewer (`make ui` starts it); the file itself beside
+                "report_url": dg.MetadataValue.url(BrainSettings.from_env().report_url(dataset)),
+                "report_file_url": dg.MetadataValue.url(path.as_uri()),
+                "brain_runs": len(report.runs),
+                "issues": report.issues,
+                "size_bytes": path.stat().st_size,
+            },
+            data_version=dg.DataVersion(report.version),
+        )
+
+    return _report

@@ -272,6 +272,12 @@ class BrainRunSpec(_Spec):
                 raise ValueError(f"refresh_cron {self.refresh_cron!r} is not a cron expression")
         return self
 
+    def graph_use(self) -> tuple[str, str, int] | None:
+        """(embeddings key, metric, k) of the shared kNN graph this run reads, or None: a
+        method that reads neighbours overrides it, and a graph is then planned for the
+        vectors two runs read (``methods.knn_graph.plan_graphs``)."""
+        return None
+
 
 class UniquenessSpec(BrainRunSpec):
     """``compute_uniqueness``: a [0, 1] score per sample (or patch) from its neighbours."""

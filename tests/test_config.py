@@ -171,3 +171,30 @@ def test_notebook_config_is_read_once_until_reset(tmp_path, monkeypatch):
         assert again.default_model == "second" and again.default_similarity_backend == "sklearn"
     finally:
         reset_brain_config()
+
+
+def test_store_memory_limit_reaches_duckdb(tmp_path):
+    """BRAIN_STORE_MEMORY_LIMIT over the file over the 512MB default, refused when it is not
+    a size, and the store's DuckDB connections use it."""
+    from pydantic import ValidationError
+
+    from dagster_brain.store import Store
+
+    path = tmp_path / "brain_config.json"
+    path.write_text(json.dumps({"store_memory_limit": "2GB"}))
+    assert (
+        BrainConfig(env={"BRAIN_CONFIG_PATH": str(tmp_path / "none.json")})
+        .settings()
+        .store_memory_limit
+        == "512MB"
+    )
+    assert BrainConfig(env={"BRAIN_CONFIG_PATH": str(path)}).store_memory_limit == "2GB"
+    env = {"BRAIN_CONFIG_PATH": str(path), "BRAIN_STORE_MEMORY_LIMIT": "256MB"}
+    settings = BrainConfig(env=env).settings()
+    assert settings.store_memory_limit == "256MB"
+    with pytest.raises(ValidationError, match="store_memory_limit"):
+        BrainConfig(env={**env, "BRAIN_STORE_MEMORY_LIMIT": "lots"}).settings()
+    store = Store(tmp_path / "data", memory_limit=settings.store_memory_limit)
+    with store.connect() as conn:
+        limit = conn.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    assert limit == "244.1 MiB"  # 256 MB as DuckDB prints it

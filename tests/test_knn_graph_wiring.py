@@ -10,7 +10,7 @@ import yaml
 from test_assets_materialize import make_folder, write_keys
 
 from dagster_brain.definitions import build_defs
-from dagster_brain.factory import brain_key_asset, embeddings_key
+from dagster_brain.factory import brain_key_asset, embeddings_key, health_report_key
 from dagster_brain.methods.knn_graph import (
     KnnGraphSpec,
     generated_key,
@@ -127,6 +127,7 @@ def test_definitions_put_one_graph_upstream_of_both_readers(pets, tmp_path):
     assert node.child_keys == {
         brain_key_asset("pets", "uniqueness"),
         brain_key_asset("pets", "dups"),
+        health_report_key("pets"),  # the report reads every brain run of the dataset
     }
     assert GRAPH in graph.get(brain_key_asset("pets", "dups")).parent_keys
     checks = {c.asset_key for spec in defs.asset_checks for c in spec.check_specs}
@@ -146,6 +147,7 @@ def test_definitions_put_one_graph_upstream_of_both_readers(pets, tmp_path):
     assert graph.get(brain_key_asset("pets", "mine")).child_keys == {
         brain_key_asset("pets", "uniqueness"),
         brain_key_asset("pets", "dups"),
+        health_report_key("pets"),
     }
 
 
@@ -221,6 +223,7 @@ def test_on_an_inbox_dataset_the_graph_refreshes_with_its_readers(tmp_path):
     assert node.child_keys == {
         brain_key_asset("stream", "uniqueness"),
         brain_key_asset("stream", "dups"),
+        health_report_key("stream"),
     }
     refresh = defs.resolve_sensor_def("stream_refresh")
     assert key in refresh.asset_selection.resolve(graph)

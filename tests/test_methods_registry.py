@@ -30,6 +30,11 @@ BUILTIN = {
     "hardness",
     "visualization",
     "knn_graph",
+    "representativeness",
+    "leaky_splits",
+    "outliers",
+    "label_summary",
+    "image_issues",
 }
 
 
@@ -44,7 +49,14 @@ def test_every_method_is_complete_and_every_spec_has_a_method():
     assert METHODS["uniqueness"].version == "2"
     # ranges the blocking check enforces, and what `brain top` ranks by
     ranged = {k for k, m in METHODS.items() if m.score is not None and m.score.has_range}
-    assert ranged == {"uniqueness", "mistakenness", "hardness"}
+    assert ranged == {
+        "uniqueness",
+        "mistakenness",
+        "hardness",
+        "representativeness",
+        "outliers",
+        "image_issues",
+    }
     ranked = {k: m.score.column for k, m in METHODS.items() if m.score is not None}
     assert ranked == {
         "uniqueness": "uniqueness",
@@ -53,6 +65,10 @@ def test_every_method_is_complete_and_every_spec_has_a_method():
         "duplicates": "distance",
         "unique": "rank",
         "knn_graph": "nearest_distance",
+        "representativeness": "representativeness",
+        "leaky_splits": "distance",
+        "outliers": "outlier",
+        "image_issues": "image_issue_score",
     }
 
 

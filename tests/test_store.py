@@ -46,6 +46,39 @@ def test_samples_labels_and_embeddings_roundtrip(store):
     assert store.parquet_path("d", "samples").exists()
 
 
+def test_vectors_stream_in_and_out_in_blocks_in_id_order(store, monkeypatch):
+    """Blocks of 4 rows (as if a million vectors): written in any order, patches too, read
+    back whole or by ids in (sample, label) order with each vector on its own row."""
+    import dagster_brain.store.embeddings as module
+
+    monkeypatch.setattr(module, "BLOCK_ROWS", 4)
+    ids = _dataset(store, n=11)
+    rng = np.random.default_rng(3)
+    order = rng.permutation(11)
+    vecs = rng.standard_normal((11, 5)).astype(np.float32)
+    written = store.write_embeddings("d", "e", [ids[i] for i in order], vecs[order])
+    assert written.sample_ids == ids and np.array_equal(written.vectors, vecs)
+    whole = store.read_embeddings("d", "e")
+    assert whole.sample_ids == ids and np.array_equal(whole.vectors, vecs)
+    assert whole.data_version == written.data_version
+    some = store.read_embeddings("d", "e", ids=[ids[9], ids[1], ids[9], ids[4]])
+    assert some.sample_ids == [ids[1], ids[4], ids[9]]
+    assert np.array_equal(some.vectors, vecs[[1, 4, 9]])
+    # patches: two labels per sample, written label-reversed
+    samples = [s for s in ids for _ in range(2)][::-1]
+    labels = [f"{s}:{j}" for s in ids for j in range(2)][::-1]
+    pv = rng.standard_normal((22, 3)).astype(np.float32)
+    store.write_embeddings("d", "p", samples, pv, label_ids=labels, patches_field="gt")
+    got = store.read_embeddings("d", "p")
+    assert got.label_ids == labels[::-1] and got.sample_ids == samples[::-1]
+    assert np.array_equal(got.vectors, pv[::-1])
+    bad = vecs.copy()
+    bad[9, 2] = np.nan  # in the third block
+    with pytest.raises(StoreError, match=ids[9]):
+        store.write_embeddings("d", "e", ids, bad)
+    assert np.array_equal(store.read_embeddings("d", "e").vectors, vecs)  # nothing lost
+
+
 def test_bad_names_are_refused_not_pasted_into_sql(store):
     with pytest.raises(BrainNameError, match="dataset"):
         store.write_samples("d; DROP TABLE samples", sample_frame(["/x.png"]))

@@ -279,3 +279,17 @@ def test_viewer_port_setting(request, monkeypatch, tmp_path):
     # the environment wins over the file
     both = {**file_only, "BRAIN_VIEWER_PORT": "3300"}
     assert BrainSettings.from_env(env=both).viewer_port == 3300
+
+
+def test_the_health_report_is_served_once_written(client, plotted):
+    from dagster_brain.health_report import write_health_report
+
+    store, outcome = plotted
+    dataset = outcome.record.dataset
+    missing = client.get(f"/report/{dataset}")
+    assert missing.status_code == 404 and f"brain report {dataset}" in missing.text
+    path, _ = write_health_report(store, dataset)
+    page = client.get(f"/report/{dataset}")
+    assert page.status_code == 200 and page.text == path.read_text()
+    assert "viz" in page.text  # the visualization run's section
+    assert client.get("/report/not..a..name").status_code in (400, 404)

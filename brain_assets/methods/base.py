@@ -88,6 +88,20 @@ def one_row_per_embedding(store: Store, spec: Any) -> int | None:
     return embedding_count(store, spec.dataset, spec.embeddings)
 
 
+@dataclass(frozen=True)
+class ExtraCheck:
+    """A further asset check of a method's committed results, beside ``results_valid``.
+
+    ``evaluate(store, spec) -> (passed, metadata)``; ``blocking(spec)``: whether a failure
+    blocks downstream assets (else it is a warning).
+    """
+
+    name: str
+    description: str
+    evaluate: Callable[[Store, Any], tuple[bool, dict[str, Any]]]
+    blocking: Callable[[Any], bool] = lambda spec: False
+
+
 @dataclass(frozen=True, kw_only=True)
 class BrainMethod(Generic[S]):
     """Everything about one brain method: the kind it answers, its spec, runner, inputs,
@@ -115,6 +129,8 @@ class BrainMethod(Generic[S]):
     # Dagster resources a run needs, and the runner's extra arguments built from them
     resources: Callable[[S], set[str]] = field(default=lambda spec: set())
     run_kwargs: Callable[[S, Any], dict[str, Any]] = field(default=lambda spec, res: {})
+    # asset checks of a spec beside ``results_valid`` (e.g. leaky splits: test leaks into train)
+    extra_checks: Callable[[S], tuple[ExtraCheck, ...]] = field(default=lambda spec: ())
 
     @property
     def version(self) -> str:

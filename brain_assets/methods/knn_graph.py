@@ -254,8 +254,9 @@ class GraphPlan:
 
 
 def graph_readers(brain_runs: Sequence[BrainRunSpec]) -> list[GraphReader]:
-    """The runs that read a stored graph: uniqueness (its embeddings, metric and ``k``) and
-    duplicates (its similarity index's embeddings and metric; ``duplicates_graph_k``)."""
+    """The runs that read a stored graph: uniqueness (its embeddings, metric and ``k``),
+    duplicates (its similarity index's embeddings and metric; ``duplicates_graph_k``) and
+    every run whose spec says so (``BrainRunSpec.graph_use``)."""
     sims = {(r.dataset, r.brain_key): r for r in brain_runs if isinstance(r, SimilaritySpec)}
     out = []
     for r in brain_runs:
@@ -265,6 +266,8 @@ def graph_readers(brain_runs: Sequence[BrainRunSpec]) -> list[GraphReader]:
             sim = sims.get((r.dataset, r.similarity))
             if sim is not None and sim.metric in ("cosine", "euclidean"):
                 out.append(GraphReader(r, sim.embeddings, sim.metric, duplicates_graph_k(r)))
+        elif (use := r.graph_use()) is not None:  # any other method that reads neighbours
+            out.append(GraphReader(r, *use))
     return out
 
 

@@ -13,8 +13,13 @@ from dagster_brain.methods import (
     duplicates,
     exact_duplicates,
     hardness,
+    image_issues,
     knn_graph,
+    label_summary,
+    leaky_splits,
     mistakenness,
+    outliers,
+    representativeness,
     similarity,
     unique,
     uniqueness,
@@ -35,6 +40,11 @@ _BUILTIN: tuple[BrainMethod, ...] = (
     hardness.METHOD,
     visualization.METHOD,
     knn_graph.METHOD,
+    outliers.METHOD,
+    representativeness.METHOD,
+    leaky_splits.METHOD,
+    label_summary.METHOD,
+    image_issues.METHOD,
 )
 
 METHODS: dict[str, BrainMethod] = {m.kind: m for m in _BUILTIN}

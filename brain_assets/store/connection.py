@@ -28,6 +28,11 @@ _DAMAGE_MARKERS = (
 )
 
 
+# the brain config's store_memory_limit default: the measured peak of writing and reading
+# 1M x 512 vectors stays near the vectors' size plus ~1 GB (benchmarks/scale.py)
+DEFAULT_MEMORY_LIMIT = "512MB"
+
+
 class StoreDamaged(StoreError):
     """``brain.duckdb`` cannot be read: truncated, overwritten or with corrupted blocks."""
 
@@ -50,15 +55,22 @@ def damaged(db_path: Path, cause: str) -> StoreDamaged:
 
 @contextlib.contextmanager
 def connect(
-    db_path: Path, lock_timeout_s: float, read_only: bool = False
+    db_path: Path,
+    lock_timeout_s: float,
+    read_only: bool = False,
+    memory_limit: str = DEFAULT_MEMORY_LIMIT,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A short-lived connection; waits (with jittered backoff) while another process holds
-    the file lock, up to ``lock_timeout_s``. ``read_only``: for a store on a read-only mount."""
+    the file lock, up to ``lock_timeout_s``. ``read_only``: for a store on a read-only mount.
+    ``memory_limit``: DuckDB's buffer memory (beyond it, large writes and scans spill to
+    disk); one value per process, as DuckDB shares one instance per file."""
     deadline = time.monotonic() + lock_timeout_s
     delay = 0.05
     while True:
         try:
-            conn = duckdb.connect(str(db_path), read_only=read_only)
+            conn = duckdb.connect(
+                str(db_path), read_only=read_only, config={"memory_limit": memory_limit}
+            )
             break
         except duckdb.Error as err:
             cause = damage_cause(err)
@@ -119,7 +131,9 @@ class Transaction:
 
 
 @contextlib.contextmanager
-def transaction(db_path: Path, lock_timeout_s: float) -> Iterator[Transaction]:
+def transaction(
+    db_path: Path, lock_timeout_s: float, memory_limit: str = DEFAULT_MEMORY_LIMIT
+) -> Iterator[Transaction]:
     """One transaction: everything inside commits together or not at all.
 
     Files queued with :meth:`Transaction.replace_after_commit` replace the old ones only after
@@ -128,7 +142,7 @@ def transaction(db_path: Path, lock_timeout_s: float) -> Iterator[Transaction]:
     """
     tx: Transaction | None = None
     try:
-        with connect(db_path, lock_timeout_s) as conn:
+        with connect(db_path, lock_timeout_s, memory_limit=memory_limit) as conn:
             tx = Transaction(conn)
             conn.execute("BEGIN TRANSACTION")
             try:

@@ -37,8 +37,14 @@ def writable(data_dir: Path, db_path: Path) -> bool:
 class StoreCore:
     """One data directory: ``brain.duckdb`` (the truth) and ``parquet/`` (copies)."""
 
-    def __init__(self, data_dir: str | os.PathLike, lock_timeout_s: float = 120.0):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        lock_timeout_s: float = 120.0,
+        memory_limit: str = connection.DEFAULT_MEMORY_LIMIT,
+    ):
         self.data_dir = Path(data_dir).expanduser().resolve()
+        self.memory_limit = memory_limit
         self.db_path = self.data_dir / DB_NAME
         self.parquet_dir = self.data_dir / "parquet"
         self.lock_timeout_s = lock_timeout_s
@@ -69,14 +75,16 @@ class StoreCore:
 
     def connect(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
         """A short-lived connection; waits while another process holds the file lock."""
-        return connection.connect(self.db_path, self.lock_timeout_s, read_only=self.read_only)
+        return connection.connect(
+            self.db_path, self.lock_timeout_s, self.read_only, self.memory_limit
+        )
 
     def transaction(self) -> contextlib.AbstractContextManager[Transaction]:
         """One transaction (its own connection and pending Parquet copies): everything
         inside commits together or not at all; see :func:`connection.transaction`."""
         if self.read_only:
             raise StoreReadOnly(self.data_dir)
-        return connection.transaction(self.db_path, self.lock_timeout_s)
+        return connection.transaction(self.db_path, self.lock_timeout_s, self.memory_limit)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
         """Run read-only SQL and return a DataFrame."""

@@ -20,15 +20,23 @@ from dagster_brain.store.hashing import (
 from dagster_brain.store.mirror import remove_copy
 from dagster_brain.store.records import EmbeddingSet, utcnow
 from dagster_brain.store.samples import SampleTables
-from dagster_brain.store.vectors import arrow_to_vectors, vectors_to_arrow
+from dagster_brain.store.vectors import BLOCK_ROWS, block_vectors, vector_rows
 
 KEY_COPY_SQL = (
     "SELECT sample_id, label_id, vector FROM embeddings WHERE dataset = ? AND embeddings_key = ?"
 )
-_READ_SQL = "SELECT e.sample_id, e.label_id, e.vector FROM embeddings e "
-_READ_ORDER = "WHERE e.dataset = ? AND e.embeddings_key = ? ORDER BY e.sample_id, e.label_id"
-READ_KEY_SQL = _READ_SQL + _READ_ORDER
-READ_WANTED_SQL = _READ_SQL + "JOIN want w ON w.sample_id = e.sample_id " + _READ_ORDER
+_KEY_WHERE = "WHERE e.dataset = ? AND e.embeddings_key = ? "
+_WANTED = "JOIN want w ON w.sample_id = e.sample_id "
+# ids in order (a sort of short strings), then the vectors unordered (a scan), placed by id
+_READ_IDS_SQL = (
+    "SELECT e.sample_id, e.label_id FROM embeddings e {join}"
+    + _KEY_WHERE
+    + ("ORDER BY e.sample_id, e.label_id")
+)
+_READ_VECTORS_SQL = (
+    "SELECT coalesce(e.label_id, e.sample_id) AS item, e.vector FROM embeddings e {join}"
+    + _KEY_WHERE
+)
 COUNT_KEY_SQL = "SELECT count(*) FROM embeddings WHERE dataset = ? AND embeddings_key = ?"
 
 
@@ -42,8 +50,8 @@ class EmbeddingTables(SampleTables):
         sample_ids: Sequence[str],
         vectors: np.ndarray,
         label_ids: Sequence[str] | None,
-    ) -> tuple[np.ndarray, list[str], pa.Table]:
-        """Validated (vectors, item ids, Arrow rows) for an embeddings key."""
+    ) -> tuple[np.ndarray, list[str], pa.RecordBatchReader]:
+        """Validated (vectors, item ids, a stream of Arrow rows to insert once)."""
         self.require_dataset(dataset)
         check_name(key, "embeddings key")
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -53,11 +61,12 @@ class EmbeddingTables(SampleTables):
             )
         if label_ids is not None and len(label_ids) != len(sample_ids):
             raise StoreError(f"embeddings key {key!r}: label ids and sample ids differ in length")
-        finite = np.isfinite(vectors).all(axis=1)
-        if not finite.all():
-            bad = int(np.flatnonzero(~finite)[0])
-            who = label_ids[bad] if label_ids is not None else sample_ids[bad]
-            raise StoreError(f"embeddings key {key!r}: non-finite vector for {who!r}")
+        for start in range(0, len(vectors), BLOCK_ROWS):  # a block's flags at a time
+            finite = np.isfinite(vectors[start : start + BLOCK_ROWS]).all(axis=1)
+            if not finite.all():
+                bad = start + int(np.flatnonzero(~finite)[0])
+                who = label_ids[bad] if label_ids is not None else sample_ids[bad]
+                raise StoreError(f"embeddings key {key!r}: non-finite vector for {who!r}")
         unknown = sorted(set(sample_ids) - set(self.sample_ids(dataset)))
         if unknown:
             raise StoreError(
@@ -67,19 +76,17 @@ class EmbeddingTables(SampleTables):
         ids = list(label_ids) if label_ids is not None else list(sample_ids)
         if len(set(ids)) != len(ids):
             raise StoreError(f"embeddings key {key!r}: duplicate ids")
-        table = pa.table(
+        rows = vector_rows(
             {
-                "dataset": pa.array([dataset] * len(sample_ids), pa.string()),
-                "embeddings_key": pa.array([key] * len(sample_ids), pa.string()),
-                "sample_id": pa.array(list(sample_ids), pa.string()),
-                "label_id": pa.array(
-                    list(label_ids) if label_ids is not None else [None] * len(sample_ids),
-                    pa.string(),
-                ),
-                "vector": vectors_to_arrow(vectors),
-            }
+                "dataset": dataset,
+                "embeddings_key": key,
+                "sample_id": sample_ids,
+                "label_id": label_ids if label_ids is not None else [None] * len(sample_ids),
+            },
+            vectors,
+            rows=BLOCK_ROWS,
         )
-        return vectors, ids, table
+        return vectors, ids, rows
 
     def _mirror_embeddings(self, tx: Transaction, dataset: str, key: str) -> None:
         self._mirror(tx, dataset, f"embeddings/{key}", KEY_COPY_SQL, [dataset, key])
@@ -98,25 +105,41 @@ class EmbeddingTables(SampleTables):
         patches_field: str | None = None,
         run_id: str | None = None,
     ) -> EmbeddingSet:
-        """Replace an embeddings key with these vectors, in one transaction."""
+        """Replace an embeddings key with these vectors, in one transaction; returns them in
+        id order as :meth:`read_embeddings` would (without reading them back)."""
         vectors, ids, table = self._embedding_rows(dataset, key, sample_ids, vectors, label_ids)
         with self.transaction() as tx:
-            self._replace_key(
+            version = self._replace_key(
                 tx, dataset, key, ids, vectors, table, model, model_hash, source,
                 patches_field, run_id,
             )  # fmt: skip
-        return self.read_embeddings(dataset, key)
+        sample_ids, label_ids, vectors = _in_id_order(sample_ids, label_ids, vectors)
+        return EmbeddingSet(
+            key=key,
+            sample_ids=sample_ids,
+            label_ids=label_ids,
+            vectors=vectors,
+            model=model,
+            dim=int(vectors.shape[1]) if vectors.size else 0,
+            patches_field=patches_field,
+            model_hash=model_hash,
+            data_version=version,
+            count_all=len(ids),
+        )
 
     def _replace_key(
         self, tx, dataset, key, ids, vectors, table, model, model_hash, source, patches_field,
         run_id,
-    ) -> None:  # fmt: skip
-        """Inside a transaction: the key's rows and metadata become exactly these."""
+    ) -> str:  # fmt: skip
+        """Inside a transaction: the key's rows and metadata become exactly these; returns
+        the key's data version."""
         tx.execute(
             "DELETE FROM embeddings WHERE dataset = ? AND embeddings_key = ?", [dataset, key]
         )
         tx.register("new_vectors", table)
         tx.execute("INSERT INTO embeddings SELECT * FROM new_vectors")
+        tx.unregister("new_vectors")
+        version = embeddings_version(len(ids), rows_digest(ids, vectors))
         tx.execute(
             "INSERT OR REPLACE INTO embedding_sets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -128,12 +151,13 @@ class EmbeddingTables(SampleTables):
                 patches_field,
                 source,
                 len(ids),
-                embeddings_version(len(ids), rows_digest(ids, vectors)),
+                version,
                 run_id,
                 utcnow(),
             ],
         )
         self._mirror_embeddings(tx, dataset, key)
+        return version
 
     def update_embeddings(
         self,
@@ -209,6 +233,7 @@ class EmbeddingTables(SampleTables):
                 if table is not None:
                     tx.register("new_vectors", table)
                     tx.execute("INSERT INTO embeddings SELECT * FROM new_vectors")
+                    tx.unregister("new_vectors")
                 count = tx.execute(COUNT_KEY_SQL, [dataset, key]).fetchall()[0][0]
                 # None: a version from before row digests, recomputed below
                 version = shifted_version(
@@ -296,17 +321,13 @@ class EmbeddingTables(SampleTables):
             )
         m = meta.iloc[0]
         with self.connect() as conn:
-            if ids is None:
-                tbl = conn.sql(READ_KEY_SQL, params=[dataset, key]).to_arrow_table()
-            else:
-                conn.register("want", pd.DataFrame({"sample_id": list(ids)}))
-                tbl = conn.sql(READ_WANTED_SQL, params=[dataset, key]).to_arrow_table()
+            vectors, sample_ids, label_ids = _read_key(conn, dataset, key, ids, int(m["dim"]))
         patches = m["patches_field"] if isinstance(m["patches_field"], str) else None
         return EmbeddingSet(
             key=key,
-            sample_ids=tbl.column("sample_id").to_pylist(),
-            label_ids=tbl.column("label_id").to_pylist() if patches else None,
-            vectors=arrow_to_vectors(tbl.column("vector"), int(m["dim"])),
+            sample_ids=sample_ids,
+            label_ids=label_ids if patches else None,
+            vectors=vectors,
             model=m["model"] if isinstance(m["model"], str) else None,
             dim=int(m["dim"]),
             patches_field=patches,
@@ -327,3 +348,52 @@ class EmbeddingTables(SampleTables):
                 [dataset, key],
             )
         remove_copy(self.parquet_dir, dataset, f"embeddings/{key}")  # and its record
+
+
+def _read_key(
+    conn, dataset: str, key: str, ids: Sequence[str] | None, dim: int
+) -> tuple[np.ndarray, list[str], list[str | None]]:
+    """(vectors, sample ids, label ids) of a key in (sample id, label id) order, read in one
+    snapshot; the vectors are streamed block by block into one float32 array, so the peak is
+    the array plus a block (DuckDB never sorts the vectors)."""
+    join = ""
+    if ids is not None:
+        wanted = list(dict.fromkeys(ids))  # each once: a repeated id is one row
+        conn.register("want", pd.DataFrame({"sample_id": wanted}, dtype=object))
+        join = _WANTED
+    conn.begin()  # one snapshot for both reads
+    try:
+        order = conn.sql(_READ_IDS_SQL.format(join=join), params=[dataset, key]).to_arrow_table()
+        sample_ids = order.column("sample_id").to_pylist()
+        label_ids = order.column("label_id").to_pylist()
+        items = pd.Index(
+            [lab if lab is not None else s for s, lab in zip(sample_ids, label_ids, strict=True)]
+        )
+        out = np.empty((len(items), dim), dtype=np.float32)
+        reader = conn.sql(_READ_VECTORS_SQL.format(join=join), params=[dataset, key])
+        for batch in reader.to_arrow_reader(BLOCK_ROWS):
+            if batch.num_rows:
+                rows = items.get_indexer(batch.column(0).to_pylist())
+                out[rows] = block_vectors(batch.column(1))
+    finally:
+        conn.commit()
+    return out, sample_ids, label_ids
+
+
+def _in_id_order(
+    sample_ids: Sequence[str], label_ids: Sequence[str] | None, vectors: np.ndarray
+) -> tuple[list[str], list[str] | None, np.ndarray]:
+    """The rows in (sample id, label id) order, the store's; the vectors are copied only when
+    the rows were not already in that order."""
+    if label_ids is None:
+        keys = list(sample_ids)
+        order = np.argsort(np.asarray(keys, dtype=str), kind="stable") if keys else []
+    else:
+        keys = list(zip(sample_ids, label_ids, strict=True))
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+    order = np.asarray(order, dtype=np.int64)
+    if np.array_equal(order, np.arange(len(order))):
+        return list(sample_ids), None if label_ids is None else list(label_ids), vectors
+    samples = [sample_ids[i] for i in order]
+    labels = None if label_ids is None else [label_ids[i] for i in order]
+    return samples, labels, vectors[order]

@@ -40,6 +40,9 @@ def rows_digest(ids: Sequence[str], vectors: np.ndarray) -> int:
     return int(row_hashes(ids, vectors).sum(dtype=np.uint64)) if len(ids) else 0
 
 
+HASH_ROWS = 16_384  # rows hashed at a time
+
+
 def row_hashes(ids: Sequence[str], vectors: np.ndarray) -> np.ndarray:
     """A 64-bit hash of each (id, vector) row (uint64): tells a changed vector from a kept
     one. Vectorised: the id's hash plus a keyed sum over the vector's bytes, then mixed."""
@@ -48,15 +51,21 @@ def row_hashes(ids: Sequence[str], vectors: np.ndarray) -> np.ndarray:
     if vectors.shape[0] != n:
         raise ValueError(f"{vectors.shape[0]} vectors for {n} ids")
     id_hash = pd.util.hash_array(np.asarray([str(i) for i in ids], dtype=object))
-    words = vectors.reshape(n, -1)
-    if words.shape[1] % 2:
-        words = np.concatenate([words, np.zeros((n, 1), np.float32)], axis=1)
-    words = words.view(np.uint64)
-    keys = np.random.default_rng(0x5EED).integers(
-        1, 1 << 63, size=words.shape[1], dtype=np.uint64
-    ) | np.uint64(1)
+    flat = vectors.reshape(n, -1)
+    width = (flat.shape[1] + 1) // 2
+    keys = np.random.default_rng(0x5EED).integers(1, 1 << 63, size=width, dtype=np.uint64)
+    keys |= np.uint64(1)
+    sums = np.empty(n, np.uint64)
+    for start in range(0, n, HASH_ROWS):  # rows in blocks: memory of one block, not all
+        words = flat[start : start + HASH_ROWS]
+        if words.shape[1] % 2:
+            pad = np.zeros((len(words), 1), np.float32)
+            words = np.concatenate([words, pad], axis=1)
+        words = np.ascontiguousarray(words).view(np.uint64)
+        with np.errstate(over="ignore"):
+            sums[start : start + len(words)] = (words * keys).sum(axis=1, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        h = (words * keys).sum(axis=1, dtype=np.uint64) + id_hash * np.uint64(0x9E3779B97F4A7C15)
+        h = sums + id_hash * np.uint64(0x9E3779B97F4A7C15)
         h ^= h >> np.uint64(33)
         h *= np.uint64(0xFF51AFD7ED558CCD)
         h ^= h >> np.uint64(29)

@@ -43,7 +43,8 @@ _data_dir = click.option(
 def _store(data_dir: Path | None):
     from dagster_brain.store import Store
 
-    return Store(data_dir or get_brain_config().data_dir)
+    config = get_brain_config()
+    return Store(data_dir or config.data_dir, memory_limit=config.store_memory_limit)
 
 
 @click.command("view")

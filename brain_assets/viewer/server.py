@@ -132,6 +132,20 @@ def build_app(store: Store | str | os.PathLike) -> Starlette:
         n = len(ids)
         return JSONResponse({"dataset": dataset, "name": name, "n": n}, status_code=201)
 
+    async def report(request: Request) -> Response:
+        from dagster_brain.health_report import report_path
+
+        dataset = request.path_params["dataset"]
+        check_name(dataset, "dataset")
+        path = report_path(db, dataset)
+        if not path.exists():
+            raise data.ViewerError(
+                f"dataset {dataset!r} has no health report yet: materialise "
+                f"{dataset}/brain/health_report or run `brain report {dataset}`",
+                404,
+            )
+        return FileResponse(path, media_type="text/html")
+
     async def plotly_js(request: Request) -> Response:
         return FileResponse(
             page.plotly_js_path(),
@@ -146,6 +160,7 @@ def build_app(store: Store | str | os.PathLike) -> Starlette:
         Route("/api/colour/{dataset}/{brain_key}", _guard(colour_json)),
         Route("/thumb/{dataset}/{sample_id}", _guard(thumb)),
         Route("/sheet/{dataset}/{brain_key}", _guard(sheet)),
+        Route("/report/{dataset}", _guard(report)),
         Route("/api/views/{dataset}", _guard(views), methods=["GET", "POST"]),
         Route(page.PLOTLY_JS_ROUTE, plotly_js),
     ]
