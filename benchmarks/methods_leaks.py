@@ -305,23 +305,8 @@ def table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smaller sizes (about 30 s)")
-    ap.add_argument("--json", dest="json_out", help="write the results to this file")
-    ap.add_argument("--model", action="store_true", help="embed with the default model")
-    args = ap.parse_args(argv)
-    if args.model:
-        n = 800 if args.quick else 1797
-        res = {"leaky_splits": leaks_rows(n, use_model=True), "representativeness": []}
-        ours = res["leaky_splits"][0]
-        res["bar"] = {
-            "recall": ours["recall"],
-            "precision": ours["precision"],
-            "passed": ours["recall"] >= BAR_RECALL and ours["precision"] >= BAR_PRECISION,
-        }
-    else:
-        res = run(args.quick)
+def print_result(res: dict) -> None:
+    """The leaky-splits and representativeness tables, then the bar."""
     kinds = [f"recall_{k}" for k in (*KINDS, "natural")]
     print("Leaky splits (cross-split pairs)")
     print(
@@ -361,6 +346,26 @@ def main(argv: list[str] | None = None) -> int:
         f"\nbar: recall {bar['recall']:.3f}, precision {bar['precision']:.3f}: "
         f"{'PASS' if bar['passed'] else 'FAIL'}"
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (about 30 s)")
+    ap.add_argument("--json", dest="json_out", help="write the results to this file")
+    ap.add_argument("--model", action="store_true", help="embed with the default model")
+    args = ap.parse_args(argv)
+    if args.model:
+        n = 800 if args.quick else 1797
+        res = {"leaky_splits": leaks_rows(n, use_model=True), "representativeness": []}
+        ours = res["leaky_splits"][0]
+        res["bar"] = {
+            "recall": ours["recall"],
+            "precision": ours["precision"],
+            "passed": ours["recall"] >= BAR_RECALL and ours["precision"] >= BAR_PRECISION,
+        }
+    else:
+        res = run(args.quick)
+    print_result(res)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(res, indent=2, default=str))
     return 0

@@ -380,6 +380,8 @@ def _run_section(
                 names = ", ".join(res.loc[res["mistakes_high"], "label"].astype(str))
                 out.append(f"<p><b>classes with unusually many mistakes:</b> {_e(names)}</p>")
         cols = [c for c in res.columns if c not in ("dataset",)]
+        if set(cols) <= {"id", "sample_id", "label_id"}:  # ids alone (an index): no table
+            return "".join(out)
         out.append(_table(res[cols].head(TABLE_ROWS), thumbs, images))
         if len(res) > TABLE_ROWS:
             out.append(f"<p class='muted'>first {TABLE_ROWS} of {len(res)} rows</p>")

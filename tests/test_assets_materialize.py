@@ -12,7 +12,7 @@ from PIL import Image
 from dagster_brain.algorithms.knn import exact_knn
 from dagster_brain.algorithms.uniqueness import neighbour_weights
 from dagster_brain.definitions import build_defs
-from dagster_brain.factory import brain_key_asset, embeddings_key, samples_key
+from dagster_brain.factory import brain_key_asset, embeddings_key, health_report_key, samples_key
 from dagster_brain.store import Store
 
 
@@ -75,8 +75,10 @@ def test_graph_materializes_and_uniqueness_matches_brute_force(project):
         samples_key("pets"),
         embeddings_key("pets", "default"),
         brain_key_asset("pets", "uniqueness"),
+        health_report_key("pets"),
     }
     store = Store(data_dir)
+    assert (store.data_dir / "reports" / "pets.html").is_file()
     emb = store.read_embeddings("pets", "default")
     assert emb.vectors.shape == (9, 1280) and emb.model == "efficientnet-lite0"
     res = store.load_results("pets", "uniqueness").set_index("sample_id")

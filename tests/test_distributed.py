@@ -408,8 +408,10 @@ def test_brain_graph_runs_on_postgres_and_two_celery_workers(cluster, pg_url):
     assert run_id in output
     succeeded = {e.step_key for e in _events(pg_url, run_id, "STEP_SUCCESS")}
     materialized = _events(pg_url, run_id, "ASSET_MATERIALIZATION")
-    assert len(materialized) == 2 + len(RUNS)  # samples, embeddings, the brain runs
+    # samples, embeddings, the brain runs and the dataset's health report
+    assert len(materialized) == 2 + len(RUNS) + 1
     assert {"digits__samples", "digits__embeddings__pixels"} <= succeeded
+    assert "digits__brain__health_report" in succeeded
     assert {f"digits__brain__{k}" for k in RUNS} <= succeeded
     assert _pg_rows(pg_url, "SELECT count(*) FROM event_logs WHERE run_id = %s", (run_id,))[0][
         0

@@ -218,6 +218,8 @@ def test_the_check_warns_by_default_and_blocks_with_block(planted):
         assert not leak.passed and leak.severity == severity
         assert leak.blocking is block
         assert leak.metadata["leak_pairs"].value == 3
+        meta = result.asset_materializations_for_node(f"toy__brain__{s.brain_key}")[0].metadata
+        assert "thumbnails" in meta and "leaks_preview" in meta  # the closest pairs, side by side
 
 
 def test_the_check_passes_when_test_is_clean(planted):

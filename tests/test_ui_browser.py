@@ -47,6 +47,8 @@ ASSETS = {
     f"{DATASET}/brain/dups",
     # uniqueness and dups read the same vectors: one generated kNN graph upstream of both
     f"{DATASET}/brain/knn_default_cosine",
+    # every brain run of the dataset in one HTML page, served by the embeddings viewer
+    f"{DATASET}/brain/health_report",
 }
 CHROMIUM_FLAGS = [
     "--headless",
@@ -194,6 +196,21 @@ class Server:
         return f"\n--- dagster dev log (tail) ---\n{log_tail(self.log)}"
 
 
+def spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """A server in its own process group (stopped with :func:`stop_group`), output to ``log``."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=restore_sigint,
+        )
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if chromium_path() is None:
@@ -219,22 +236,15 @@ def server(tmp_path_factory):
         PYTHONUNBUFFERED="1",
     )
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["BRAIN_VIEWER_PORT"] = str(free_port())  # the report asset links the viewer's page
     port = free_port()
     log = root / "dagster_dev.log"
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO / "workspace.yaml")]
     cmd += ["-h", "127.0.0.1", "-p", str(port)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=restore_sigint,
-        )
+    proc = spawn(cmd, env, log)
     srv = Server(f"http://127.0.0.1:{port}", data_dir, log, proc)
+    # `make ui` starts the viewer beside dagster dev
+    viewer = spawn([sys.executable, "-m", "dagster_brain.cli", "view"], env, root / "viewer.log")
     try:
         deadline = time.monotonic() + SERVER_START_S
         while True:
@@ -262,6 +272,7 @@ def server(tmp_path_factory):
             time.sleep(1)
         yield srv
     finally:
+        stop_group(viewer)
         stop_group(proc)
 
 
@@ -347,10 +358,13 @@ def test_materialize_all_from_the_ui_and_see_the_histogram(server):
                 materialize.click()
                 run_id = wait_for_run(server, page)
 
-                # 3. the graph shows every asset as materialised
+                # 3. the graph shows every asset as materialised (on a screen wide enough
+                # for the graph of seven assets to be drawn with each node's status)
+                page.set_viewport_size({"width": 2400, "height": 1300})
                 page.goto(server.base_url + GROUP_URL)
                 expect(page.get_by_text("Materialized", exact=True)).to_have_count(len(ASSETS))
                 page.screenshot(path=ARTIFACTS / "asset_graph.png", animations="disabled")
+                page.set_viewport_size({"width": 1400, "height": 900})
 
                 # 4. the uniqueness asset's page: its metadata, and the histogram plot
                 page.goto(server.base_url + f"/assets/{DATASET}/brain/uniqueness")
@@ -383,6 +397,18 @@ def test_materialize_all_from_the_ui_and_see_the_histogram(server):
                 page.screenshot(
                     path=SCREENSHOTS / "duplicates_thumbnails.png", animations="disabled"
                 )
+
+                # 6. the health report: its asset links the viewer's page, which opens
+                page.goto(server.base_url + f"/assets/{DATASET}/brain/health_report")
+                link = page.locator(f'a[href$="/report/{DATASET}"]').first
+                expect(link).to_be_attached()
+                href = link.get_attribute("href")
+                assert href.startswith("http://127.0.0.1:"), href
+                page.goto(href)
+                heading = page.get_by_role("heading", name=f"Dataset health: {DATASET}")
+                expect(heading).to_be_visible()
+                expect(page.locator("h2#uniqueness")).to_be_visible()
+                page.screenshot(path=SCREENSHOTS / "health_report.png", full_page=True)
             except Exception:
                 page.screenshot(path=ARTIFACTS / "failure.png", animations="disabled")
                 raise

@@ -28,9 +28,12 @@ import numpy as np
 import pandas as pd
 
 from dagster_brain.algorithms.knn import (
+    ROW_BLOCK,
+    blocked_rows,
     check_vectors,
     exact_knn,
     pairwise_distances,
+    row_sq_norms,
 )
 from dagster_brain.algorithms.knn_graph import KnnGraph, nearest_lists
 
@@ -69,7 +72,7 @@ def _scale(X: np.ndarray, metric: str) -> float:
     """Typical vector length (1 for cosine): sets the numerical tolerances."""
     if metric == "cosine" or len(X) == 0:
         return 1.0
-    return float(np.sqrt((X.astype(np.float64) ** 2).sum(1).max())) or 1.0
+    return float(np.sqrt(row_sq_norms(X).max())) or 1.0
 
 
 def _tolerance(metric: str, scale: float) -> float:
@@ -458,7 +461,7 @@ def find_unique(
     if count >= n:
         return list(ids)
     rank = np.random.default_rng(seed).permutation(n)  # breaks exact ties
-    sq = (X.astype(np.float64) ** 2).sum(1)
+    sq = row_sq_norms(X)
     norms = np.sqrt(sq)
 
     def dist_to(c: np.ndarray) -> np.ndarray:  # one mat-vec: no n x d temporaries
@@ -472,10 +475,11 @@ def find_unique(
         ties = np.flatnonzero(values == values.max())
         return int(ties[np.argmin(rank[ties])])
 
-    if metric == "cosine":
-        centre = (X / np.where(norms > 0, norms, 1.0)[:, None].astype(np.float32)).mean(0)
+    if metric == "cosine":  # the mean of the unit rows, a block at a time
+        scale = 1.0 / np.where(norms > 0, norms, 1.0)
+        centre = (scale.astype(np.float32) @ X).astype(np.float64) / n
     else:
-        centre = X.mean(0)
+        centre = X.mean(0, dtype=np.float64)
     j = farthest(dist_to(centre))
     chosen = [j]
     mind = dist_to(X[j])  # each item's distance to its nearest chosen item
@@ -494,7 +498,9 @@ def find_unique(
 def _diameter(X: np.ndarray, metric: str) -> float:
     if metric == "cosine":
         return 2.0
-    return 2.0 * float(np.sqrt(((X - X.mean(0)) ** 2).sum(1).max())) + 1e-9
+    mean = X.mean(0, dtype=np.float64)
+    far = blocked_rows(X, lambda b: ((b - mean) ** 2).sum(1), 1).max()
+    return 2.0 * float(np.sqrt(far)) + 1e-9
 
 
 def _duplicates_at(nb: _Neighbours, thresh: float, max_k: int):
@@ -862,12 +868,17 @@ def exact_duplicate_groups(
 
 def pca_2d(vectors: np.ndarray) -> np.ndarray:
     """(n, 2) projection on the two leading principal components (numpy SVD)."""
-    X = np.asarray(vectors, dtype=np.float64)
-    X = X - X.mean(0)
+    X = np.asarray(vectors)
     if X.shape[0] < 2:
         return np.zeros((X.shape[0], 2))
-    _, _, vt = np.linalg.svd(X, full_matrices=False)
-    out = X @ vt[:2].T
+    mean = X.mean(0, dtype=np.float64)
+    cov = np.zeros((X.shape[1], X.shape[1]))
+    for start in range(0, len(X), ROW_BLOCK):  # X^T X of the centred rows, block by block
+        block = np.asarray(X[start : start + ROW_BLOCK], dtype=np.float64) - mean
+        cov += block.T @ block
+    _, vecs = np.linalg.eigh(cov)
+    top = vecs[:, ::-1][:, :2]
+    out = blocked_rows(X, lambda b: (b - mean) @ top, top.shape[1])
     return np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
 
 

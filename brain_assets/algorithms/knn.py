@@ -51,6 +51,29 @@ def check_vectors(
     return X
 
 
+ROW_BLOCK = 65_536  # rows converted to float64 at a time by the blocked helpers below
+
+
+def row_sq_norms(X: np.ndarray) -> np.ndarray:
+    """Each row's squared L2 norm in float64, a block of rows at a time (never a float64
+    copy of all of ``X``)."""
+    out = np.empty(len(X), dtype=np.float64)
+    for start in range(0, len(X), ROW_BLOCK):
+        block = np.asarray(X[start : start + ROW_BLOCK], dtype=np.float64)
+        out[start : start + len(block)] = np.einsum("ij,ij->i", block, block)
+    return out
+
+
+def blocked_rows(X: np.ndarray, fn, width: int) -> np.ndarray:
+    """``fn`` applied to float64 blocks of rows of ``X`` (each giving ``width`` columns per
+    row), stacked: the memory of one block, not of a float64 copy of ``X``."""
+    out = np.empty((len(X), width), dtype=np.float64)
+    for start in range(0, len(X), ROW_BLOCK):
+        block = np.asarray(X[start : start + ROW_BLOCK], dtype=np.float64)
+        out[start : start + len(block)] = fn(block).reshape(len(block), width)
+    return out
+
+
 def normalize_rows(X: np.ndarray) -> np.ndarray:
     """Unit-length rows (zero rows stay zero)."""
     norms = np.linalg.norm(X, axis=1, keepdims=True)

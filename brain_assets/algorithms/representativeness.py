@@ -70,7 +70,7 @@ def representativeness_scores(
     :func:`default_clusters`.
     """
     ids = [str(i) for i in ids]
-    X = check_vectors(vectors, ids).astype(np.float64)
+    X = check_vectors(vectors, ids)  # float32, never a float64 copy of all the vectors
     n = len(ids)
     if method not in METHODS:
         raise ValueError(f"unknown representativeness method {method!r}; expected {METHODS}")
@@ -82,11 +82,15 @@ def representativeness_scores(
     k = default_clusters(n) if n_clusters is None else int(n_clusters)
     if not 1 <= k <= n:
         raise ValueError(f"n_clusters must be between 1 and {n} items, got {k}")
-    U = normalize_rows(X.astype(np.float32)).astype(np.float64)
+    U = normalize_rows(np.asarray(X, dtype=np.float32))
     labels, centres = cluster_items(U, k, seed)
     norms = np.linalg.norm(centres, axis=1, keepdims=True)
     centres = centres / np.where(norms > 0, norms, 1.0)
-    d = np.clip(1.0 - (U * centres[labels]).sum(1), 0.0, 2.0)
+    d = np.empty(n, dtype=np.float64)
+    for c in range(k):  # one cluster's rows at a time: no (n, d) product array
+        rows = np.flatnonzero(labels == c)
+        d[rows] = 1.0 - U[rows].astype(np.float64) @ centres[c]
+    d = np.clip(d, 0.0, 2.0)
     sizes = np.bincount(labels, minlength=k)
     d_max = d.max()
     closeness = 1.0 - d / d_max if d_max > 0 else np.ones(n)

@@ -370,7 +370,12 @@ def _checks(spec: LeakySplitsSpec) -> tuple[ExtraCheck, ...]:
 
 
 def _metadata(outcome: RunOutcome) -> dict[str, Any]:
-    from dagster_brain.metadata import rows_table
+    from dagster_brain.metadata import (
+        THUMBNAILS_KEY,
+        THUMBNAILS_PER_ROW,
+        group_thumbnails,
+        rows_table,
+    )
 
     s = outcome.summary
     meta: dict[str, Any] = {
@@ -389,7 +394,20 @@ def _metadata(outcome: RunOutcome) -> dict[str, Any]:
             if c in leaks
         ]
         meta["leaks_preview"] = rows_table(leaks.head(20), cols)
+    if len(leaks) and "media" in s and "label_id" not in leaks:
+        pairs = _pair_rows(leaks.head(THUMBNAILS_PER_ROW))
+        meta[THUMBNAILS_KEY] = group_thumbnails(pairs, s["media"]).value
     return meta
+
+
+def _pair_rows(leaks: pd.DataFrame) -> pd.DataFrame:
+    """The closest leaks as two-item groups (the sample, then its partner in another split)
+    for the thumbnail grid; the role caption is each item's split."""
+    rows = []
+    for g, r in enumerate(leaks.itertuples(index=False)):
+        for sample, split in ((r.sample_id, r.assigned_split), (r.nearest_id, r.nearest_split)):
+            rows.append({"group": g, "sample_id": sample, "role": split, "distance": r.distance})
+    return pd.DataFrame(rows)
 
 
 METHOD = BrainMethod(

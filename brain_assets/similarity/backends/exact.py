@@ -59,15 +59,22 @@ def _read_parquet(path: Path, dim: int) -> tuple[list[str], np.ndarray]:
     """(ids, (n, dim) float32 vectors) from a file written by :func:`_write_parquet`."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=["id", "vector"])
-    ids = table.column("id").to_pylist()
-    flat = table.column("vector").combine_chunks().flatten()
-    X = flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    if X.size != len(ids) * dim:
-        raise ValueError(
-            f"sklearn index file {path}: {X.size} values for {len(ids)} ids is not dim={dim}"
-        )
-    return ids, X.reshape(len(ids), dim)
+    from dagster_brain.store.vectors import block_vectors
+
+    file = pq.ParquetFile(path)
+    n = file.metadata.num_rows
+    ids: list[str] = []
+    X = np.empty((n, dim), dtype=np.float32)  # filled a row group at a time: one copy
+    for batch in file.iter_batches(columns=["id", "vector"]):
+        block = block_vectors(batch.column("vector"))
+        if block.size != batch.num_rows * dim:
+            raise ValueError(
+                f"sklearn index file {path}: {block.size} values for {batch.num_rows} ids is "
+                f"not dim={dim}"
+            )
+        X[len(ids) : len(ids) + batch.num_rows] = block.reshape(batch.num_rows, dim)
+        ids += batch.column("id").to_pylist()
+    return ids, X
 
 
 def _without_self(idx: np.ndarray, rows: np.ndarray, k: int) -> list[list[int]]:
