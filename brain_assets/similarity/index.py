@@ -585,6 +585,25 @@ class SimilarityIndex(DuplicatesMixin):
         self._require(m["id"], found)
         return list(found), np.asarray(X, dtype=np.float32)
 
+    def vector_source(self, batch: int | None = None):
+        """The view's members (in membership order) read from the backend page by page
+        (:class:`~dagster_brain.similarity.streaming.VectorSource`): no copy of every vector."""
+        from dagster_brain.similarity.streaming import STREAM_BATCH, VectorSource
+
+        m = self._view_members()
+        if m.empty:
+            raise SimilarityError(
+                f"index {self.brain_key!r} has no vectors"
+                + (" in the current view" if self._view is not None else "")
+            )
+        return VectorSource(
+            self.backend,
+            m["id"].tolist(),
+            batch or STREAM_BATCH,
+            name=f"similarity index {self.brain_key!r} on {self.dataset!r}",
+            on_missing=self._incomplete,
+        )
+
     # -- models -----------------------------------------------------------------------------
 
     def get_model(self):
@@ -635,12 +654,21 @@ class SimilarityIndex(DuplicatesMixin):
 
     # -- queries ----------------------------------------------------------------------------
 
+    def _sample_of(self) -> pd.Series:
+        """Each member id's sample id (indexed by id), built once per members table: queries
+        on a million-item index do not rebuild it."""
+        cached = getattr(self, "_sample_of_cache", None)
+        if cached is None or cached[0] is not self._members:
+            cached = (self._members, self._members.set_index("id")["sample_id"])
+            self._sample_of_cache = cached
+        return cached[1]
+
     def _query_vectors(self, query: Any) -> tuple[np.ndarray, list[str]]:
         """Query vectors and the query's own ids (ids are returned for include_query).
 
         A string that is an indexed id is an id query; any other string is a text prompt.
         """
-        known = set(self._members["id"])
+        known = self._sample_of().index  # hashed once per members table, not per query
         if isinstance(query, str):
             if query not in known:
                 return self._prompt_vectors([query]), []
@@ -707,8 +735,7 @@ class SimilarityIndex(DuplicatesMixin):
             ids, dist = [ids[i] for i in keep], dist[keep]
         if k is not None:
             ids, dist = ids[:k], dist[:k]
-        by_id = self._members.set_index("id")
-        sids = by_id.loc[ids, "sample_id"].tolist() if ids else []
+        sids = self._sample_of().loc[ids].tolist() if ids else []
         return SimilarityResult(
             sample_ids=sids,
             label_ids=list(ids) if self.is_patches else None,
@@ -930,6 +957,8 @@ def _handout(cached: SimilarityIndex, store: Store) -> SimilarityIndex:
         record=copy.copy(cached.record),
     )
     index._members = cached._members  # replaced, never changed in place: safe to share
+    cached._sample_of()  # its id lookup too, built once for every query of this entry
+    index._sample_of_cache = cached._sample_of_cache
     return index
 
 
