@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib
 import json
 from pathlib import Path
 from types import UnionType
@@ -353,6 +354,9 @@ class DuplicatesSpec(BrainRunSpec):
     fraction: float | None = Field(default=None, ge=0.0, le=1.0)
     verify: bool = True
     neighbours: int = Field(default=5, ge=1, le=50)  # candidates per item for verification
+    # read the vectors page by page (explicit thresh only); None: milvus / lancedb above
+    # similarity.streaming.STREAM_ABOVE items
+    streaming: bool | None = None
 
     @model_validator(mode="after")
     def _one_threshold(self) -> DuplicatesSpec:
@@ -379,6 +383,8 @@ class UniqueSpec(BrainRunSpec):
     similarity: str = Field(pattern=NAME)
     count: int = Field(ge=1)
     seed: int = 0
+    # read the vectors page by page; None: milvus / lancedb above STREAM_ABOVE items
+    streaming: bool | None = None
 
 
 class MistakennessSpec(BrainRunSpec):
@@ -480,7 +486,9 @@ class VisualizationSpec(BrainRunSpec):
 
 def run_spec_types() -> dict[str, type[BrainRunSpec]]:
     """kind -> spec class, for every brain-run spec class defined so far (a brain method's
-    module defines its spec; importing the method registry defines them all)."""
+    module defines its spec). The built-in methods are loaded first, the way a plug-in is:
+    by name, so that a YAML naming any built-in kind parses wherever it is read."""
+    importlib.import_module("dagster_brain.methods.registry")
     out: dict[str, type[BrainRunSpec]] = {}
     todo = list(BrainRunSpec.__subclasses__())
     while todo:

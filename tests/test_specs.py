@@ -24,6 +24,11 @@ def test_bundled_demo_file_loads():
         "mistakenness",
         "hardness",
         "visualization",
+        "image_issues",
+        "leaky_splits",
+        "outliers",
+        "representativeness",
+        "label_summary",
     }
 
 

@@ -21,6 +21,12 @@ from dagster_brain.algorithms.knn_graph import KnnGraph
 from dagster_brain.knn_graphs import duplicates_graph_k, find_graph, reads_approximate
 from dagster_brain.runs import RunContext, RunOutcome, commit_outcome, frame_version, new_record
 from dagster_brain.similarity.compute import load_index
+from dagster_brain.similarity.streaming import (
+    STREAM_ABOVE,
+    pca_points,
+    stream_duplicates,
+    stream_unique,
+)
 from dagster_brain.specs import DuplicatesSpec, ExactDuplicatesSpec, UniqueSpec
 from dagster_brain.store import Store, row_hashes
 
@@ -124,6 +130,31 @@ def read_index(
         index.close()
 
 
+STREAMING_BACKENDS = ("milvus", "lancedb")  # page through their vectors by themselves
+
+
+def _streams(spec: DuplicatesSpec | UniqueSpec, index, explicit: bool = True) -> bool:
+    """Whether this run reads the index page by page (see ``streaming`` on the spec)."""
+    if spec.streaming is not None:
+        return spec.streaming
+    return (
+        explicit
+        and index.config.backend in STREAMING_BACKENDS
+        and len(index._view_members()) > STREAM_ABOVE
+    )
+
+
+def _refuse_unexplicit(spec: DuplicatesSpec) -> None:
+    """``streaming: true`` needs a threshold that does not need every vector at once."""
+    if spec.streaming and (spec.fraction is not None or not isinstance(spec.thresh, float)):
+        given = f"fraction {spec.fraction}" if spec.fraction is not None else "thresh: auto"
+        raise ValueError(
+            f"duplicates brain key {spec.brain_key!r} on {spec.dataset!r}: streaming: true needs "
+            f"an explicit thresh (a distance); {given} reads every vector into memory "
+            "(give thresh, or set streaming: false or null)"
+        )
+
+
 def run_duplicates(
     spec: DuplicatesSpec,
     store: Store,
@@ -139,6 +170,16 @@ def run_duplicates(
     metric (and at least 16 neighbours, or ``neighbours`` when verifying), its lists are read
     instead of computed: the same groups and pairs.
     """
+    _refuse_unexplicit(spec)
+    explicit = spec.fraction is None and isinstance(spec.thresh, float)
+    index = load_index(store, spec.dataset, spec.similarity)
+    try:
+        if ids is not None:
+            index.use_view(ids)
+        if _streams(spec, index, explicit):
+            return _run_duplicates_streamed(spec, store, index, run_id, log, artifacts)
+    finally:
+        index.close()
     iv = read_index(store, spec.dataset, spec.similarity, ids)
     item_ids, X, sample_of, metric = iv.ids, iv.vectors, iv.sample_of, iv.metric
     patches, upstream = iv.patches, dict(iv.upstream)
@@ -214,9 +255,11 @@ def run_duplicates(
         "est_recall": choice.est_recall if choice else None,
         "pairs": len(pairs),
         "pairs_truncated_rows": result.truncated_rows,
+        "streamed": False,
     }
     store.commit_run(record, frame, extra={"pairs": pairs})
     summary = {
+        "streamed": False,
         "duplicates": len(result.duplicate_ids),
         "groups": len(result.groups),
         "pairs": len(pairs),
@@ -226,6 +269,74 @@ def run_duplicates(
         "choice": choice,
         "result": result,
         "vectors": X,
+        "ids": item_ids,
+    }
+    return RunOutcome(record, frame, frame_version(frame), summary)
+
+
+def _run_duplicates_streamed(
+    spec: DuplicatesSpec,
+    store: Store,
+    index,
+    run_id: str | None,
+    log: Any,
+    artifacts: list[dict[str, Any]] | None,
+) -> RunOutcome:
+    """:func:`run_duplicates` with an explicit thresh, reading the index page by page."""
+    source = index.vector_source()
+    metric = index.config.metric
+    item_ids = source.ids
+    members = index.members.set_index("id")["sample_id"]
+    sample_of = {i: members[i] for i in item_ids}
+    patches = index.is_patches
+    upstream = {**_similarity_upstream(index), "streamed": True}
+    result = stream_duplicates(source, float(spec.thresh), metric)
+    points = pca_points(source)  # 2-D points for the plot, not the vectors
+    frame = duplicates_frame(result, sample_of, patches)
+    pairs = pairs_frame(result, sample_of, patches)
+    log.info(
+        "%s: %d duplicates in %d groups, %d pairs (thresh %.4g, streamed in pages of %d, "
+        "%d passes)",
+        spec.brain_key,
+        len(result.duplicate_ids),
+        len(result.groups),
+        len(pairs),
+        result.thresh,
+        source.batch,
+        source.passes,
+    )
+    record = new_record(
+        spec,
+        store,
+        method="thresh",
+        sample_ids=list(sample_of.values()),
+        label_ids=item_ids if patches else None,
+        run_id=run_id,
+        upstream=upstream,
+        artifacts=artifacts,
+        packages=("scikit-learn", "imagehash"),
+    )
+    record.config["chosen"] = {
+        "thresh": result.thresh,
+        "threshold_choice": None,
+        "est_precision": None,
+        "est_recall": None,
+        "pairs": len(pairs),
+        "pairs_truncated_rows": 0,
+        "streamed": True,
+    }
+    store.commit_run(record, frame, extra={"pairs": pairs})
+    summary = {
+        "streamed": True,
+        "duplicates": len(result.duplicate_ids),
+        "groups": len(result.groups),
+        "pairs": len(pairs),
+        "thresh": result.thresh,
+        "method": "thresh",
+        "graph_exact": bool(getattr(index.backend, "exact", False)),
+        "choice": None,
+        "result": result,
+        "vectors": points,
         "ids": item_ids,
     }
     return RunOutcome(record, frame, frame_version(frame), summary)
@@ -291,9 +402,26 @@ def run_unique(
     artifacts: list[dict[str, Any]] | None = None,
 ) -> RunOutcome:
     """``count`` maximally spread items of a similarity index (k-center greedy)."""
-    iv = read_index(store, spec.dataset, spec.similarity, ids)
-    item_ids, X, members, patches = iv.ids, iv.vectors, iv.sample_of, iv.patches
-    chosen = find_unique(X, item_ids, spec.count, metric=iv.metric, seed=spec.seed)
+    index = load_index(store, spec.dataset, spec.similarity)
+    try:
+        if ids is not None:
+            index.use_view(ids)
+        streamed = _streams(spec, index)
+        if streamed:
+            source = index.vector_source()
+            item_ids, patches = source.ids, index.is_patches
+            by_id = index.members.set_index("id")["sample_id"]
+            members = {i: by_id[i] for i in item_ids}
+            upstream = {**_similarity_upstream(index), "streamed": True}
+            chosen = stream_unique(source, spec.count, index.config.metric, spec.seed)
+            X = pca_points(source)  # 2-D points for the plot, not the vectors
+    finally:
+        index.close()
+    if not streamed:
+        iv = read_index(store, spec.dataset, spec.similarity, ids)
+        item_ids, X, members, patches = iv.ids, iv.vectors, iv.sample_of, iv.patches
+        upstream = iv.upstream
+        chosen = find_unique(X, item_ids, spec.count, metric=iv.metric, seed=spec.seed)
     frame = pd.DataFrame({"sample_id": [members[i] for i in chosen]})
     if patches:
         frame["label_id"] = chosen
@@ -307,7 +435,13 @@ def run_unique(
         method="k-center-greedy",
         sample_ids=[members[i] for i in item_ids],
         label_ids=chosen if patches else None,
-        upstream=iv.upstream,
+        upstream=upstream,
         packages=("scikit-learn", "imagehash"),
-        summary={"unique": len(chosen), "vectors": X, "ids": item_ids, "unique_ids": chosen},
+        summary={
+            "unique": len(chosen),
+            "vectors": X,
+            "ids": item_ids,
+            "unique_ids": chosen,
+            "streamed": streamed,
+        },
     )

@@ -213,6 +213,16 @@ class VectorBackend(ABC):
     def count(self) -> int:
         """Number of vectors stored."""
 
+    def iter_vectors(self, batch: int = 4096) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Every stored (ids, vectors), at most ``batch`` rows at a time, in no set order.
+
+        This default reads everything with :meth:`fetch` first; backends that can page
+        (Milvus, LanceDB) override it so that memory stays at one page.
+        """
+        ids, X = self.fetch(None)
+        for start in range(0, len(ids), batch):
+            yield ids[start : start + batch], X[start : start + batch]
+
     @abstractmethod
     def drop(self) -> None:
         """Delete the collection / table / files (``cleanup``)."""

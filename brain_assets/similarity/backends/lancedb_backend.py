@@ -17,7 +17,7 @@ keep recall >= 0.95 (see tests/test_backend_lancedb.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -258,6 +258,17 @@ class LanceDBBackend(VectorBackend):
         keep = [s for s in ids if s in found]
         X = np.vstack([found[s] for s in keep]) if keep else np.empty((0, self.dim), np.float32)
         return keep, X
+
+    def iter_vectors(self, batch: int = 4096) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Every stored (ids, vectors), one Arrow record batch of up to ``batch`` rows at a
+        time (a scan of the table, in storage order)."""
+        import pyarrow as pa
+
+        with self._guard():
+            reader = self.table.search().select(["id", "vector"]).to_batches(int(batch))
+            for record in reader:
+                for start in range(0, record.num_rows, batch):  # a reader may return more
+                    yield self._rows(pa.Table.from_batches([record.slice(start, batch)]))
 
     def count(self) -> int:
         """Number of vectors stored."""

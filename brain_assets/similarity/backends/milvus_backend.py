@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -257,6 +257,31 @@ class MilvusBackend(VectorBackend):
         keep = [s for s in ids if s in found]
         X = np.vstack([found[s] for s in keep]) if keep else np.empty((0, self.dim), np.float32)
         return keep, X
+
+    def iter_vectors(self, batch: int = 4096) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Every stored (ids, vectors), one primary-key page of up to ``batch`` rows at a time
+        (in id order; ``batch`` is capped at Milvus' 16384 rows per query)."""
+        limit = max(1, min(int(batch), MAX_TOPK))
+        after: str | None = None
+        while True:
+            with self._guard() as client:
+                page = client.query(
+                    self.collection,
+                    filter="" if after is None else f"id > {_literal(after)}",
+                    limit=limit,
+                    output_fields=["id", "vector"],
+                    iterator="True",
+                    reduce_stop_for_best="True",
+                )
+            if not page:
+                return
+            page.sort(key=lambda r: r["id"])
+            ids, X = self._rows(page)
+            del page
+            after = ids[-1]
+            yield ids, X
+            if len(ids) < limit:
+                return
 
     def count(self) -> int:
         """Number of vectors stored."""
