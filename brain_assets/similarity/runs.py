@@ -237,41 +237,17 @@ def run_duplicates(
             result.truncated_rows,
             result.thresh,
         )
-    record = new_record(
+    return _commit_duplicates(
         spec,
         store,
+        _Found(result, frame, pairs, item_ids, sample_of, patches),
         method=method,
-        sample_ids=list(list(sample_of.values())),
-        label_ids=item_ids if patches else None,
-        run_id=run_id,
-        upstream=upstream,
-        artifacts=artifacts,
-        packages=("scikit-learn", "imagehash"),
+        choice=choice,
+        graph_exact=knn is None or knn.exact,
+        plotted=X,
+        streamed=False,
+        provenance=(run_id, upstream, artifacts),
     )
-    record.config["chosen"] = {
-        "thresh": result.thresh,
-        "threshold_choice": choice.describe() if choice else None,
-        "est_precision": choice.est_precision if choice else None,
-        "est_recall": choice.est_recall if choice else None,
-        "pairs": len(pairs),
-        "pairs_truncated_rows": result.truncated_rows,
-        "streamed": False,
-    }
-    store.commit_run(record, frame, extra={"pairs": pairs})
-    summary = {
-        "streamed": False,
-        "duplicates": len(result.duplicate_ids),
-        "groups": len(result.groups),
-        "pairs": len(pairs),
-        "thresh": result.thresh,
-        "method": method,
-        "graph_exact": knn is None or knn.exact,
-        "choice": choice,
-        "result": result,
-        "vectors": X,
-        "ids": item_ids,
-    }
-    return RunOutcome(record, frame, frame_version(frame), summary)
 
 
 def _run_duplicates_streamed(
@@ -305,12 +281,53 @@ def _run_duplicates_streamed(
         source.batch,
         source.passes,
     )
+    return _commit_duplicates(
+        spec,
+        store,
+        _Found(result, frame, pairs, item_ids, sample_of, patches),
+        method="thresh",
+        choice=None,
+        graph_exact=bool(getattr(index.backend, "exact", False)),
+        plotted=points,
+        streamed=True,
+        provenance=(run_id, upstream, artifacts),
+    )
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What a duplicates run found, ready to commit."""
+
+    result: DuplicatesResult
+    frame: pd.DataFrame
+    pairs: pd.DataFrame
+    item_ids: list[str]
+    sample_of: dict[str, str]
+    patches: bool
+
+
+def _commit_duplicates(
+    spec: DuplicatesSpec,
+    store: Store,
+    found: _Found,
+    *,
+    method: str,
+    choice: Any,
+    graph_exact: bool,
+    plotted: np.ndarray,
+    streamed: bool,
+    provenance: tuple[str | None, dict[str, Any], list[dict[str, Any]] | None],
+) -> RunOutcome:
+    """The one commit of a duplicates run (in memory or streamed): its record with the chosen
+    threshold, the groups and the pairs table; ``plotted``: what the plot projects."""
+    run_id, upstream, artifacts = provenance
+    result, frame, pairs = found.result, found.frame, found.pairs
     record = new_record(
         spec,
         store,
-        method="thresh",
-        sample_ids=list(sample_of.values()),
-        label_ids=item_ids if patches else None,
+        method=method,
+        sample_ids=list(found.sample_of.values()),
+        label_ids=found.item_ids if found.patches else None,
         run_id=run_id,
         upstream=upstream,
         artifacts=artifacts,
@@ -318,26 +335,26 @@ def _run_duplicates_streamed(
     )
     record.config["chosen"] = {
         "thresh": result.thresh,
-        "threshold_choice": None,
-        "est_precision": None,
-        "est_recall": None,
+        "threshold_choice": choice.describe() if choice else None,
+        "est_precision": choice.est_precision if choice else None,
+        "est_recall": choice.est_recall if choice else None,
         "pairs": len(pairs),
-        "pairs_truncated_rows": 0,
-        "streamed": True,
+        "pairs_truncated_rows": result.truncated_rows,
+        "streamed": streamed,
     }
     store.commit_run(record, frame, extra={"pairs": pairs})
     summary = {
-        "streamed": True,
+        "streamed": streamed,
         "duplicates": len(result.duplicate_ids),
         "groups": len(result.groups),
         "pairs": len(pairs),
         "thresh": result.thresh,
-        "method": "thresh",
-        "graph_exact": bool(getattr(index.backend, "exact", False)),
-        "choice": None,
+        "method": method,
+        "graph_exact": graph_exact,
+        "choice": choice,
         "result": result,
-        "vectors": points,
-        "ids": item_ids,
+        "vectors": plotted,
+        "ids": found.item_ids,
     }
     return RunOutcome(record, frame, frame_version(frame), summary)
 
