@@ -149,6 +149,21 @@ def test_upsert_and_delete_bookkeeping(make):
     assert np.array_equal(got, np.stack([alive[i] for i in got_ids]))
 
 
+def test_every_vector_in_order_is_lent_without_a_copy_and_kept_from_later_writes(make):
+    X = np.arange(40, dtype=np.float32).reshape(10, 4)
+    ids = [f"v{i}" for i in range(10)]
+    b = make("lent", 4, "euclidean")
+    b.upsert(ids, X)
+    got_ids, whole = b.fetch(ids)
+    assert got_ids == ids and np.shares_memory(whole, b._X) and not whole.flags.writeable
+    _, part = b.fetch(ids[:3])  # anything else is a copy
+    assert not np.shares_memory(part, b._X)
+    b.upsert(["v1"], np.full((1, 4), -1, np.float32))  # in place: copies the collection first
+    b.delete(["v0"])  # fills the hole from the end
+    assert np.array_equal(whole, X)  # what was lent is unchanged
+    assert np.array_equal(b.fetch(["v1", "v9"])[1], [[-1] * 4, X[9]])
+
+
 def test_mean_center(make):
     rng = np.random.default_rng(4)
     X = rng.normal(size=(200, 8)).astype(np.float32) + 50.0  # a large shared offset

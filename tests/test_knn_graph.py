@@ -193,6 +193,51 @@ def test_frame_round_trip_through_duckdb():
     ]
 
 
+def test_stored_form_holds_row_numbers_and_reads_back_in_any_row_order():
+    import pyarrow as pa
+
+    from dagster_brain.algorithms.knn_graph import graph_from_arrow, graph_to_arrow
+
+    X = np.random.default_rng(6).normal(size=(40, 8)).astype(np.float32)
+    g = build_knn_graph(X, [f"s{i:02d}" for i in range(40)], 4, "euclidean")
+    table = graph_to_arrow(g)
+    assert table.column_names == ["item_id", "row", "neighbor_rows", "distances"]
+    assert table.schema.field("neighbor_rows").type == pa.list_(pa.int32(), 4)
+    # row 7's neighbours are row numbers of the stored table
+    assert table.column("neighbor_rows")[7].as_py() == g.neighbors[7].tolist()
+    with duckdb.connect() as conn:
+        conn.register("t", table)
+        conn.execute("CREATE TABLE knn AS SELECT * FROM t")
+        back = conn.sql("SELECT * FROM knn").to_arrow_table()
+        shuffled = conn.sql("SELECT * FROM knn ORDER BY item_id DESC").to_arrow_table()
+    for stored in (table, back, shuffled):
+        h = graph_from_arrow(stored, k=4, metric="euclidean")
+        assert h.ids == g.ids
+        assert np.array_equal(h.neighbors, g.neighbors)
+        assert np.array_equal(h.distances, g.distances)
+    # graphs stored before neighbours were row numbers (lists of ids) still read
+    old = pa.table(
+        {
+            "item_id": g.ids,
+            "neighbor_ids": [[g.ids[j] for j in row] for row in g.neighbors],
+            "distances": g.distances.tolist(),
+        }
+    )
+    h = graph_from_arrow(old, k=4, metric="euclidean")
+    assert np.array_equal(h.neighbors, g.neighbors) and h.ids == g.ids
+    # a stored row outside the table, or rows not numbered 0..n-1, are refused
+    bad = table.set_column(2, "neighbor_rows", pa.FixedSizeListArray.from_arrays(
+        pa.array(np.where(np.arange(160) == 29, 40, g.neighbors.ravel()).astype(np.int32)), 4
+    ))  # fmt: skip
+    with pytest.raises(ValueError, match="'s07' lists a row outside"):
+        graph_from_arrow(bad, k=4, metric="euclidean")
+    twice = table.set_column(1, "row", pa.array(np.zeros(40, dtype=np.int32)))
+    with pytest.raises(ValueError, match="not numbered"):
+        graph_from_arrow(twice, k=4, metric="euclidean")
+    with pytest.raises(ValueError, match="'s00' has 4 neighbours, expected 5"):
+        graph_from_arrow(table, k=5, metric="euclidean")
+
+
 def test_errors_name_the_id():
     X = np.eye(4, dtype=np.float32)
     ids = ["a", "b", "c", "d"]

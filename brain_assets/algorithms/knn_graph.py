@@ -136,48 +136,81 @@ class KnnGraph:
 
 
 def graph_to_arrow(graph: KnnGraph) -> pa.Table:
-    """The ``to_frame`` columns as an Arrow table, without a Python loop (for storage)."""
+    """The graph as an Arrow table for storage: ``item_id``, ``row`` (its row number),
+    ``neighbor_rows`` (the row numbers of its neighbours, nearest first) and ``distances``,
+    both fixed-size lists of ``width`` values. Neighbours are numbers, not ids: a million
+    items store 16 million int32 instead of 16 million strings."""
     n, w = len(graph.ids), graph.width
-    names = pa.array(graph.ids, pa.string())
-    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * w)
+    dtype = _index_dtype(n)
     return pa.table(
         {
-            "item_id": names,
-            "neighbor_ids": pa.ListArray.from_arrays(
-                offsets, names.take(pa.array(graph.neighbors.reshape(-1)))
+            "item_id": pa.array(graph.ids, pa.string()),
+            "row": pa.array(np.arange(n, dtype=dtype)),
+            "neighbor_rows": pa.FixedSizeListArray.from_arrays(
+                pa.array(np.ascontiguousarray(graph.neighbors, dtype=dtype).reshape(-1)), w
             ),
-            "distances": pa.ListArray.from_arrays(
-                offsets, pa.array(graph.distances.reshape(-1).astype(np.float32))
+            "distances": pa.FixedSizeListArray.from_arrays(
+                pa.array(np.ascontiguousarray(graph.distances, dtype=np.float32).reshape(-1)), w
             ),
         }
     )
 
 
 def graph_from_arrow(table: pa.Table, *, k: int, metric: Metric) -> KnnGraph:
-    """The graph stored by :func:`graph_to_arrow` (e.g. reloaded from DuckDB)."""
+    """The graph stored by :func:`graph_to_arrow`, in whatever row order the table comes
+    back. Tables stored before neighbours were row numbers (``neighbor_ids``: lists of ids)
+    are read too."""
+    if "neighbor_rows" not in table.column_names:
+        return _graph_from_id_lists(table, k=k, metric=metric)
+    missing = {"item_id", "row", "distances"} - set(table.column_names)
+    if missing:
+        raise ValueError(f"knn graph table: missing columns {sorted(missing)}")
+    ids = [str(i) for i in table.column("item_id").to_pylist()]
+    n, w = len(ids), _width(k, len(ids))
+    row = table.column("row").to_numpy()
+    if not np.array_equal(np.sort(row), np.arange(n)):
+        raise ValueError(f"knn graph table: its rows are not numbered 0..{n - 1}")
+    nbr = _fixed_lists(table.column("neighbor_rows"), ids, w, "neighbours")
+    dist = _fixed_lists(table.column("distances"), ids, w, "distances")
+    if nbr.size and (nbr.min() < 0 or nbr.max() >= n):
+        bad = int(np.flatnonzero(((nbr < 0) | (nbr >= n)).any(axis=1))[0])
+        raise ValueError(f"knn graph table: {ids[bad]!r} lists a row outside [0, {n})")
+    at = np.empty(n, dtype=np.int64)
+    at[row] = np.arange(n)  # at[r]: where stored row r came back
+    if not np.array_equal(at, np.arange(n)):
+        ids = [ids[i] for i in at]
+        nbr, dist = nbr[at], dist[at]
+    return KnnGraph(ids=ids, neighbors=nbr, distances=dist, metric=metric, k=k)
+
+
+def _fixed_lists(col: pa.ChunkedArray, ids: list[str], w: int, what: str) -> np.ndarray:
+    """An (n, w) array from a column of lists of ``w`` numbers each."""
+    arr = col.combine_chunks()
+    if pa.types.is_fixed_size_list(arr.type):
+        lengths = np.full(len(arr), arr.type.list_size)
+    else:
+        lengths = arr.value_lengths().to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(lengths != w)
+    if bad.size:
+        raise ValueError(
+            f"knn graph table: {ids[bad[0]]!r} has {lengths[bad[0]]} {what}, expected {w}"
+        )
+    return arr.flatten().to_numpy(zero_copy_only=False).reshape(len(ids), w)
+
+
+def _graph_from_id_lists(table: pa.Table, *, k: int, metric: Metric) -> KnnGraph:
+    """A graph stored with ``neighbor_ids`` (lists of neighbour ids): the earlier form."""
     missing = {"item_id", "neighbor_ids", "distances"} - set(table.column_names)
     if missing:
         raise ValueError(f"knn graph table: missing columns {sorted(missing)}")
     ids = [str(i) for i in table.column("item_id").to_pylist()]
     n, w = len(ids), _width(k, len(ids))
-    nb = table.column("neighbor_ids").combine_chunks()
-    ds = table.column("distances").combine_chunks()
-    for what, col in (("neighbours", nb), ("distances", ds)):
-        lengths = col.value_lengths().to_numpy(zero_copy_only=False)
-        bad = np.flatnonzero(lengths != w)
-        if bad.size:
-            raise ValueError(
-                f"knn graph table: {ids[bad[0]]!r} has {lengths[bad[0]]} {what}, expected {w} "
-                f"(k={k}, {n} items)"
-            )
-    flat = nb.flatten().to_numpy(zero_copy_only=False)
-    pos = pd.Index(ids).get_indexer(flat) if flat.size else np.empty(0, dtype=np.int64)
+    names = _fixed_lists(table.column("neighbor_ids"), ids, w, "neighbours")
+    pos = pd.Index(ids).get_indexer(names.ravel()) if names.size else np.empty(0, np.int64)
     if (pos < 0).any():
-        raise ValueError(f"knn graph table: unknown neighbour id {flat[pos < 0][0]!r}")
-    dist = ds.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    return KnnGraph(
-        ids=ids, neighbors=pos.reshape(n, w), distances=dist.reshape(n, w), metric=metric, k=k
-    )
+        raise ValueError(f"knn graph table: unknown neighbour id {names.ravel()[pos < 0][0]!r}")
+    dist = _fixed_lists(table.column("distances"), ids, w, "distances").astype(np.float32)
+    return KnnGraph(ids=ids, neighbors=pos.reshape(n, w), distances=dist, metric=metric, k=k)
 
 
 def build_knn_graph(

@@ -61,12 +61,15 @@ def _read_parquet(path: Path, dim: int) -> tuple[list[str], np.ndarray]:
 
     from dagster_brain.store.vectors import block_vectors
 
-    file = pq.ParquetFile(path)
+    # one row group at a time, no read-ahead: iter_batches pre-buffers whole column chunks
+    # (3x the vectors in memory at 200k x 512, against one row group this way)
+    file = pq.ParquetFile(path, pre_buffer=False)
     n = file.metadata.num_rows
     ids: list[str] = []
     X = np.empty((n, dim), dtype=np.float32)  # filled a row group at a time: one copy
-    for batch in file.iter_batches(columns=["id", "vector"]):
-        block = block_vectors(batch.column("vector"))
+    for group in range(file.num_row_groups):
+        batch = file.read_row_group(group, columns=["id", "vector"], use_threads=False)
+        block = block_vectors(batch.column("vector").combine_chunks())
         if block.size != batch.num_rows * dim:
             raise ValueError(
                 f"sklearn index file {path}: {block.size} values for {batch.num_rows} ids is "
@@ -190,6 +193,7 @@ class SklearnBackend(VectorBackend):
         self._prepared: tuple[int, np.ndarray, np.ndarray | None] | None = None
         self._mean: tuple[int, np.ndarray | None] | None = None
         self._id_array: tuple[int, np.ndarray] | None = None
+        self._lent = False  # fetch handed out a view of _X: copy before writing rows in place
         self._ann: Any = None  # faiss index
         self._ann_version = -1
         self._ann_trained_on = 0
@@ -198,7 +202,7 @@ class SklearnBackend(VectorBackend):
         self._ann_seconds: dict[str, float] = {}
         if self.path.exists():
             ids, X = _read_parquet(self.path, self.dim)
-            self._X, self._n, self._ids = X.copy(), len(ids), ids
+            self._X, self._n, self._ids = X, len(ids), ids
             self._row = dict(zip(ids, range(len(ids)), strict=True))
 
     # -- storage ----------------------------------------------------------------------------
@@ -229,6 +233,7 @@ class SklearnBackend(VectorBackend):
         rows = np.fromiter((self._row.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
         old = rows >= 0
         if old.any():
+            self._own()
             self._X[rows[old]] = X[old]
         new = np.flatnonzero(~old)
         if new.size:
@@ -258,6 +263,7 @@ class SklearnBackend(VectorBackend):
         for r in dead:
             del self._row[self._ids[r]]
         if holes.size:
+            self._own()
             self._X[holes] = self._X[movers]
             for h, m in zip(holes.tolist(), movers.tolist(), strict=True):
                 self._ids[h] = self._ids[m]
@@ -269,13 +275,26 @@ class SklearnBackend(VectorBackend):
         self._changed()
 
     def fetch(self, ids: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
-        """(found ids, vectors) in the given order; ``None``: everything, in id order."""
+        """(found ids, vectors) in the given order; ``None``: everything, in id order.
+
+        Every vector in stored order comes back as a read-only view of the collection, not a
+        copy (a later write to those rows copies the collection first)."""
         if ids is None:
             found = sorted(self._ids)
         else:
             found = [i for i in ids if i in self._row]
         rows = np.fromiter((self._row[i] for i in found), dtype=np.int64, count=len(found))
+        if rows.size == self._n and np.array_equal(rows, np.arange(self._n)):
+            whole = self._X[: self._n].view()
+            whole.flags.writeable = False
+            self._lent = True
+            return found, whole
         return found, self._X[rows]
+
+    def _own(self) -> None:
+        """Copy the collection before writing its rows in place while a view is lent out."""
+        if self._lent:
+            self._X, self._lent = self._X.copy(), False
 
     def count(self) -> int:
         """Number of vectors stored."""
