@@ -1,9 +1,9 @@
 """Stored kNN graphs: load, refresh incrementally and find the graph that fits some vectors.
 
 A graph is kept as a brain run's table ``knn`` (``item_id``, ``row``, ``neighbor_rows``,
-``distances``, ``row_hash``; neighbours are row numbers). The row hash of each (id, vector) tells whether the graph still describes the
-vectors: readers use a stored graph only when every hash matches, so a reader's results are
-those it would compute itself.
+``distances``, ``row_hash``; neighbours are row numbers). The row hash of each (id, vector)
+tells whether the graph still describes the vectors: readers use a stored graph only when
+every hash matches, so a reader's results are those it would compute itself.
 """
 
 from __future__ import annotations
