@@ -134,13 +134,12 @@ def ann_knn_graph(
     index.cp.niter = _KMEANS_ITER
     index.cp.max_points_per_centroid = _TRAIN_PER_LIST
     train = np.sort(rng.choice(n, size=min(n, _TRAIN_PER_LIST * nlist), replace=False))
+    rows = np.sort(rng.choice(n, size=min(n, sample), replace=False))
+    truth, _ = _nearest(X, rows, w, metric)  # before the index holds its copy of the vectors
+    Q = prep(rows)
     index.train(np.ascontiguousarray(prep(train)))
     for start in range(0, n, _CHUNK):
         index.add(np.ascontiguousarray(prep(slice(start, start + _CHUNK))))
-
-    rows = np.sort(rng.choice(n, size=min(n, sample), replace=False))
-    truth, _ = _nearest(X, rows, w, metric)
-    Q = prep(rows)
 
     def reaches(p: int) -> bool:
         return _recall(_search(index, Q, rows, w, p), truth) >= target_recall
