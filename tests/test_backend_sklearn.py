@@ -162,6 +162,16 @@ def test_every_vector_in_order_is_lent_without_a_copy_and_kept_from_later_writes
     b.delete(["v0"])  # fills the hole from the end
     assert np.array_equal(whole, X)  # what was lent is unchanged
     assert np.array_equal(b.fetch(["v1", "v9"])[1], [[-1] * 4, X[9]])
+    # adopt: an empty collection takes the array itself, and never writes into it
+    Y = X.copy()
+    a = make("adopted", 4, "euclidean")
+    a.adopt(ids, Y)
+    assert np.shares_memory(a._X, Y) and a.count() == 10
+    a.upsert(["v2"], np.zeros((1, 4), np.float32))
+    assert np.array_equal(Y, X) and np.array_equal(a.fetch(["v2"])[1], [[0] * 4])
+    with pytest.raises(ValueError, match="'adopted'.*empty collection"):
+        a.adopt(ids, Y)
+    assert make("adopted", 4, "euclidean").fetch(ids)[0] == ids  # saved once, reopened
 
 
 def test_mean_center(make):

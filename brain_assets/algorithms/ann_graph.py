@@ -1,15 +1,17 @@
-"""An approximate k-nearest-neighbour graph from a faiss IVF-Flat index, for large collections.
+"""An approximate k-nearest-neighbour graph from a faiss IVF index, for large collections.
 
 The exact graph (:mod:`knn_graph`) costs O(n² · d); above :data:`APPROX_THRESHOLD` items
 this module builds the lists from an inverted-file index instead:
 
 - ``nlist ≈ 4 · sqrt(n)`` k-means lists (at least 39 training points per list), trained on a
   sample; cosine searches unit-length rows by inner product, euclidean by L2;
-- ``nprobe`` is doubled from 1 until recall@k on a sample of rows (their true lists found
-  by exact search against all rows) reaches the target (0.95 by default), then bisected
-  down to the smallest value (within 1/8) that still reaches it;
-- the distances of the pairs found are recomputed per pair, as the exact graph computes
-  them, and each list is sorted by (distance, row).
+- the lists hold 8-bit scalar-quantised codes (a quarter of the vectors' memory), so each
+  search returns ``k / 2`` more candidates than needed; their distances are recomputed per
+  pair, as the exact graph computes them, and each list keeps the ``k`` nearest by
+  (distance, row);
+- ``nprobe`` is doubled from 1 until recall@k of those lists on a sample of rows (their
+  true lists found by exact search against all rows) reaches the target (0.95 by default),
+  then bisected down to the smallest value (within 1/8) that still reaches it.
 
 The recall of the finished graph on the sample is returned with it (``KnnGraph.recall_at_k``)
 so that readers and the asset metadata can say how close to exact it is.
@@ -129,7 +131,9 @@ def ann_knn_graph(
         quantizer, kind = faiss.IndexFlatIP(dim), faiss.METRIC_INNER_PRODUCT
     else:
         quantizer, kind = faiss.IndexFlatL2(dim), faiss.METRIC_L2
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, kind)
+    index = faiss.IndexIVFScalarQuantizer(
+        quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, kind
+    )
     index.cp.seed = seed
     index.cp.niter = _KMEANS_ITER
     index.cp.max_points_per_centroid = _TRAIN_PER_LIST
@@ -141,8 +145,13 @@ def ann_knn_graph(
     for start in range(0, n, _CHUNK):
         index.add(np.ascontiguousarray(prep(slice(start, start + _CHUNK))))
 
+    c = min(n - 1, w + _margin(w))  # candidates per row, re-ranked down to w
+
+    def lists(r: np.ndarray, q: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
+        return _reranked(X, r, _search(index, q, r, c, p), w, metric)
+
     def reaches(p: int) -> bool:
-        return _recall(_search(index, Q, rows, w, p), truth) >= target_recall
+        return _recall(lists(rows, Q, p)[0], truth) >= target_recall
 
     low, nprobe = 0, 1  # low: largest nprobe known to miss the target
     while nprobe < nlist and not reaches(nprobe):
@@ -152,20 +161,17 @@ def ann_knn_graph(
         low, nprobe = (low, mid) if reaches(mid) else (mid, nprobe)
 
     nbr = np.empty((n, w), dtype=_index_dtype(n))  # -1 (not found) fits too
-    desc = f"kNN graph (IVF, nprobe {nprobe}/{nlist}): {w} {metric} neighbours of {n:,} rows"
+    dist = np.empty((n, w), dtype=np.float32)
+    desc = f"kNN graph (IVF-SQ8, nprobe {nprobe}/{nlist}): {w} {metric} neighbours of {n:,} rows"
     with progress(desc, n, "rows") as bar:
         for start in range(0, n, _CHUNK):
             r = np.arange(start, min(start + _CHUNK, n))
-            nbr[r] = _search(index, prep(r), r, w, nprobe)
+            nbr[r], dist[r] = lists(r, prep(r), nprobe)
             bar.update(r.size)
-    index.reset()  # frees the index's copy of the vectors before the re-ranking
+    index.reset()  # frees the index's codes before the exact searches below
     short = np.flatnonzero((nbr < 0).any(axis=1))
-    dist = np.empty((n, w), dtype=np.float32)
     if short.size:  # the probed lists held fewer than w other items: search those exactly
         nbr[short], dist[short] = _nearest(X, short, w, metric)
-    found = np.ones(n, dtype=bool)
-    found[short] = False
-    _rerank(X, nbr, dist, np.flatnonzero(found), metric)
     recall = _recall(nbr[rows], truth)
     graph = KnnGraph(
         ids=ids, neighbors=nbr, distances=dist, metric=metric, k=k, exact=False,
@@ -188,18 +194,33 @@ def _search(index, Q: np.ndarray, rows: np.ndarray, w: int, nprobe: int) -> np.n
     return idx[keep].reshape(len(rows), w)
 
 
-def _rerank(X: np.ndarray, nbr: np.ndarray, dist: np.ndarray, rows: np.ndarray, m: str) -> None:
-    """Distances of the listed pairs of ``rows`` computed per pair (as the exact graph does),
-    each list sorted by (distance, row)."""
-    step = max(1, (1 << 20) // max(1, nbr.shape[1]))
+def _margin(w: int) -> int:
+    """Candidates fetched beyond ``w`` per row: the 8-bit codes order near-ties loosely."""
+    return max(2, w // 2)
+
+
+def _reranked(
+    X: np.ndarray, rows: np.ndarray, cand: np.ndarray, w: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``w`` nearest of each row's candidates (-1: none) by distance computed per pair
+    (as the exact graph does), ties by row; rows short of ``w`` candidates keep -1 there."""
+    nbr = np.full((rows.size, w), -1, dtype=cand.dtype)
+    dist = np.full((rows.size, w), np.inf, dtype=np.float32)
+    step = max(1, (1 << 20) // max(1, cand.shape[1]))
     for start in range(0, rows.size, step):
-        r = rows[start : start + step]
-        cand = nbr[r]
-        d = _pair_distances(X, np.repeat(r, cand.shape[1]), cand.ravel(), m)  # type: ignore[arg-type]
-        d = d.astype(np.float32).reshape(cand.shape)
-        order = np.lexsort((cand, d), axis=-1)
-        nbr[r] = np.take_along_axis(cand, order, 1)
-        dist[r] = np.take_along_axis(d, order, 1)
+        sl = slice(start, start + step)
+        c = cand[sl]
+        ok = c >= 0
+        pr, pc = np.nonzero(ok)
+        d = np.full(c.shape, np.inf, dtype=np.float32)
+        d[pr, pc] = _pair_distances(X, rows[sl][pr], c[pr, pc], metric)  # type: ignore[arg-type]
+        key = np.where(ok, c, np.iinfo(np.int64).max)
+        order = np.lexsort((key, d), axis=-1)[:, :w]
+        nbr[sl] = np.where(
+            np.isfinite(np.take_along_axis(d, order, 1)), np.take_along_axis(c, order, 1), -1
+        )
+        dist[sl] = np.take_along_axis(d, order, 1)
+    return nbr, dist
 
 
 def _recall(got: np.ndarray, truth: np.ndarray) -> float:

@@ -162,8 +162,13 @@ def build_index(
     ids_ = emb.ids
     try:
         desc = f"{spec.brain_key}: uploading {len(ids_):,} vectors to {backend_name}"
+        # in-process backends take the key's array itself (emb is not written after this)
+        adopt = getattr(backend, "adopt", None) if backend.count() == 0 else None
         with bulk_writes(backend), progress(desc, len(ids_), "vectors") as bar:
-            for start in range(0, len(ids_), ADD_BATCH):
+            if adopt is not None:
+                adopt(ids_, emb.vectors)
+                bar.update(len(ids_))
+            for start in range(0, len(ids_) if adopt is None else 0, ADD_BATCH):
                 batch = ids_[start : start + ADD_BATCH]
                 backend.upsert(batch, emb.vectors[start : start + ADD_BATCH])
                 bar.update(len(batch))
