@@ -116,18 +116,23 @@ def read_index(
     try:
         if ids is not None:
             index.use_view(ids)
-        item_ids, X = index.all_vectors()
-        members = index.members.set_index("id")["sample_id"]
-        return IndexVectors(
-            item_ids,
-            X,
-            {i: members[i] for i in item_ids},
-            index.config.metric,
-            index.is_patches,
-            _similarity_upstream(index),
-        )
+        return index_vectors(index)
     finally:
         index.close()
+
+
+def index_vectors(index) -> IndexVectors:
+    """The vectors of an open index's view (an in-process backend lends them uncopied)."""
+    item_ids, X = index.all_vectors()
+    members = index.members.set_index("id")["sample_id"]
+    return IndexVectors(
+        item_ids,
+        X,
+        {i: members[i] for i in item_ids},
+        index.config.metric,
+        index.is_patches,
+        _similarity_upstream(index),
+    )
 
 
 STREAMING_BACKENDS = ("milvus", "lancedb")  # page through their vectors by themselves
@@ -172,15 +177,16 @@ def run_duplicates(
     """
     _refuse_unexplicit(spec)
     explicit = spec.fraction is None and isinstance(spec.thresh, float)
-    index = load_index(store, spec.dataset, spec.similarity)
+    index = load_index(store, spec.dataset, spec.similarity)  # once: it holds the vectors
     try:
         if ids is not None:
             index.use_view(ids)
         if _streams(spec, index, explicit):
             return _run_duplicates_streamed(spec, store, index, run_id, log, artifacts)
+        iv = index_vectors(index)
     finally:
         index.close()
-    iv = read_index(store, spec.dataset, spec.similarity, ids)
+    del index
     item_ids, X, sample_of, metric = iv.ids, iv.vectors, iv.sample_of, iv.metric
     patches, upstream = iv.patches, dict(iv.upstream)
     graph = _shared_graph(store, spec, item_ids, X, metric, log)
@@ -432,10 +438,12 @@ def run_unique(
             upstream = {**_similarity_upstream(index), "streamed": True}
             chosen = stream_unique(source, spec.count, index.config.metric, spec.seed)
             X = pca_points(source)  # 2-D points for the plot, not the vectors
+        else:
+            iv = index_vectors(index)  # the index is opened once: it holds the vectors
     finally:
         index.close()
+    del index
     if not streamed:
-        iv = read_index(store, spec.dataset, spec.similarity, ids)
         item_ids, X, members, patches = iv.ids, iv.vectors, iv.sample_of, iv.patches
         upstream = iv.upstream
         chosen = find_unique(X, item_ids, spec.count, metric=iv.metric, seed=spec.seed)
