@@ -503,27 +503,36 @@ def _diameter(X: np.ndarray, metric: str) -> float:
     return 2.0 * float(np.sqrt(far)) + 1e-9
 
 
+def split_radius_graph(n: int, graph: RadiusGraph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The kept items of ``n`` (greedy over a complete radius graph's pairs), and for each
+    item its nearest kept neighbour among its pairs and their distance (kept items: itself
+    and 0)."""
+    nearest = np.arange(n)
+    nearest_d = np.zeros(n)
+    keep = _greedy_graph(n, graph.a, graph.b)
+    src = np.concatenate([graph.a, graph.b])
+    dst = np.concatenate([graph.b, graph.a])
+    dd = np.concatenate([graph.d, graph.d])
+    m = ~keep[src] & keep[dst]
+    src, dst, dd = src[m], dst[m], dd[m]
+    o = np.lexsort((dst, dd, src))  # per duplicate: nearest first, ties by input order
+    src, dst, dd = src[o], dst[o], dd[o]
+    first = np.concatenate([[True], src[1:] != src[:-1]]) if src.size else src.astype(bool)
+    nearest[src[first]] = dst[first]
+    nearest_d[src[first]] = dd[first]
+    return keep, nearest, nearest_d
+
+
 def _duplicates_at(nb: _Neighbours, thresh: float, max_k: int):
     """keep mask, nearest kept index and distance per item, the radius graph at ``thresh``."""
     X, metric = nb.X, nb.metric
     n = len(X)
     graph = nb.radius_graph(thresh, max_k=max_k)
-    nearest = np.arange(n)
-    nearest_d = np.zeros(n)
     if graph.truncated == 0:
-        keep = _greedy_graph(n, graph.a, graph.b)
-        # nearest kept neighbour of each duplicate: among its graph neighbours
-        src = np.concatenate([graph.a, graph.b])
-        dst = np.concatenate([graph.b, graph.a])
-        dd = np.concatenate([graph.d, graph.d])
-        m = ~keep[src] & keep[dst]
-        src, dst, dd = src[m], dst[m], dd[m]
-        o = np.lexsort((dst, dd, src))  # per duplicate: nearest first, ties by input order
-        src, dst, dd = src[o], dst[o], dd[o]
-        first = np.concatenate([[True], src[1:] != src[:-1]]) if src.size else src.astype(bool)
-        nearest[src[first]] = dst[first]
-        nearest_d[src[first]] = dd[first]
+        keep, nearest, nearest_d = split_radius_graph(n, graph)
     else:  # too dense for the graph: exact scan, then nearest kept by kNN
+        nearest = np.arange(n)
+        nearest_d = np.zeros(n)
         deg = np.bincount(graph.a, minlength=n) + np.bincount(graph.b, minlength=n)
         keep = _greedy_scan(X, np.lexsort((np.arange(n), deg)), thresh, metric)
         dup = np.flatnonzero(~keep)

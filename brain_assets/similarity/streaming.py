@@ -28,9 +28,9 @@ from dagster_brain.algorithms.duplicates import (
     DuplicatesResult,
     RadiusGraph,
     _check_metric,
-    _duplicates_at,
     build_result,
     pair_distances,
+    split_radius_graph,
 )
 from dagster_brain.similarity.backends.base import VectorBackend
 
@@ -103,19 +103,6 @@ class VectorSource:
 
 
 # -- duplicates ----------------------------------------------------------------------------
-
-
-class _KnownGraph:
-    """Stands in for the in-memory neighbour lists when the radius graph is already built
-    (so the split into kept and duplicate items is the in-memory path's own code)."""
-
-    def __init__(self, n: int, metric: str, graph: RadiusGraph):
-        self.X = np.empty((n, 0), dtype=np.float32)  # only its length is read
-        self.metric = metric
-        self._graph = graph
-
-    def radius_graph(self, radius: float, max_k: int = 256) -> RadiusGraph:
-        return self._graph
 
 
 def _neighbour_lists(
@@ -230,7 +217,7 @@ def stream_duplicates(
     d = np.concatenate(D) if D else np.zeros(0)
     code, first = np.unique(a * np.int64(n) + b, return_index=True)
     graph = RadiusGraph(thresh, code // n, code % n, d[first], np.full(n, np.inf))
-    keep, nearest, nearest_d, graph = _duplicates_at(_KnownGraph(n, metric, graph), thresh, max_k)
+    keep, nearest, nearest_d = split_radius_graph(n, graph)  # complete: no neighbour cap
     return build_result(
         ids,
         keep,
