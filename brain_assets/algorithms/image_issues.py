@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -58,7 +58,7 @@ STAT_COLUMNS = (
     "entropy",
     "colorfulness",
 )
-PIXEL_ISSUES = (
+IssueName = Literal[
     "dark",
     "bright",
     "blurry",
@@ -66,8 +66,10 @@ PIXEL_ISSUES = (
     "odd_size",
     "odd_aspect_ratio",
     "grayscale",
-)
-ISSUES = (*PIXEL_ISSUES, "unreadable")
+    "unreadable",
+]
+ISSUES: tuple[str, ...] = get_args(IssueName)
+PIXEL_ISSUES = tuple(i for i in ISSUES if i != "unreadable")  # found in the pixels
 Thresholds = Literal["data", "fixed"]
 
 

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 from dagster_brain.algorithms.image_issues import (
     ISSUES,
     STAT_COLUMNS,
+    IssueName,
     image_stats,
     issue_lists,
     overall_score,
@@ -28,16 +29,6 @@ from dagster_brain.runs import _LOG, RunContext, RunOutcome, commit_outcome
 from dagster_brain.specs import BrainRunSpec
 from dagster_brain.store import Store
 
-IssueName = Literal[
-    "dark",
-    "bright",
-    "blurry",
-    "low_information",
-    "odd_size",
-    "odd_aspect_ratio",
-    "grayscale",
-    "unreadable",
-]
 SCORE = "image_issue_score"
 # Bumped when image_stats changes: statistics stored by an older run are then not reused.
 STATS_VERSION = "1"
