@@ -181,7 +181,7 @@ def run_knn_graph(
     record = new_record(
         spec,
         store,
-        method="exact" if graph.exact else "faiss_ivf_flat",
+        method="exact" if graph.exact else "faiss_ivf_sq8",
         sample_ids=emb.sample_ids,
         label_ids=emb.label_ids,
         run_id=run_id,
