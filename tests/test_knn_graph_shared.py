@@ -206,3 +206,37 @@ def test_verified_duplicates_read_a_graph_with_identical_results(tmp_path):
     assert found >= {(ids[i], ids[48 + i]) for i in range(6)}
     narrow = build_knn_graph(X, ids, 4, "cosine")  # too narrow for the first pass: not used
     same_result(plain, find_verified_duplicates(X, ids, paths, metric="cosine", graph=narrow))
+
+
+def test_duplicates_and_unique_open_their_index_once_and_read_its_vectors_uncopied(
+    embedded, monkeypatch
+):
+    from dagster_brain.methods.similarity import run_similarity
+    from dagster_brain.similarity import runs
+    from dagster_brain.specs import UniqueSpec
+
+    store, X, ids = embedded
+    spec = SimilaritySpec(
+        kind="similarity", dataset="toy", brain_key="sim", embeddings="e", backend="sklearn"
+    )
+    run_similarity(spec, store)
+    opened = []
+
+    def counting(*args, **kwargs):
+        opened.append(real(*args, **kwargs))
+        return opened[-1]
+
+    real = runs.load_index
+    monkeypatch.setattr(runs, "load_index", counting)
+    dspec = DuplicatesSpec(
+        kind="duplicates", dataset="toy", brain_key="d", similarity="sim", thresh=0.01,
+        verify=False,
+    )  # fmt: skip
+    assert len(runs.run_duplicates(dspec, store).results) >= 6
+    assert len(opened) == 1
+    uspec = UniqueSpec(kind="unique", dataset="toy", brain_key="u1", similarity="sim", count=5)
+    out = runs.run_unique(uspec, store)
+    assert len(opened) == 2 and len(out.results) == 5
+    # the vectors are the index's own array, lent read-only, not a second copy
+    assert np.shares_memory(out.summary["vectors"], opened[1].backend._X)
+    assert not out.summary["vectors"].flags.writeable
