@@ -123,8 +123,11 @@ def refresh_graph(
     if change is None:
         return build_graph(emb.vectors, emb.ids, k, metric, exact=exact, threshold=threshold)[0]
     pos = pd.Index(emb.ids)
-    at = pos.get_indexer(change.graph.ids)  # -1: removed since
-    X_old = np.where((at >= 0)[:, None], emb.vectors[at], 0.0).astype(np.float32)
+    at = pos.get_indexer(change.graph.ids)  # -1: removed since (those rows are not read)
+    if np.array_equal(at, np.arange(len(at))):  # items only added at the end: no copy
+        X_old = emb.vectors[: len(at)]
+    else:
+        X_old = emb.vectors[np.maximum(at, 0)]
     graph, _ = update_knn_graph(
         change.graph,
         X_old,

@@ -317,7 +317,8 @@ def update_knn_graph(
     remap[kept] = np.arange(kept.size)
 
     ids_new = [old_ids[i] for i in kept] + add_ids
-    X_new = np.concatenate([X[kept], X_add]) if add_ids else X[kept]
+    X_kept = X if kept.size == len(X) else X[kept]  # nothing dropped: no gather
+    X_new = np.concatenate([X_kept, X_add]) if add_ids else X[kept]
     n_kept, n_new = kept.size, len(ids_new)
     w = _width(k, n_new)
     if w == 0:
