@@ -491,6 +491,7 @@ def repair_index(store: Store, dataset: str, brain_key: str) -> str:
 # What each embedded backend leaves under indexes/<dataset>/ for a collection (the group)
 _INDEX_ENTRIES = (
     re.compile(r"^(?P<c>brain_.+_[0-9a-f]{8})\.parquet$"),  # sklearn
+    re.compile(r"^(?P<c>brain_.+_[0-9a-f]{8})\.\d+\.\d+\.parquet$"),  # sklearn, appended parts
     re.compile(r"^\.(?P<c>brain_.+_[0-9a-f]{8})\.parquet\.\d+\.tmp$"),  # sklearn, half-written
     re.compile(r"^qdrant_(?P<c>brain_.+_[0-9a-f]{8})$"),  # qdrant local mode
     re.compile(r"^milvus_(?P<c>brain_.+_[0-9a-f]{8})\.db$"),  # milvus-lite

@@ -120,6 +120,47 @@ def test_crash_during_write_keeps_previous_file(make, tmp_path, monkeypatch):
     assert reopened.fetch(None)[0] == ["a", "b"]
 
 
+def test_saves_that_only_add_rows_append_part_files_and_reopen_the_same(
+    make, tmp_path, monkeypatch
+):
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(60, 6)).astype(np.float32)
+    ids = [f"p{i:02d}" for i in range(60)]
+    b = make("parts", 6, "euclidean")
+    b.upsert(ids[:40], X[:40])
+    written = []
+    real = exact._write_parquet
+    monkeypatch.setattr(
+        exact, "_write_parquet", lambda p, i, v, m: (written.append(len(i)), real(p, i, v, m))
+    )
+    b.upsert(ids[40:50], X[40:50])  # only new rows: one part with those 10 rows
+    b.upsert(ids[50:], X[50:])
+    assert written == [10, 10]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["parts.1.1.parquet", "parts.1.2.parquet", "parts.parquet"]
+    again = make("parts", 6, "euclidean")
+    assert again.fetch(ids)[0] == ids and np.array_equal(again.fetch(ids)[1], X)
+    # a changed row rewrites the whole collection as the next generation, parts removed
+    again.upsert(["p03"], np.zeros((1, 6), np.float32))
+    assert written[-1] == 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts.parquet"]
+    third = make("parts", 6, "euclidean")
+    assert np.array_equal(third.fetch(["p03"])[1], [[0] * 6]) and third.count() == 60
+    # parts of an earlier generation left by a crash are not read
+    (tmp_path / "parts.1.1.parquet").write_bytes((tmp_path / "parts.parquet").read_bytes())
+    assert make("parts", 6, "euclidean").count() == 60
+    third.delete(["p00"])  # a delete rewrites too, and removes the stale part
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts.parquet"]
+    assert make("parts", 6, "euclidean").count() == 59
+    # past _MAX_PARTS appended parts the next save compacts them into the base
+    monkeypatch.setattr(exact, "_MAX_PARTS", 2)
+    for i in range(3):
+        third.upsert([f"q{i}"], np.ones((1, 6), np.float32))
+    assert written[-3:] == [1, 1, 62]
+    third.drop()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bulk_writes_once(make, monkeypatch):
     writes = []
     real = exact._write_parquet

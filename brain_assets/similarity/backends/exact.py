@@ -33,6 +33,7 @@ _RERANK_VALUES = 8 * 1024 * 1024  # candidate vector values re-scored at a time 
 _ADD_CHUNK = 65_536  # rows prepared at a time when (re)filling the faiss index
 _CALIBRATION_QUERIES = 256
 _SCAN_CHUNK = 131_072  # rows prepared at a time by exact scans in approximate mode
+_MAX_PARTS = 16  # appended part files before the next save rewrites the whole collection
 _ROW_GROUP_BYTES = 32 * 1024 * 1024  # Parquet row groups: bounds the writer's buffers
 
 
@@ -56,29 +57,39 @@ def _write_parquet(path: Path, ids: list[str], X: np.ndarray, meta: dict[str, An
     pq.write_table(table, path, compression="none", row_group_size=rows)
 
 
-def _read_parquet(path: Path, dim: int) -> tuple[list[str], np.ndarray]:
-    """(ids, (n, dim) float32 vectors) from a file written by :func:`_write_parquet`."""
+def _read_parquet(paths: Sequence[Path], dim: int) -> tuple[list[str], np.ndarray]:
+    """(ids, (n, dim) float32 vectors) of files written by :func:`_write_parquet`, in order
+    (a base file and the parts appended after it)."""
     import pyarrow.parquet as pq
 
     from dagster_brain.store.vectors import block_vectors
 
     # one row group at a time, no read-ahead: iter_batches pre-buffers whole column chunks
     # (3x the vectors in memory at 200k x 512, against one row group this way)
-    file = pq.ParquetFile(path, pre_buffer=False)
-    n = file.metadata.num_rows
+    files = [(path, pq.ParquetFile(path, pre_buffer=False)) for path in paths]
+    n = sum(file.metadata.num_rows for _, file in files)
     ids: list[str] = []
     X = np.empty((n, dim), dtype=np.float32)  # filled a row group at a time: one copy
-    for group in range(file.num_row_groups):
-        batch = file.read_row_group(group, columns=["id", "vector"], use_threads=False)
-        block = block_vectors(batch.column("vector").combine_chunks())
-        if block.size != batch.num_rows * dim:
-            raise ValueError(
-                f"sklearn index file {path}: {block.size} values for {batch.num_rows} ids is "
-                f"not dim={dim}"
-            )
-        X[len(ids) : len(ids) + batch.num_rows] = block.reshape(batch.num_rows, dim)
-        ids += batch.column("id").to_pylist()
+    for path, file in files:
+        for group in range(file.num_row_groups):
+            batch = file.read_row_group(group, columns=["id", "vector"], use_threads=False)
+            block = block_vectors(batch.column("vector").combine_chunks())
+            if block.size != batch.num_rows * dim:
+                raise ValueError(
+                    f"sklearn index file {path}: {block.size} values for {batch.num_rows} ids "
+                    f"is not dim={dim}"
+                )
+            X[len(ids) : len(ids) + batch.num_rows] = block.reshape(batch.num_rows, dim)
+            ids += batch.column("id").to_pylist()
     return ids, X
+
+
+def _generation(path: Path) -> int:
+    """The generation a base file records (0: written before appended parts existed)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return int(json.loads(meta.get(_META_KEY, b"{}")).get("generation", 0))
 
 
 def _without_self(idx: np.ndarray, rows: np.ndarray, k: int) -> list[list[int]]:
@@ -202,10 +213,21 @@ class SklearnBackend(VectorBackend):
         self._ann_nprobe = 0
         self._last_recall: tuple[float, int, int] | None = None  # (recall, k, sample size)
         self._ann_seconds: dict[str, float] = {}
+        # persisted as a base file and parts appended after it (rows [saved_before, n) of a
+        # save that only added rows); any other change rewrites the base (next generation)
+        self._generation = 0
+        self._parts = 0
+        self._saved = 0  # rows in the base file and its parts
+        self._rewrite = False  # rows below _saved changed since the last save
         if self.path.exists():
-            ids, X = _read_parquet(self.path, self.dim)
+            self._generation = _generation(self.path)
+            parts = []
+            while (part := self._part_path(len(parts) + 1)).exists():
+                parts.append(part)
+            ids, X = _read_parquet([self.path, *parts], self.dim)
             self._X, self._n, self._ids = X, len(ids), ids
             self._row = dict(zip(ids, range(len(ids)), strict=True))
+            self._parts, self._saved = len(parts), len(ids)
 
     # -- storage ----------------------------------------------------------------------------
 
@@ -237,6 +259,7 @@ class SklearnBackend(VectorBackend):
         if old.any():
             self._own()
             self._X[rows[old]] = X[old]
+            self._rewrite = True
         new = np.flatnonzero(~old)
         if new.size:
             end = self._n + new.size
@@ -279,6 +302,7 @@ class SklearnBackend(VectorBackend):
         if not dead.size:
             return
         keep_n = self._n - dead.size
+        self._rewrite = True
         holes = dead[dead < keep_n]
         movers = np.setdiff1d(np.arange(keep_n, self._n), dead, assume_unique=True)
         for r in dead:
@@ -323,11 +347,12 @@ class SklearnBackend(VectorBackend):
 
     def drop(self) -> None:
         """Delete the Parquet file (and any temporary file) and empty the collection."""
-        temps = self.root.glob(f".{glob.escape(self.collection)}.parquet.*.tmp")
-        for p in [self.path, *temps]:
+        for p in [self.path, *self._temps(), *self._all_parts()]:
             p.unlink(missing_ok=True)
         self._X = np.empty((0, self.dim), dtype=np.float32)
         self._n, self._ids, self._row = 0, [], {}
+        self._parts = self._saved = 0
+        self._rewrite = False
         self._version += 1
         self._ann, self._ann_trained_on, self._last_recall = None, 0, None
 
@@ -360,15 +385,44 @@ class SklearnBackend(VectorBackend):
             self._save()
 
     def _save(self) -> None:
+        """Persist the changes since the last save: the added rows as one more part file when
+        rows were only added (and fewer than ``_MAX_PARTS`` parts exist), else the whole
+        collection as a new base file (next generation; the old parts are then removed)."""
+        append = 0 < self._saved <= self._n and not self._rewrite and self._parts < _MAX_PARTS
+        if append and self._saved == self._n:
+            self._dirty = False
+            return
         tmp = self.root / f".{self.collection}.parquet.{os.getpid()}.tmp"
-        meta = {"collection": self.collection, "dim": self.dim, "metric": self.metric}
+        generation = self._generation if append else self._generation + 1
+        meta = {
+            "collection": self.collection, "dim": self.dim, "metric": self.metric,
+            "generation": generation,
+        }  # fmt: skip
+        start = self._saved if append else 0
+        target = self._part_path(self._parts + 1) if append else self.path
         try:
-            _write_parquet(tmp, self._ids, self._X[: self._n], meta)
-            os.replace(tmp, self.path)
+            _write_parquet(tmp, self._ids[start : self._n], self._X[start : self._n], meta)
+            os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        if append:
+            self._parts += 1
+        else:
+            self._generation, self._parts, self._rewrite = generation, 0, False
+            for old in self._all_parts():  # parts of earlier generations: superseded
+                old.unlink(missing_ok=True)
+        self._saved = self._n
         self._dirty = False
+
+    def _part_path(self, i: int) -> Path:
+        return self.root / f"{self.collection}.{self._generation}.{i}.parquet"
+
+    def _all_parts(self) -> list[Path]:
+        return list(self.root.glob(f"{glob.escape(self.collection)}.[0-9]*.[0-9]*.parquet"))
+
+    def _temps(self) -> list[Path]:
+        return list(self.root.glob(f".{glob.escape(self.collection)}.parquet.*.tmp"))
 
     # -- query ------------------------------------------------------------------------------
 
