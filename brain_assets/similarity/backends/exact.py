@@ -110,10 +110,13 @@ def _recall(got: list[list[int]], truth: list[list[int]]) -> float:
 class SklearnBackend(VectorBackend):
     """Exact numpy index (the default backend), optionally approximate with faiss IVF.
 
-    Vectors live in one float32 matrix with an id -> row dict; after every ``upsert`` and
-    ``delete`` the whole collection is rewritten to ``root / f"{collection}.parquet"``
-    through a temporary file and ``os.replace`` (a crash mid-write leaves the previous file).
-    Inside ``with backend.bulk():`` the rewrite happens once, on exit.
+    Vectors live in one float32 matrix with an id -> row dict, saved after every ``upsert``
+    and ``delete`` to ``root / f"{collection}.parquet"`` (the base file) and, when a save only
+    added rows, to one more part file ``{collection}.<generation>.<i>.parquet`` holding just
+    those rows; any other change (or ``_MAX_PARTS`` parts) rewrites the base as the next
+    generation. Each file is written to a temporary file and moved into place with
+    ``os.replace`` (a crash mid-write leaves the previous files). Inside
+    ``with backend.bulk():`` the save happens once, on exit.
 
     Parameters (keyword, after the base ``collection, dim, metric, root``):
 
