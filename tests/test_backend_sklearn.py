@@ -161,6 +161,27 @@ def test_saves_that_only_add_rows_append_part_files_and_reopen_the_same(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_index_files_of_earlier_versions_still_open(make, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    X = np.arange(12, dtype=np.float32).reshape(3, 4)
+    old = pa.table(
+        {"id": ["a", "b", "c"], "vector": pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), 4)}
+    )  # vectors as lists of floats, no generation in the metadata
+    pq.write_table(old, tmp_path / "old.parquet")
+    b = make("old", 4, "euclidean")
+    got_ids, got = b.fetch(None)
+    assert got_ids == ["a", "b", "c"] and np.array_equal(got, X)
+    b.upsert(["d"], np.ones((1, 4), np.float32))  # appended to the old file as a part
+    reopened = make("old", 4, "euclidean")
+    assert reopened.count() == 4 and np.array_equal(reopened.fetch(["a", "d"])[1], [X[0], [1] * 4])
+    empty = make("empty", 4, "euclidean")
+    empty.upsert(["x"], X[:1])
+    empty.delete(["x"])
+    assert make("empty", 4, "euclidean").count() == 0
+
+
 def test_bulk_writes_once(make, monkeypatch):
     writes = []
     real = exact._write_parquet

@@ -45,11 +45,16 @@ class _ExactFlag:
 
 
 def _write_parquet(path: Path, ids: list[str], X: np.ndarray, meta: dict[str, Any]) -> None:
-    """Write ``id`` (string) and ``vector`` (fixed-size list of float32) columns to ``path``."""
+    """Write ``id`` (string) and ``vector`` columns to ``path``; a vector is its little-endian
+    float32 bytes (fixed-size binary: Parquet stores no repetition level per value, so the
+    file is written and read about 5x faster than as a list of floats)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    vectors = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), X.shape[1])
+    raw = np.ascontiguousarray(X, dtype="<f4")
+    vectors = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(4 * X.shape[1]), len(raw), [None, pa.py_buffer(raw)]
+    )
     table = pa.table({"id": pa.array(ids, type=pa.string()), "vector": vectors})
     table = table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
     # Float vectors barely compress; skipping it makes the rewrite after each upsert cheap.
@@ -62,8 +67,6 @@ def _read_parquet(paths: Sequence[Path], dim: int) -> tuple[list[str], np.ndarra
     (a base file and the parts appended after it)."""
     import pyarrow.parquet as pq
 
-    from dagster_brain.store.vectors import block_vectors
-
     # one row group at a time, no read-ahead: iter_batches pre-buffers whole column chunks
     # (3x the vectors in memory at 200k x 512, against one row group this way)
     files = [(path, pq.ParquetFile(path, pre_buffer=False)) for path in paths]
@@ -73,7 +76,7 @@ def _read_parquet(paths: Sequence[Path], dim: int) -> tuple[list[str], np.ndarra
     for path, file in files:
         for group in range(file.num_row_groups):
             batch = file.read_row_group(group, columns=["id", "vector"], use_threads=False)
-            block = block_vectors(batch.column("vector").combine_chunks())
+            block = _vector_block(batch.column("vector").combine_chunks())
             if block.size != batch.num_rows * dim:
                 raise ValueError(
                     f"sklearn index file {path}: {block.size} values for {batch.num_rows} ids "
@@ -82,6 +85,21 @@ def _read_parquet(paths: Sequence[Path], dim: int) -> tuple[list[str], np.ndarra
             X[len(ids) : len(ids) + batch.num_rows] = block.reshape(batch.num_rows, dim)
             ids += batch.column("id").to_pylist()
     return ids, X
+
+
+def _vector_block(col: Any) -> np.ndarray:
+    """The float32 values of a vector column chunk: fixed-size binary (this version's files)
+    or a list of floats (files written before)."""
+    import pyarrow as pa
+
+    from dagster_brain.store.vectors import block_vectors
+
+    if not pa.types.is_fixed_size_binary(col.type):
+        return block_vectors(col)
+    width = col.type.byte_width // 4
+    data = np.frombuffer(col.buffers()[1], dtype="<f4", count=len(col) * width,
+                         offset=col.offset * col.type.byte_width)  # fmt: skip
+    return data.astype(np.float32, copy=False)
 
 
 def _generation(path: Path) -> int:
