@@ -20,6 +20,7 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dagster_brain.names import BrainNameError, check_name
@@ -29,7 +30,7 @@ from dagster_brain.store.core import DB_NAME, has_parquet_copies
 from dagster_brain.store.embeddings import KEY_COPY_SQL
 from dagster_brain.store.hashing import embeddings_version, rows_digest
 from dagster_brain.store.locks import takeover_reason
-from dagster_brain.store.mirror import RECORDS, parquet_path, remove_tree
+from dagster_brain.store.mirror import PARTS, RECORDS, copy_files, parquet_path, remove_tree
 from dagster_brain.store.records import utcnow
 from dagster_brain.store.samples import SAMPLES_COPY_SQL
 from dagster_brain.store.schema import migrate
@@ -45,7 +46,7 @@ class Finding:
     """One thing wrong with a store: what, where, and what to do."""
 
     code: str  # db_missing, db_damaged, copy_missing, copy_rows, copy_version, copy_stale,
-    # record_stale, results_missing, index_missing, index_short, index_extra,
+    # record_stale, part_stale, results_missing, index_missing, index_short, index_extra,
     # index_unchecked, orphan_index, dead_lock
     what: str
     fix: str
@@ -202,8 +203,10 @@ def _view_names(store: Store, dataset: str) -> list[str]:
 
 
 def _copy_version(path: Path) -> str:
-    """The data version of an embeddings copy, from its rows."""
-    table = pq.read_table(path, columns=["sample_id", "label_id", "vector"])
+    """The data version of an embeddings copy (its file and appended parts), from its rows."""
+    table = pa.concat_tables(
+        pq.read_table(f, columns=["sample_id", "label_id", "vector"]) for f in copy_files(path)
+    )
     labels = table.column("label_id").to_pylist()
     ids = labels if any(x is not None for x in labels) else table.column("sample_id").to_pylist()
     if not len(ids):
@@ -233,7 +236,7 @@ def check_copies(store: Store, dataset: str, versions: bool = True) -> list[Find
             )
             continue
         try:
-            rows = pq.read_metadata(path).num_rows
+            rows = sum(pq.read_metadata(f).num_rows for f in copy_files(path))
         except Exception as err:  # an unreadable copy is as good as a missing one
             findings.append(
                 Finding(
@@ -296,11 +299,26 @@ def _check_records(store: Store, dataset: str, expected: list[_Copy]) -> list[Fi
                     repairable=True,
                 )
             )
+    copies = [store.parquet_path(dataset, c.name) for c in expected]
+    parts = {f for path in copies if path.exists() for f in copy_files(path)[1:]}
     for path in sorted(root.rglob("*.parquet")) if root.is_dir() else []:
         name = path.relative_to(root).with_suffix("").as_posix()
-        if name in wanted or name in records:
+        if name in wanted or name in records or path in parts:
             continue
-        if name.startswith(f"{RECORDS}/"):
+        copy = path.parent.name.removesuffix(PARTS)
+        if path.parent.name.endswith(PARTS) and path.parent.with_name(f"{copy}.parquet") in copies:
+            # appended to an earlier generation of the copy: a rewrite did not remove it
+            findings.append(
+                Finding(
+                    "part_stale",
+                    f"Parquet part {name!r} belongs to an earlier version of its copy",
+                    "`brain doctor --repair` removes it",
+                    dataset=dataset,
+                    path=str(path),
+                    repairable=True,
+                )
+            )
+        elif name.startswith(f"{RECORDS}/"):
             # a record whose copy is gone (the run was deleted or renamed): restore skips it
             findings.append(
                 Finding(
@@ -329,9 +347,9 @@ def _check_records(store: Store, dataset: str, expected: list[_Copy]) -> list[Fi
 def repair_copy(store: Store, dataset: str, finding: Finding) -> str:
     """Rewrite a copy (and its records) from DuckDB, or remove a stale record."""
     path = Path(finding.path or "")
-    if finding.code == "record_stale":
+    if finding.code in ("record_stale", "part_stale"):
         path.unlink(missing_ok=True)
-        return f"removed stale record copy {path}"
+        return f"removed stale {'record copy' if finding.code == 'record_stale' else 'part'} {path}"
     by_path = {}
     for copy in _expected_copies(store, dataset):
         by_path[store.parquet_path(dataset, copy.name)] = copy
@@ -701,7 +719,7 @@ def repair(store: Store, findings: list[Finding]) -> list[str]:
     for f in findings:
         if not f.repairable:
             continue
-        if f.code in ("copy_missing", "copy_rows", "copy_version", "record_stale"):
+        if f.code in ("copy_missing", "copy_rows", "copy_version", "record_stale", "part_stale"):
             done.append(repair_copy(store, f.dataset or "", f))
         elif f.code in ("index_missing", "index_short", "index_extra"):
             key = (f.dataset or "", f.brain_key or "")
@@ -850,7 +868,7 @@ def _restore_dataset(
         check_name(key, "embeddings key")
         conn.execute(
             "INSERT INTO embeddings SELECT ?, ?, sample_id, label_id, vector FROM read_parquet(?)",
-            [ds, key, str(path)],
+            [ds, key, [str(f) for f in copy_files(path)]],
         )
         keys.append(key)
         meta = records / "embedding_sets" / f"{key}.parquet"

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 import pyarrow as pa
+from pandas.api.types import infer_dtype
 
 from dagster_brain.specs import BrainRunSpec
 from dagster_brain.store import BrainRunRecord, EmbeddingSet, Store, hash_strings
@@ -96,8 +97,23 @@ def frame_version(df: pd.DataFrame) -> str:
     """Content hash of a results frame (same rows, same version)."""
     if df.empty:
         return "empty"
-    hashed = pd.util.hash_pandas_object(df.astype(str), index=False)
+    hashed = pd.util.hash_pandas_object(_hashable(df), index=False)
     return hash_strings([str(int(hashed.sum()) & ((1 << 63) - 1)), str(len(df))])
+
+
+# what pandas.api.types.infer_dtype calls object columns that hash_pandas_object takes as is
+_HASHABLE_OBJECTS = {"string", "empty", "integer", "floating", "mixed-integer-float", "boolean"}
+
+
+def _hashable(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with each column pandas cannot hash as is (lists, dicts, arrays) as text."""
+    out = {}
+    for i in range(df.shape[1]):
+        col = df.iloc[:, i]
+        if col.dtype == object and infer_dtype(col, skipna=True) not in _HASHABLE_OBJECTS:
+            col = col.astype(str)
+        out[i] = col
+    return pd.DataFrame(out, index=df.index)
 
 
 def embeddings_lineage(emb: EmbeddingSet) -> dict[str, Any]:

@@ -50,42 +50,10 @@ def run_uniqueness(
     at least ``k`` neighbours, its first ``k`` neighbours are read instead (the same scores).
     ``artifacts`` lists what else the run wrote (e.g. embeddings it computed), deleted with it.
     """
-    emb = store.read_embeddings(spec.dataset, spec.embeddings, ids=ids)
-    check_model(spec.brain_key, emb, spec.model)
+    with store.pinned():  # the reads, without opening the store file for each
+        emb, hashes, shared, change = _inputs(spec, store, ids)
     item_ids = emb.ids
-    if len(item_ids) < 2:
-        raise ValueError(
-            f"brain key {spec.brain_key!r}: uniqueness needs at least 2 embedded items in "
-            f"embeddings key {spec.embeddings!r}, found {len(item_ids)}"
-        )
-    hashes = row_hashes(item_ids, emb.vectors)
-    shared = find_graph(
-        store,
-        spec.dataset,
-        item_ids,
-        hashes,
-        spec.metric,
-        spec.k,
-        approximate=reads_approximate(spec),
-    )
     exact = shared is None or shared[1].exact
-    change = None
-    previous = store.get_run(spec.dataset, spec.brain_key, missing_ok=True)
-    # a stored graph read from an approximate one is not refreshed in place (that assumes
-    # exact lists): the run recomputes its own
-    stored_exact = previous is None or previous.upstream.get("graph_exact", True) is not False
-    if shared is None and ids is None and stored_exact:
-        change = graph_change(
-            store,
-            spec.dataset,
-            spec.brain_key,
-            kind="uniqueness",
-            config=spec.model_dump(mode="json"),
-            emb=emb,
-            hashes=hashes,
-            k=spec.k,
-            metric=spec.metric,
-        )
     try:
         if shared is not None:
             log.info(
@@ -130,23 +98,28 @@ def run_uniqueness(
     results["nearest_id"] = graph_ids[graph.neighbors[order, 0]]
     results["nearest_distance"] = graph.distances[order, 0].astype(np.float64)
     knn = graph_table(graph, item_ids, hashes)
-    record = new_record(
-        spec,
-        store,
-        method="knn",
-        sample_ids=emb.sample_ids,
-        label_ids=emb.label_ids,
-        run_id=run_id,
-        upstream={
-            "embeddings": embeddings_lineage(emb),
-            "update": update_lineage(change),
-            **({} if shared is None else {"knn_graph": shared[0]}),
-            **({} if exact else {"graph_exact": False, "graph_recall_at_k": shared[1].recall_at_k}),
-        },
-        artifacts=artifacts,
-        packages=("scikit-learn",),
-    )
-    store.commit_run(record, results, extra={GRAPH_TABLE: knn})
+    with store.pinned():
+        record = new_record(
+            spec,
+            store,
+            method="knn",
+            sample_ids=emb.sample_ids,
+            label_ids=emb.label_ids,
+            run_id=run_id,
+            upstream={
+                "embeddings": embeddings_lineage(emb),
+                "update": update_lineage(change),
+                **({} if shared is None else {"knn_graph": shared[0]}),
+                **(
+                    {}
+                    if exact
+                    else {"graph_exact": False, "graph_recall_at_k": shared[1].recall_at_k}
+                ),
+            },
+            artifacts=artifacts,
+            packages=("scikit-learn",),
+        )
+        store.commit_run(record, results, extra={GRAPH_TABLE: knn})
     summary = {
         "items": len(results),
         "mean": float(np.mean(scores)),
@@ -157,6 +130,47 @@ def run_uniqueness(
         "graph_recall_at_k": None if exact else shared[1].recall_at_k,
     }
     return RunOutcome(record, results, frame_version(results), summary)
+
+
+def _inputs(spec: UniquenessSpec, store: Store, ids: list[str] | None):
+    """(the key's vectors, their row hashes, a shared graph to read or None, the change to
+    refresh the run's own graph with or None)."""
+    emb = store.read_embeddings(spec.dataset, spec.embeddings, ids=ids)
+    check_model(spec.brain_key, emb, spec.model)
+    item_ids = emb.ids
+    if len(item_ids) < 2:
+        raise ValueError(
+            f"brain key {spec.brain_key!r}: uniqueness needs at least 2 embedded items in "
+            f"embeddings key {spec.embeddings!r}, found {len(item_ids)}"
+        )
+    hashes = row_hashes(item_ids, emb.vectors)
+    shared = find_graph(
+        store,
+        spec.dataset,
+        item_ids,
+        hashes,
+        spec.metric,
+        spec.k,
+        approximate=reads_approximate(spec),
+    )
+    change = None
+    previous = store.get_run(spec.dataset, spec.brain_key, missing_ok=True)
+    # a stored graph read from an approximate one is not refreshed in place (that assumes
+    # exact lists): the run recomputes its own
+    stored_exact = previous is None or previous.upstream.get("graph_exact", True) is not False
+    if shared is None and ids is None and stored_exact:
+        change = graph_change(
+            store,
+            spec.dataset,
+            spec.brain_key,
+            kind="uniqueness",
+            config=spec.model_dump(mode="json"),
+            emb=emb,
+            hashes=hashes,
+            k=spec.k,
+            metric=spec.metric,
+        )
+    return emb, hashes, shared, change
 
 
 METHOD = BrainMethod(

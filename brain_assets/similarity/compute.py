@@ -24,7 +24,7 @@ from dagster_brain.similarity.index import (
     release_backend,
 )
 from dagster_brain.specs import SimilaritySpec
-from dagster_brain.store import BrainRunRecord, Store
+from dagster_brain.store import BrainRunRecord, EmbeddingSet, Store
 
 _LOG = logging.getLogger("dagster_brain")
 
@@ -248,44 +248,18 @@ def update_index(
     A failure between the backend writes and the commit leaves extra vectors that the next
     update of the same samples overwrites (writes are upserts by id).
     """
-    existing = store.get_run(spec.dataset, spec.brain_key, missing_ok=True)
-    rebuild = (
-        existing is None
-        or existing.kind != "similarity"
-        or existing.config.get("spec") != spec.model_dump(mode="json")
-    )
-    key = _key_lineage(store, spec.dataset, spec.embeddings)
-    if not rebuild:
-        before = existing.upstream.get("embeddings", {})
-        rebuild = (before.get("model"), before.get("model_hash")) != (
-            key["model"],
-            key["model_hash"],
-        )
-    index = (
-        None
-        if rebuild
-        else load_index(store, spec.dataset, spec.brain_key, entry_settings(spec, params))
-    )
-    # The index follows the key: the changed samples, plus any sample the key holds that the
-    # index lacks (a batch whose update failed or overlapped), minus samples the key lost.
-    if index is not None:
-        in_key = set(store.embedded_sample_ids(spec.dataset, spec.embeddings))
-        indexed = set(index.members["sample_id"])
-        wanted = sorted((set(change.sample_ids) & in_key) | (in_key - indexed))
-        emb = store.read_embeddings(spec.dataset, spec.embeddings, ids=wanted)
-        if len(emb.ids) and emb.dim != index.config.dim:
-            index.close()
-            index = None
-    if index is None:
+    with store.pinned():  # the reads below, without opening the store file for each
+        prior = _prior_index(spec, store, change, params)
+    if prior is None:
         log.info(
             "%s: no index to update (or its config, model or dimension changed): building it",
             spec.brain_key,
         )
         return build_index(spec, store, run_id=run_id, log=log, params=params, artifacts=artifacts)
+    index, emb = prior.index, prior.vectors
+    gone = (prior.indexed - prior.in_key) | set(change.dropped) | set(change.sample_ids)
     with index.deferred_persist():
-        removed = index.remove_from_index(
-            sample_ids=sorted((indexed - in_key) | set(change.dropped) | set(change.sample_ids))
-        )
+        removed = index.remove_from_index(sample_ids=sorted(gone))
         added = (
             index.add_to_index(emb.vectors, emb.sample_ids, label_ids=emb.label_ids)
             if emb.ids
@@ -299,24 +273,66 @@ def update_index(
         added,
         len(members),
     )
-    record = new_record(
-        spec,
-        store,
-        method=index.config.backend,
-        sample_ids=members["sample_id"].tolist(),
-        label_ids=members["label_id"].tolist() if index.is_patches else None,
-        run_id=run_id,
-        upstream={
-            "embeddings": key,
-            "backend": index.backend.describe(),
-            "update": {"added": added, "removed": removed},
-        },
-        artifacts=artifacts if artifacts is not None else existing.artifacts,
-        packages=(_sdk(index.config.backend),),
-        config=existing.config,
-    )
-    store.commit_run(record, members, event="updated")
+    with store.pinned():
+        record = new_record(
+            spec,
+            store,
+            method=index.config.backend,
+            sample_ids=members["sample_id"].tolist(),
+            label_ids=members["label_id"].tolist() if index.is_patches else None,
+            run_id=run_id,
+            upstream={
+                "embeddings": prior.key,
+                "backend": index.backend.describe(),
+                "update": {"added": added, "removed": removed},
+            },
+            artifacts=artifacts if artifacts is not None else prior.run.artifacts,
+            packages=(_sdk(index.config.backend),),
+            config=prior.run.config,
+        )
+        store.commit_run(record, members, event="updated")
     return index, record, members
+
+
+@dataclass
+class _PriorIndex:
+    """A stored index to update, and what the update needs."""
+
+    index: SimilarityIndex
+    run: BrainRunRecord
+    key: dict[str, Any]  # the embeddings key's lineage
+    vectors: EmbeddingSet  # the samples to (re-)add
+    in_key: set[str]  # the sample ids the key holds
+    indexed: set[str]  # the sample ids the index holds
+
+
+def _prior_index(
+    spec: SimilaritySpec, store: Store, change: SampleChange, params: dict[str, Any] | None
+) -> _PriorIndex | None:
+    """The stored index to update; None when it must be built instead (no run, or its config,
+    model or dimension changed)."""
+    existing = store.get_run(spec.dataset, spec.brain_key, missing_ok=True)
+    if (
+        existing is None
+        or existing.kind != "similarity"
+        or existing.config.get("spec") != spec.model_dump(mode="json")
+    ):
+        return None
+    key = _key_lineage(store, spec.dataset, spec.embeddings)
+    before = existing.upstream.get("embeddings", {})
+    if (before.get("model"), before.get("model_hash")) != (key["model"], key["model_hash"]):
+        return None
+    index = load_index(store, spec.dataset, spec.brain_key, entry_settings(spec, params))
+    # The index follows the key: the changed samples, plus any sample the key holds that the
+    # index lacks (a batch whose update failed or overlapped), minus samples the key lost.
+    in_key = set(store.embedded_sample_ids(spec.dataset, spec.embeddings))
+    indexed = set(index.members["sample_id"])
+    wanted = sorted((set(change.sample_ids) & in_key) | (in_key - indexed))
+    emb = store.read_embeddings(spec.dataset, spec.embeddings, ids=wanted)
+    if len(emb.ids) and emb.dim != index.config.dim:
+        index.close()
+        return None
+    return _PriorIndex(index, existing, key, emb, in_key, indexed)
 
 
 def _sdk(backend: str) -> str:

@@ -4,8 +4,9 @@ read-only queries and Parquet copies."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,18 @@ class StoreMissing(StoreError):
 def writable(data_dir: Path, db_path: Path) -> bool:
     """Whether this process may write the store's folder and file."""
     return os.access(data_dir, os.W_OK) and os.access(db_path, os.W_OK)
+
+
+def pins(method: Callable) -> Callable:
+    """A store method that runs with the store's file pinned (see :meth:`StoreCore.pinned`):
+    for methods made of several short statements."""
+
+    @functools.wraps(method)
+    def pinned_method(self, *args, **kwargs):
+        with self.pinned():
+            return method(self, *args, **kwargs)
+
+    return pinned_method
 
 
 class StoreCore:
@@ -79,6 +92,14 @@ class StoreCore:
             self.db_path, self.lock_timeout_s, self.read_only, self.memory_limit
         )
 
+    def pinned(self) -> contextlib.AbstractContextManager[None]:
+        """Keep ``brain.duckdb`` open while inside, so the connections opened meanwhile do
+        not open the file again; other processes wait meanwhile (see
+        :func:`connection.pinned`: pin short, store-bound work only)."""
+        return connection.pinned(
+            self.db_path, self.lock_timeout_s, self.read_only, self.memory_limit
+        )
+
     def transaction(self) -> contextlib.AbstractContextManager[Transaction]:
         """One transaction (its own connection and pending Parquet copies): everything
         inside commits together or not at all; see :func:`connection.transaction`."""
@@ -115,8 +136,29 @@ class StoreCore:
         labels with the samples, so ``brain restore`` can rebuild the store from the copies.
         """
         mirror.write_copy(tx, self._parquet_path(dataset, name), select_sql, params)
+        self._mirror_records(tx, dataset, name)
+
+    def _mirror_records(self, tx: Transaction, dataset: str, name: str) -> None:
         for record, sql, args in mirror.records_of(dataset, name):
             mirror.write_copy(tx, self._parquet_path(dataset, record), sql, args, record=True)
+
+    def _mirror_added(
+        self,
+        tx: Transaction,
+        dataset: str,
+        name: str,
+        select_sql: str,
+        params: Sequence[Any],
+        added_sql: str,
+        added_params: Sequence[Any],
+    ) -> None:
+        """Like :meth:`_mirror` when the table only gained the rows of ``added_sql`` since
+        its copy was written: those rows are appended to the copy as a part (see
+        :func:`mirror.append_copy`), or the copy is rewritten where it cannot take one."""
+        if mirror.append_copy(tx, self._parquet_path(dataset, name), added_sql, added_params):
+            self._mirror_records(tx, dataset, name)
+        else:
+            self._mirror(tx, dataset, name, select_sql, params)
 
     def refresh_copy(self, dataset: str, name: str, select_sql: str, params=None) -> Path:
         """Rewrite one Parquet copy (and its records) from the DuckDB tables now."""

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from dagster_brain.names import check_name
 from dagster_brain.store.connection import Transaction
+from dagster_brain.store.core import pins
 from dagster_brain.store.errors import StoreError
 from dagster_brain.store.hashing import (
     embeddings_version,
@@ -37,6 +38,7 @@ _READ_VECTORS_SQL = (
     "SELECT coalesce(e.label_id, e.sample_id) AS item, e.vector FROM embeddings e {join}"
     + _KEY_WHERE
 )
+_ADDED_SQL = KEY_COPY_SQL + " AND sample_id IN (SELECT sample_id FROM touched)"
 COUNT_KEY_SQL = "SELECT count(*) FROM embeddings WHERE dataset = ? AND embeddings_key = ?"
 
 
@@ -88,9 +90,18 @@ class EmbeddingTables(SampleTables):
         )
         return vectors, ids, rows
 
-    def _mirror_embeddings(self, tx: Transaction, dataset: str, key: str) -> None:
-        self._mirror(tx, dataset, f"embeddings/{key}", KEY_COPY_SQL, [dataset, key])
+    def _mirror_embeddings(
+        self, tx: Transaction, dataset: str, key: str, added: bool = False
+    ) -> None:
+        """Bring the key's copy up to date inside ``tx``. ``added``: the key only gained the
+        rows of the samples registered as ``touched`` since the copy was written."""
+        name, params = f"embeddings/{key}", [dataset, key]
+        if added:
+            self._mirror_added(tx, dataset, name, KEY_COPY_SQL, params, _ADDED_SQL, params)
+        else:
+            self._mirror(tx, dataset, name, KEY_COPY_SQL, params)
 
+    @pins
     def write_embeddings(
         self,
         dataset: str,
@@ -159,6 +170,7 @@ class EmbeddingTables(SampleTables):
         self._mirror_embeddings(tx, dataset, key)
         return version
 
+    @pins
     def update_embeddings(
         self,
         dataset: str,
@@ -253,7 +265,9 @@ class EmbeddingTables(SampleTables):
                         key,
                     ],
                 )
-                self._mirror_embeddings(tx, dataset, key)
+                # nothing replaced or dropped: the copy takes the new rows as a part
+                added = not leaving.ids and table is not None
+                self._mirror_embeddings(tx, dataset, key, added=added)
                 restamp = version is None
         if restamp:
             self._restamp_embeddings(dataset, key)
@@ -307,6 +321,7 @@ class EmbeddingTables(SampleTables):
             [dataset],
         )
 
+    @pins
     def read_embeddings(
         self, dataset: str, key: str, ids: Sequence[str] | None = None
     ) -> EmbeddingSet:
@@ -336,6 +351,7 @@ class EmbeddingTables(SampleTables):
             count_all=int(m["count"]),
         )
 
+    @pins
     def delete_embeddings(self, dataset: str, key: str) -> None:
         """Remove an embeddings key and its Parquet copy."""
         check_name(key, "embeddings key")

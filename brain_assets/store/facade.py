@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 
 import pandas as pd
 
+from dagster_brain.store.core import pins
 from dagster_brain.store.locks import hold_run_lock
 from dagster_brain.store.mirror import remove_tree
 from dagster_brain.store.samples import SAMPLES_COPY_SQL
@@ -18,6 +19,7 @@ from dagster_brain.store.views import ViewTables
 class Store(ViewTables):
     """DuckDB + Parquet store for datasets, labels, embeddings and brain runs."""
 
+    @pins
     def delete_dataset(self, dataset: str) -> None:
         """Delete a dataset with its samples, labels, embeddings, brain runs and saved views."""
         self.require_dataset(dataset)
@@ -30,6 +32,7 @@ class Store(ViewTables):
             tx.execute("DELETE FROM datasets WHERE dataset = ?", [dataset])
         remove_tree(self.parquet_dir / dataset)
 
+    @pins
     def delete_samples(self, dataset: str, ids: Sequence[str]) -> int:
         """Remove samples with their labels and vectors (every embeddings key), in one
         transaction; returns how many samples were removed. Brain results that cover them

@@ -13,6 +13,7 @@ import pyarrow as pa
 from dagster_brain.names import check_name
 from dagster_brain.redact import redact
 from dagster_brain.store.connection import Transaction
+from dagster_brain.store.core import pins
 from dagster_brain.store.embeddings import EmbeddingTables
 from dagster_brain.store.errors import StoreError
 from dagster_brain.store.mirror import records_of, remove_copy, remove_tree, write_copy
@@ -26,6 +27,7 @@ ADHOC_RUN_PREFIX = "api-"
 class RunTables(EmbeddingTables):
     """Brain runs (tables ``brain_runs``, ``brain_run_history`` and schema ``results``)."""
 
+    @pins
     def commit_run(
         self,
         record: BrainRunRecord,
@@ -84,6 +86,7 @@ class RunTables(EmbeddingTables):
                 )
         return record
 
+    @pins
     def load_extra(
         self, dataset: str, brain_key: str, name: str, arrow: bool = False
     ) -> pd.DataFrame | pa.Table:
@@ -161,6 +164,7 @@ class RunTables(EmbeddingTables):
             return pd.DataFrame()
         return self.query(f"SELECT * FROM {results_table_name(dataset, brain_key)}")
 
+    @pins
     def rename_run(self, dataset: str, brain_key: str, new_key: str) -> None:
         """Move a run (record, results table, Parquet copy) to a new brain key."""
         check_name(new_key, "brain key")
@@ -199,6 +203,7 @@ class RunTables(EmbeddingTables):
             if old_x.exists():
                 os.replace(old_x, self._parquet_path(dataset, f"results/{new_key}__{name}"))
 
+    @pins
     def delete_run(self, dataset: str, brain_key: str) -> BrainRunRecord:
         """Delete a run's record, results table, Parquet copy and files it wrote."""
         record = self.get_run(dataset, brain_key)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from dagster_brain.names import check_name
-from dagster_brain.store.core import StoreCore
+from dagster_brain.store.core import StoreCore, pins
 from dagster_brain.store.errors import StoreError
 from dagster_brain.store.hashing import (
     DATA_VERSION_OF_WANTED_SQL,
@@ -64,6 +64,7 @@ class SampleTables(StoreCore):
 
     # -- samples and labels ---------------------------------------------------------------
 
+    @pins
     def write_samples(
         self,
         dataset: str,
@@ -127,6 +128,7 @@ class SampleTables(StoreCore):
                 tx.unregister("new_labels")
             self._mirror(tx, dataset, "samples", SAMPLES_COPY_SQL, [dataset])
 
+    @pins
     def write_labels(
         self, dataset: str, fld: str, kind: str, classes: list[str] | None, df: pd.DataFrame
     ) -> None:

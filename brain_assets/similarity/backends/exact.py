@@ -44,6 +44,10 @@ class _ExactFlag:
         return True if obj is None else not obj.approximate_active
 
 
+# rows of room a loaded index keeps for appended vectors: a batch this size is added in place
+_SPARE_ROWS = 16_384
+
+
 def _write_parquet(path: Path, ids: list[str], X: np.ndarray, meta: dict[str, Any]) -> None:
     """Write ``id`` (string) and ``vector`` columns to ``path``; a vector is its little-endian
     float32 bytes (fixed-size binary: Parquet stores no repetition level per value, so the
@@ -62,9 +66,10 @@ def _write_parquet(path: Path, ids: list[str], X: np.ndarray, meta: dict[str, An
     pq.write_table(table, path, compression="none", row_group_size=rows)
 
 
-def _read_parquet(paths: Sequence[Path], dim: int) -> tuple[list[str], np.ndarray]:
-    """(ids, (n, dim) float32 vectors) of files written by :func:`_write_parquet`, in order
-    (a base file and the parts appended after it)."""
+def _read_parquet(paths: Sequence[Path], dim: int, spare: int = 0) -> tuple[list[str], np.ndarray]:
+    """(ids, float32 vectors) of files written by :func:`_write_parquet`, in order (a base
+    file and the parts appended after it). The array has ``spare`` rows beyond the ids'
+    (uninitialised; the pages of rows never written take no memory)."""
     import pyarrow.parquet as pq
 
     # one row group at a time, no read-ahead: iter_batches pre-buffers whole column chunks
@@ -72,7 +77,7 @@ def _read_parquet(paths: Sequence[Path], dim: int) -> tuple[list[str], np.ndarra
     files = [(path, pq.ParquetFile(path, pre_buffer=False)) for path in paths]
     n = sum(file.metadata.num_rows for _, file in files)
     ids: list[str] = []
-    X = np.empty((n, dim), dtype=np.float32)  # filled a row group at a time: one copy
+    X = np.empty((n + spare, dim), dtype=np.float32)  # filled a row group at a time: one copy
     for path, file in files:
         for group in range(file.num_row_groups):
             batch = file.read_row_group(group, columns=["id", "vector"], use_threads=False)
@@ -245,7 +250,8 @@ class SklearnBackend(VectorBackend):
             parts = []
             while (part := self._part_path(len(parts) + 1)).exists():
                 parts.append(part)
-            ids, X = _read_parquet([self.path, *parts], self.dim)
+            # room to append a batch without copying every vector (see upsert)
+            ids, X = _read_parquet([self.path, *parts], self.dim, spare=_SPARE_ROWS)
             self._X, self._n, self._ids = X, len(ids), ids
             self._row = dict(zip(ids, range(len(ids)), strict=True))
             self._parts, self._saved = len(parts), len(ids)
@@ -287,7 +293,7 @@ class SklearnBackend(VectorBackend):
             if end > self._X.shape[0]:
                 grown = np.empty((max(end, int(self._X.shape[0] * 1.5)), self.dim), np.float32)
                 grown[: self._n] = self._X[: self._n]
-                self._X = grown
+                self._X, self._lent = grown, False  # a lent view keeps the old array
             self._X[self._n : end] = X[new]
             new_ids = [ids[j] for j in new]
             self._row.update(zip(new_ids, range(self._n, end), strict=True))
@@ -360,7 +366,7 @@ class SklearnBackend(VectorBackend):
     def _own(self) -> None:
         """Copy the collection before writing its rows in place while a view is lent out."""
         if self._lent:
-            self._X, self._lent = self._X.copy(), False
+            self._X, self._lent = self._X[: self._n].copy(), False
 
     def count(self) -> int:
         """Number of vectors stored."""
