@@ -374,3 +374,37 @@ def test_a_label_field_without_a_class_list_reads_back_as_none(tmp_path):
     store.write_samples("toy", sample_frame(["/a.png"]), {"gt": ("classification", None, labels)})
     assert store.label_field("toy", "gt") == ("classification", None)
     assert store.labels("toy", "gt")["label"].tolist() == ["cat"]
+
+
+def _opens(db_path) -> bool:
+    """Whether another process can open the store's file now."""
+    import subprocess
+    import sys
+
+    code = f"import duckdb; duckdb.connect({str(db_path)!r}).close()"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode and "lock" not in done.stderr.lower():
+        raise AssertionError(done.stderr)
+    return done.returncode == 0
+
+
+def test_pinned_holds_the_file_open_until_the_outermost_pin_ends(store):
+    """Connections inside a pin share one open database (reentrant, nested transactions
+    included); other processes get the file once the outermost pin ends."""
+    ids = _dataset(store)
+    assert _opens(store.db_path)
+    with store.pinned():
+        with store.pinned():
+            _run(store, "u", ids, [0.1, 0.2, 0.3, 0.4])  # a transaction inside the pins
+            assert not _opens(store.db_path)
+        assert not _opens(store.db_path)  # the inner pin's end keeps the file
+        assert store.load_results("d", "u")["uniqueness"].tolist() == [0.1, 0.2, 0.3, 0.4]
+    assert _opens(store.db_path)
+    assert store.get_run("d", "u").kind == "uniqueness"
+
+
+def test_unknown_samples_reads_only_the_ids_asked(store):
+    ids = _dataset(store)
+    assert store.unknown_samples("d", [ids[1], "zz", "aa", ids[0], "zz"]) == ["aa", "zz"]
+    assert store.unknown_samples("d", []) == []
+    assert store.unknown_samples("d", ids) == []

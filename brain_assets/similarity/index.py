@@ -454,11 +454,11 @@ class SimilarityIndex(DuplicatesMixin):
             raise SimilarityError(f"{len(sample_ids)} sample ids for {len(ids)} label ids")
         if len(set(ids)) != len(ids):
             raise SimilarityError(f"index {self.brain_key!r}: duplicate ids in add_to_index")
-        unknown = set(sample_ids) - set(self.store.sample_ids(self.dataset))
+        unknown = self.store.unknown_samples(self.dataset, sample_ids)
         if unknown:
             raise SimilarityError(
                 f"index {self.brain_key!r}: {len(unknown)} sample ids are not in dataset "
-                f"{self.dataset!r}, e.g. {sorted(unknown)[:3]}"
+                f"{self.dataset!r}, e.g. {unknown[:3]}"
             )
         existing = set(self._members["id"]) & set(ids)
         if existing and not allow_existing:

@@ -69,7 +69,7 @@ class EmbeddingTables(SampleTables):
                 bad = start + int(np.flatnonzero(~finite)[0])
                 who = label_ids[bad] if label_ids is not None else sample_ids[bad]
                 raise StoreError(f"embeddings key {key!r}: non-finite vector for {who!r}")
-        unknown = sorted(set(sample_ids) - set(self.sample_ids(dataset)))
+        unknown = self.unknown_samples(dataset, sample_ids)
         if unknown:
             raise StoreError(
                 f"embeddings key {key!r}: {len(unknown)} vectors for unknown samples of "

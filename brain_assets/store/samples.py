@@ -134,8 +134,7 @@ class SampleTables(StoreCore):
     ) -> None:
         """Replace the labels of one field for the samples in ``df`` (which must exist)."""
         self.require_dataset(dataset)
-        known = set(self.sample_ids(dataset))
-        unknown = sorted(set(df["sample_id"]) - known)
+        unknown = self.unknown_samples(dataset, df["sample_id"].tolist())
         if unknown:
             raise StoreError(
                 f"dataset {dataset!r}: {len(unknown)} labels of field {fld!r} refer to unknown "
@@ -165,6 +164,21 @@ class SampleTables(StoreCore):
         with self.connect() as conn:
             rows = conn.execute(
                 "SELECT sample_id FROM samples WHERE dataset = ? ORDER BY 1", [dataset]
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def unknown_samples(self, dataset: str, ids: Sequence[str]) -> list[str]:
+        """The ids among ``ids`` that are not samples of the dataset, sorted (reads only
+        those ids, not the dataset's)."""
+        if not len(ids):
+            return []
+        with self.connect() as conn:
+            conn.register("asked", pd.DataFrame({"sample_id": list(set(ids))}, dtype=object))
+            rows = conn.execute(
+                "SELECT a.sample_id FROM asked a ANTI JOIN "
+                "(SELECT sample_id FROM samples WHERE dataset = ?) s USING (sample_id) "
+                "ORDER BY 1",
+                [dataset],
             ).fetchall()
         return [r[0] for r in rows]
 

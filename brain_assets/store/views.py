@@ -59,8 +59,8 @@ class ViewTables(RunTables):
         return table
 
     def _check_ids(self, dataset: str, name: str, ids: list[str]) -> None:
-        known = set(self.sample_ids(dataset))
-        unknown = [i for i in ids if i not in known]
+        missing = set(self.unknown_samples(dataset, ids))
+        unknown = [i for i in ids if i in missing]
         if unknown:
             raise StoreError(
                 f"view {name!r}: {len(unknown)} sample id(s) not in dataset {dataset!r}, "
