@@ -847,7 +847,8 @@ def _restore_dataset(
     n_samples = 0
     if copy("samples").exists():
         conn.execute(
-            "INSERT INTO samples BY NAME SELECT * FROM read_parquet(?)", [str(copy("samples"))]
+            "INSERT INTO samples BY NAME SELECT * FROM read_parquet(?)",
+            [[str(f) for f in copy_files(copy("samples"))]],
         )
         n_samples = _rows(conn, "SELECT count(*) FROM samples WHERE dataset = ?", [ds])
     else:

@@ -1,6 +1,6 @@
-"""The Parquet copy of an embeddings key grows by parts when a batch only adds samples; every
-reader (doctor, restore) sees the file and its parts as one copy, and any other change
-rewrites it whole."""
+"""The Parquet copies of an embeddings key and of the samples grow by parts when a batch only
+adds samples; every reader (doctor, restore) sees the file and its parts as one copy, and
+any other change rewrites it whole."""
 
 from __future__ import annotations
 
@@ -90,15 +90,32 @@ def test_a_copy_with_max_parts_is_rewritten_whole(store):
     assert len(_copy_rows(path)) == 20 + MAX_PARTS + 1
 
 
+def test_new_samples_are_appended_to_the_samples_copy_and_changed_ones_rewrite_it(store):
+    path = store.parquet_path("ds", "samples")
+    _add(store, ["t000", "t001"], 1)
+    assert [f.name for f in copy_files(path)] == ["samples.parquet", "0-1.parquet"]
+    rows = pa.concat_tables(pq.read_table(f) for f in copy_files(path)).to_pandas()
+    assert sorted(rows["sample_id"]) == store.sample_ids("ds")
+    changed = _samples(["t000"]).assign(filepath="/y/t000.jpg")
+    store.write_samples("ds", changed)  # an existing sample changes: the copy is rewritten
+    assert copy_files(path) == [path]
+    rows = pq.read_table(path).to_pandas().set_index("sample_id")
+    assert rows.loc["t000", "filepath"] == "/y/t000.jpg"
+    assert check_copies(store, "ds") == []
+
+
 def test_restore_reads_the_parts(store, tmp_path):
     _add(store, ["t000", "t001"], 1)
     want = store.read_embeddings("ds", "e")
+    samples = store.samples("ds")
     store.db_path.unlink()
     restore(store.data_dir)
-    got = Store(store.data_dir).read_embeddings("ds", "e")
+    again = Store(store.data_dir)
+    got = again.read_embeddings("ds", "e")
     assert got.sample_ids == want.sample_ids
     np.testing.assert_array_equal(got.vectors, want.vectors)
     assert got.data_version == want.data_version
+    pd.testing.assert_frame_equal(again.samples("ds"), samples)
 
 
 def test_parts_of_an_earlier_generation_are_ignored_and_repaired_away(store):

@@ -96,11 +96,11 @@ class SampleTables(StoreCore):
         label_cols = column_list(["dataset", "field", *self.LABEL_COLUMNS])
         with self.transaction() as tx:
             tx.register("new_ids", ids)
-            tx.execute(
+            replaced = tx.execute(
                 "DELETE FROM samples WHERE dataset = ? AND sample_id IN "
                 "(SELECT sample_id FROM new_ids)",
                 [dataset],
-            )
+            ).fetchall()[0][0]
             tx.register("new_samples", frame)
             tx.execute(f"INSERT INTO samples ({sample_cols}) SELECT {sample_cols} FROM new_samples")
             for fld, (kind, classes, lf) in label_frames.items():
@@ -126,7 +126,13 @@ class SampleTables(StoreCore):
                 tx.register("new_labels", lf)
                 tx.execute(f"INSERT INTO labels ({label_cols}) SELECT {label_cols} FROM new_labels")
                 tx.unregister("new_labels")
-            self._mirror(tx, dataset, "samples", SAMPLES_COPY_SQL, [dataset])
+            if replaced:
+                self._mirror(tx, dataset, "samples", SAMPLES_COPY_SQL, [dataset])
+            else:  # only new samples: appended to the copy as a part
+                added = SAMPLES_COPY_SQL + " AND sample_id IN (SELECT sample_id FROM new_ids)"
+                self._mirror_added(
+                    tx, dataset, "samples", SAMPLES_COPY_SQL, [dataset], added, [dataset]
+                )
 
     @pins
     def write_labels(
