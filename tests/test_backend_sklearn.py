@@ -161,6 +161,34 @@ def test_saves_that_only_add_rows_append_part_files_and_reopen_the_same(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_reopened_index_reads_its_vectors_only_when_they_are_used(make, monkeypatch):
+    """Appending to a reopened collection and saving it reads no vector from its files; the
+    first query, fetch or delete reads them, and every answer is as if they had been read."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(50, 6)).astype(np.float32)
+    ids = [f"r{i:02d}" for i in range(50)]
+    b = make("lazy", 6, "cosine")
+    b.upsert(ids[:30], X[:30])
+    reads = []
+    real = exact._read_parquet
+    monkeypatch.setattr(exact, "_read_parquet", lambda *a, **k: (reads.append(1), real(*a, **k))[1])
+    again = make("lazy", 6, "cosine")
+    assert again.count() == 30 and reads == []
+    again.upsert(ids[30:40], X[30:40])  # new rows only: kept aside, saved as a part
+    again.upsert(ids[40:], X[40:])
+    assert reads == [] and again.count() == 50
+    got, vectors = again.fetch(ids)  # the first use of the vectors reads the files once
+    assert reads == [1] and got == ids and np.array_equal(vectors, X)
+    want, _ = brute_force(ids, X, X[:3], 5, "cosine")
+    assert again.query(X[:3], 5)[0] == want
+    # a delete of the last rows of an unread collection reads the vectors before they move
+    third = make("lazy", 6, "cosine")
+    third.delete(ids[45:])
+    assert third.count() == 45
+    assert np.array_equal(third.fetch(ids[:45])[1], X[:45])
+    assert np.array_equal(make("lazy", 6, "cosine").fetch(ids[:45])[1], X[:45])
+
+
 def test_index_files_of_earlier_versions_still_open(make, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -92,6 +92,16 @@ def _read_parquet(paths: Sequence[Path], dim: int, spare: int = 0) -> tuple[list
     return ids, X
 
 
+def _read_ids(paths: Sequence[Path]) -> list[str]:
+    """The ids of files written by :func:`_write_parquet`, in order (no vector is read)."""
+    import pyarrow.parquet as pq
+
+    ids: list[str] = []
+    for path in paths:
+        ids += pq.read_table(path, columns=["id"]).column("id").to_pylist()
+    return ids
+
+
 def _vector_block(col: Any) -> np.ndarray:
     """The float32 values of a vector column chunk: fixed-size binary (this version's files)
     or a list of floats (files written before)."""
@@ -222,7 +232,10 @@ class SklearnBackend(VectorBackend):
         self.block_bytes = int(block_bytes)
         self.path = self.root / f"{collection}.parquet"
         self.root.mkdir(parents=True, exist_ok=True)
-        self._X = np.empty((0, self.dim), dtype=np.float32)  # capacity buffer; rows [:_n]
+        self._buf = np.empty((0, self.dim), dtype=np.float32)  # capacity buffer; rows [:_n]
+        # vectors still in the files: (their files, how many rows they hold, the rows added
+        # since, as arrays); read at the first use of _X (an append-only update never reads)
+        self._unread: tuple[list[Path], int, list[np.ndarray]] | None = None
         self._n = 0
         self._ids: list[str] = []
         self._row: dict[str, int] = {}
@@ -250,11 +263,36 @@ class SklearnBackend(VectorBackend):
             parts = []
             while (part := self._part_path(len(parts) + 1)).exists():
                 parts.append(part)
-            # room to append a batch without copying every vector (see upsert)
-            ids, X = _read_parquet([self.path, *parts], self.dim, spare=_SPARE_ROWS)
-            self._X, self._n, self._ids = X, len(ids), ids
+            ids = _read_ids([self.path, *parts])
+            self._unread = ([self.path, *parts], len(ids), [])
+            self._n, self._ids = len(ids), ids
             self._row = dict(zip(ids, range(len(ids)), strict=True))
             self._parts, self._saved = len(parts), len(ids)
+
+    @property
+    def _X(self) -> np.ndarray:
+        """The vectors (a capacity buffer: rows ``[:_n]``), read from the files first use."""
+        if self._unread is not None:
+            self._read_vectors()
+        return self._buf
+
+    @_X.setter
+    def _X(self, value: np.ndarray) -> None:
+        self._buf, self._unread = value, None
+
+    def _read_vectors(self) -> None:
+        files, n_files, added = self._unread
+        # room to append a batch without copying every vector (see upsert)
+        ids, X = _read_parquet(files, self.dim, spare=self._n - n_files + _SPARE_ROWS)
+        if ids != self._ids[:n_files]:
+            raise ValueError(
+                f"sklearn collection {self.collection!r}: its files changed while it was open"
+            )
+        at = n_files
+        for block in added:
+            X[at : at + len(block)] = block
+            at += len(block)
+        self._buf, self._unread = X, None
 
     # -- storage ----------------------------------------------------------------------------
 
@@ -288,7 +326,13 @@ class SklearnBackend(VectorBackend):
             self._X[rows[old]] = X[old]
             self._rewrite = True
         new = np.flatnonzero(~old)
-        if new.size:
+        if new.size and self._unread is not None:  # kept aside until the vectors are read
+            self._unread[2].append(X[new])
+            new_ids = [ids[j] for j in new]
+            self._row.update(zip(new_ids, range(self._n, self._n + new.size), strict=True))
+            self._ids.extend(new_ids)
+            self._n += new.size
+        elif new.size:
             end = self._n + new.size
             if end > self._X.shape[0]:
                 grown = np.empty((max(end, int(self._X.shape[0] * 1.5)), self.dim), np.float32)
@@ -328,6 +372,8 @@ class SklearnBackend(VectorBackend):
         dead = dead[dead >= 0]
         if not dead.size:
             return
+        if self._unread is not None:  # rows move: read the vectors before the ids change
+            self._read_vectors()
         keep_n = self._n - dead.size
         self._rewrite = True
         holes = dead[dead < keep_n]
@@ -428,19 +474,30 @@ class SklearnBackend(VectorBackend):
         start = self._saved if append else 0
         target = self._part_path(self._parts + 1) if append else self.path
         try:
-            _write_parquet(tmp, self._ids[start : self._n], self._X[start : self._n], meta)
+            _write_parquet(tmp, self._ids[start : self._n], self._rows(start), meta)
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         if append:
             self._parts += 1
+            if self._unread is not None:  # the part now holds the rows kept aside
+                self._unread = ([*self._unread[0], target], self._n, [])
         else:
             self._generation, self._parts, self._rewrite = generation, 0, False
             for old in self._all_parts():  # parts of earlier generations: superseded
                 old.unlink(missing_ok=True)
         self._saved = self._n
         self._dirty = False
+
+    def _rows(self, start: int) -> np.ndarray:
+        """The vectors of rows ``[start, _n)``; rows added since the files were opened come
+        from memory without reading the files."""
+        if self._unread is not None and start >= self._unread[1]:
+            added = self._unread[2]
+            rows = np.concatenate(added) if added else np.empty((0, self.dim), np.float32)
+            return rows[start - self._unread[1] :]
+        return self._X[start : self._n]
 
     def _part_path(self, i: int) -> Path:
         return self.root / f"{self.collection}.{self._generation}.{i}.parquet"
