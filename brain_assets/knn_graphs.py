@@ -128,12 +128,13 @@ def refresh_graph(
         X_old = emb.vectors[: len(at)]
     else:
         X_old = emb.vectors[np.maximum(at, 0)]
+    at_add = pos.get_indexer(change.added)
+    if at_add.size and np.array_equal(at_add, np.arange(len(at), len(emb.ids))):
+        X_add = emb.vectors[len(at) :]  # right after the old rows: update_knn_graph joins them
+    else:
+        X_add = emb.vectors[at_add]
     graph, _ = update_knn_graph(
-        change.graph,
-        X_old,
-        remove_ids=change.removed,
-        add_ids=change.added,
-        X_add=emb.vectors[pos.get_indexer(change.added)],
+        change.graph, X_old, remove_ids=change.removed, add_ids=change.added, X_add=X_add
     )
     return graph
 

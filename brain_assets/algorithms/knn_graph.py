@@ -318,7 +318,7 @@ def update_knn_graph(
 
     ids_new = [old_ids[i] for i in kept] + add_ids
     X_kept = X if kept.size == len(X) else X[kept]  # nothing dropped: no gather
-    X_new = np.concatenate([X_kept, X_add]) if add_ids else X[kept]
+    X_new = _stacked(X_kept, X_add) if add_ids else X_kept
     n_kept, n_new = kept.size, len(ids_new)
     w = _width(k, n_new)
     if w == 0:
@@ -352,6 +352,23 @@ def update_knn_graph(
         nbr[query], dist[query] = _nearest(X_new, query, w, metric, norms)
     graph_new = KnnGraph(ids=ids_new, neighbors=nbr, distances=dist, metric=metric, k=k)
     return graph_new, X_new
+
+
+def _stacked(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """The rows of ``A`` then ``B``: a view when ``B``'s rows follow ``A``'s in one array
+    (a key's vectors read in order, the added ones last), else a new array."""
+    adjacent = (
+        A.base is not None
+        and A.base is B.base
+        and A.flags.c_contiguous
+        and B.flags.c_contiguous
+        and A.dtype == B.dtype
+        and A.shape[1:] == B.shape[1:]
+        and B.ctypes.data == A.ctypes.data + A.nbytes
+    )
+    if not adjacent:
+        return np.concatenate([A, B])
+    return np.lib.stride_tricks.as_strided(A, (len(A) + len(B), *A.shape[1:]), writeable=False)
 
 
 def _start(
