@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dagster_brain.algorithms.knn import Metric, check_vectors, normalize_rows
+from dagster_brain.algorithms.knn import Metric, best_candidates, check_vectors, normalize_rows
 from dagster_brain.algorithms.knn_graph import (
     KnnGraph,
     _check_params,
@@ -214,12 +214,7 @@ def _reranked(
         pr, pc = np.nonzero(ok)
         d = np.full(c.shape, np.inf, dtype=np.float32)
         d[pr, pc] = _pair_distances(X, rows[sl][pr], c[pr, pc], metric)  # type: ignore[arg-type]
-        key = np.where(ok, c, np.iinfo(np.int64).max)
-        order = np.lexsort((key, d), axis=-1)[:, :w]
-        nbr[sl] = np.where(
-            np.isfinite(np.take_along_axis(d, order, 1)), np.take_along_axis(c, order, 1), -1
-        )
-        dist[sl] = np.take_along_axis(d, order, 1)
+        nbr[sl], dist[sl] = best_candidates(d, c, w)
     return nbr, dist
 
 

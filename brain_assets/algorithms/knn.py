@@ -132,6 +132,16 @@ def _partition_rows(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(vals, order, axis=1), np.take_along_axis(part, order, axis=1)
 
 
+def best_candidates(values: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` candidates (``cand``, -1: none) with the lowest ``values`` (inf for
+    the missing ones), ties by the lower candidate: (candidates, values), with -1 and inf
+    where a row has fewer than ``k``."""
+    key = np.where(cand >= 0, cand, np.iinfo(np.int64).max)
+    order = np.lexsort((key, values), axis=-1)[:, :k]
+    best = np.take_along_axis(values, order, 1)
+    return np.where(np.isfinite(best), np.take_along_axis(cand, order, 1), -1), best
+
+
 def select_top_k_rows(
     S: np.ndarray, M: np.ndarray, k: int, out_s: np.ndarray, out_i: np.ndarray
 ) -> None:

@@ -21,6 +21,7 @@ from pydantic import Field
 from dagster_brain.algorithms.knn import (
     DEFAULT_BLOCK_BYTES,
     METRICS,
+    best_candidates,
     check_vectors,
     normalize_rows,
     top_k_scores,
@@ -722,10 +723,9 @@ class SklearnBackend(VectorBackend):
             bias = self._bias(Xc)
             if bias is not None:
                 s += bias.reshape(c.shape)
-            s = np.where(ok, s, -np.inf).astype(np.float32)
-            order = np.lexsort((np.where(ok, c, np.iinfo(np.int64).max), -s), axis=-1)[:, :k]
-            out_s[sl] = np.take_along_axis(s, order, 1)
-            out_i[sl] = np.where(np.isfinite(out_s[sl]), np.take_along_axis(c, order, 1), -1)
+            lowest = np.where(ok, -s, np.inf).astype(np.float32)  # best score first
+            out_i[sl], best = best_candidates(lowest, c, k)
+            out_s[sl] = -best
         return out_s, out_i
 
     def _ann_search(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
