@@ -40,6 +40,16 @@ _PINS: dict[Path, list] = {}
 _PINS_LOCK = threading.Lock()
 
 
+def _forget_pins_in_child() -> None:
+    """A forked child does not hold its parent's file locks: it opens the file itself."""
+    global _PINS_LOCK
+    _PINS.clear()
+    _PINS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pins_in_child)
+
+
 class StoreDamaged(StoreError):
     """``brain.duckdb`` cannot be read: truncated, overwritten or with corrupted blocks."""
 
