@@ -462,7 +462,12 @@ class HardnessSpec(BrainRunSpec):
 
 
 class VisualizationSpec(BrainRunSpec):
-    """``compute_visualization``: 2-D/3-D points of an embeddings key (or a similarity index)."""
+    """``compute_visualization``: 2-D/3-D points of an embeddings key (or a similarity index).
+
+    A refresh with the same map settings keeps the points of unchanged rows and places new or
+    changed rows with the stored reducer, until the rows placed since the last full fit exceed
+    ``refit_share`` of the points; ``refit`` forces a full fit (e.g. from a weekly schedule).
+    """
 
     kind: Literal["visualization"]
     embeddings: str | None = Field(default=None, pattern=NAME)
@@ -474,6 +479,11 @@ class VisualizationSpec(BrainRunSpec):
     max_fit: int = Field(default=20_000, ge=10)
     points_path: str | None = None  # manual: a table with id + point columns
     label_field: str | None = Field(default=None, pattern=NAME)  # colours the plots
+    refit_share: float = Field(default=0.2, ge=0.0, le=1.0)
+    """Refit the whole map once the rows placed into it since its last full fit exceed this
+    share of its points. 0.2 is a round starting value: it was not tuned on any data."""
+    refit: bool = False
+    """Fit the whole map afresh on this run, whatever changed."""
 
     @model_validator(mode="after")
     def _one_source(self) -> VisualizationSpec:

@@ -273,6 +273,8 @@ def test_run_configs_match_the_launch_time_fields():
         "method": ("umap", "tsne", "pca"),
         "num_dims": int,
         "seed": int,
+        "refit": bool,
+        "refit_share": float,
     }
     uniqueness = run_config_class(METHODS["uniqueness"])
     assert uniqueness(k=100).k == 100 and uniqueness().k is None

@@ -6,6 +6,9 @@ every row is then placed: UMAP and PCA ``transform`` the rest; t-SNE has no tran
 remaining row goes to the mean of its ``place_k`` nearest fitted rows' points (nearest in the
 input space). Fitted rows keep their fitted coordinates.
 
+``Reduction.model`` is the fitted reducer (UMAP, PCA, or a :class:`TsneMap`): ``place`` puts
+rows that arrive later into the same map, the way rows beyond ``max_fit`` were placed.
+
 ``scatter_png`` draws a static plot (matplotlib Agg, no pyplot state); ``scatter_html`` writes a
 self-contained page (inline canvas + JS, no network) with hover and lasso selection.
 """
@@ -48,10 +51,50 @@ class Reduction:
     timings: dict[str, float]  # fit_s, transform_s, total_s (seconds)
     fit_size: int  # rows the reducer was fitted on (n when no subsampling)
     params: dict[str, Any] = field(default_factory=dict)
+    # what ``place`` needs to map more rows (None for manual points)
+    model: Any = field(default=None, repr=False, compare=False)
 
     @property
     def num_dims(self) -> int:
         return int(self.points.shape[1])
+
+
+@dataclass(frozen=True)
+class TsneMap:
+    """A fitted t-SNE map, which has no transform of its own: the fitted rows (after the
+    optional PCA) with their points; a new row goes to the mean point of its ``place_k``
+    nearest fitted rows."""
+
+    pca: Any  # fitted sklearn PCA applied before t-SNE, or None
+    fitted: np.ndarray  # (fit_n, d') the fitted rows in the space neighbours are found in
+    points: np.ndarray  # (fit_n, num_dims) float32 their t-SNE points
+    place_k: int = TSNE_PLACE_K
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Points of the rows of ``X``: mean point of their nearest fitted rows."""
+        from sklearn.neighbors import NearestNeighbors
+
+        Z = self.pca.transform(X) if self.pca is not None else X
+        k = min(self.place_k, self.fitted.shape[0])
+        _, nbr = NearestNeighbors(n_neighbors=k).fit(self.fitted).kneighbors(Z)
+        return self.points[nbr].mean(axis=1)
+
+
+def place(model: Any, vectors: np.ndarray, ids: Sequence[str]) -> np.ndarray:
+    """Points of rows that were not fitted, from a fitted reducer (``Reduction.model``):
+    (n, num_dims) float32 aligned with ``ids``; errors name the sample."""
+    ids = [str(i) for i in ids]
+    if model is None:
+        raise ValueError("visualization: no fitted reducer to place rows with")
+    X = check_vectors(vectors, ids)
+    if X.shape[0] == 0:
+        dims = int(getattr(model, "n_components", 0) or model.points.shape[1])
+        return np.zeros((0, dims), dtype=np.float32)
+    out = np.ascontiguousarray(model.transform(X), dtype=np.float32)
+    bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+    if bad.size:
+        raise ValueError(f"visualization: placing gave a non-finite point for {ids[bad[0]]!r}")
+    return out
 
 
 def min_samples(method: str, **kwargs: Any) -> int:
@@ -132,13 +175,13 @@ def reduce(
     # to stdout): progress says when the fit and the placing of the other rows are done.
     desc = f"{method} to {num_dims}-d of {n:,} x {X.shape[1]} vectors (fit on {fit_n:,})"
     with progress(desc, n, "rows") as bar:
-        out, timings, params = reducer(X, fit_idx, num_dims, seed, dict(kwargs), bar)
+        out, timings, params, model = reducer(X, fit_idx, num_dims, seed, dict(kwargs), bar)
     out = np.ascontiguousarray(out, dtype=np.float32)
     bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
     if bad.size:
         raise ValueError(f"visualization: {method} gave a non-finite point for {ids[bad[0]]!r}")
     timings["total_s"] = time.perf_counter() - start
-    return Reduction(out, ids, method, timings, int(fit_n), params)
+    return Reduction(out, ids, method, timings, int(fit_n), params, model)
 
 
 def _min_hint(method: str) -> str:
@@ -200,7 +243,7 @@ def _umap(X, fit_idx, num_dims, seed, kwargs, bar):
         out[rest] = model.transform(X[rest])
         bar.update(rest.size)
     t2 = time.perf_counter()
-    return out, {"fit_s": t1 - t0, "transform_s": t2 - t1}, params
+    return out, {"fit_s": t1 - t0, "transform_s": t2 - t1}, params, model
 
 
 def _pca(X, fit_idx, num_dims, seed, kwargs, bar):
@@ -215,35 +258,35 @@ def _pca(X, fit_idx, num_dims, seed, kwargs, bar):
     bar.update(X.shape[0] - fit_idx.size)
     t2 = time.perf_counter()
     params = {**kwargs, "explained_variance_ratio": model.explained_variance_ratio_.tolist()}
-    return out, {"fit_s": t1 - t0, "transform_s": t2 - t1}, params
+    return out, {"fit_s": t1 - t0, "transform_s": t2 - t1}, params, model
 
 
 def _tsne(X, fit_idx, num_dims, seed, kwargs, bar):
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
-    from sklearn.neighbors import NearestNeighbors
 
     pca_dims = kwargs.pop("pca_dims", TSNE_PCA_DIMS)
     place_k = int(kwargs.pop("place_k", TSNE_PLACE_K))
     params = {"perplexity": TSNE_PERPLEXITY, "init": "pca", "learning_rate": "auto", **kwargs}
     t0 = time.perf_counter()
+    pca = None
     Z = X
     if pca_dims and X.shape[1] > pca_dims:
-        Z = PCA(n_components=pca_dims, random_state=seed).fit(X[fit_idx]).transform(X)
+        pca = PCA(n_components=pca_dims, random_state=seed).fit(X[fit_idx])
+        Z = pca.transform(X)
     model = TSNE(n_components=num_dims, random_state=seed, **params)
     out = np.empty((X.shape[0], num_dims), dtype=np.float32)
     out[fit_idx] = model.fit_transform(Z[fit_idx])
     bar.update(fit_idx.size)
     t1 = time.perf_counter()
+    fitted = TsneMap(pca, np.ascontiguousarray(Z[fit_idx]), out[fit_idx].copy(), place_k)
     rest = _rest(X.shape[0], fit_idx)
     if rest.size:  # t-SNE has no transform: mean of the nearest fitted rows' points
-        nn = NearestNeighbors(n_neighbors=min(place_k, fit_idx.size)).fit(Z[fit_idx])
-        _, nbr = nn.kneighbors(Z[rest])
-        out[rest] = out[fit_idx][nbr].mean(axis=1)
+        out[rest] = fitted.transform(X[rest])
         bar.update(rest.size)
     t2 = time.perf_counter()
     params.update(pca_dims=pca_dims, place_k=place_k)
-    return out, {"fit_s": t1 - t0, "transform_s": t2 - t1}, params
+    return out, {"fit_s": t1 - t0, "transform_s": t2 - t1}, params, fitted
 
 
 def _rest(n: int, fit_idx: np.ndarray) -> np.ndarray:

@@ -37,8 +37,13 @@ def _metadata(outcome: RunOutcome) -> dict[str, Any]:
         "interactive_plot_url": dg.MetadataValue.url(s["viewer_url"]),
         "png_path": dg.MetadataValue.path(str(s["png_path"])),
         "fit_size": int(s["fit_size"]),
+        "incremental": bool(s.get("incremental", False)),
         "timings_s": dg.MetadataValue.json({k: round(v, 3) for k, v in s["timings"].items()}),
     }
+    if s.get("update"):
+        meta["map_update"] = dg.MetadataValue.json(s["update"])
+    elif s.get("refit_reason"):
+        meta["full_fit_reason"] = str(s["refit_reason"])
     if s["trustworthiness_at_10"] is not None:
         meta["trustworthiness_at_10"] = float(s["trustworthiness_at_10"])
     return meta
@@ -56,6 +61,14 @@ METHOD = BrainMethod(
         RunField("method", str, "umap, tsne or pca", choices=("umap", "tsne", "pca")),
         RunField("num_dims", int, "", ge=2, le=3),
         RunField("seed", int),
+        RunField("refit", bool, "fit the whole map afresh instead of placing new rows"),
+        RunField(
+            "refit_share",
+            float,
+            "refit once rows placed since the last full fit exceed this share",
+            ge=0,
+            le=1,
+        ),
     ),
     asset_kinds=lambda spec: {"umap", "duckdb"},
     asset_metadata=_metadata,
