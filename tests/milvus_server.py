@@ -72,9 +72,17 @@ def running_milvus_server(data_dir: Path, attempts: int = 3) -> Iterator[str]:
         subprocess.run(["bash", str(SCRIPT), "stop", str(data_dir)], check=True, timeout=60)
 
 
+@contextmanager
+def milvus_server(data_dir: Path) -> Iterator[str]:
+    """Install the server if needed, start it with its data in ``data_dir``; yield its URI;
+    stop it (benchmarks use this too)."""
+    install_milvus_server()
+    with running_milvus_server(data_dir) as uri:
+        yield uri
+
+
 @pytest.fixture(scope="session")
 def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URI of a Milvus 2.3.5 standalone server running for this test session."""
-    install_milvus_server()
-    with running_milvus_server(tmp_path_factory.mktemp("milvus_server")) as uri:
+    with milvus_server(tmp_path_factory.mktemp("milvus_server")) as uri:
         yield uri

@@ -150,3 +150,19 @@ def test_dimension_mismatch_names_table(tmp_path):
         backend.close()
     with pytest.raises(ValueError, match="table 'dims' holds 4-d vectors, not 8-d"):
         LanceDBBackend("dims", 8, "cosine", tmp_path)
+
+
+def test_deep_queries_through_the_index_keep_recall(tmp_path):
+    # streamed duplicates ask up to 257 neighbours: ef follows k (at least 2 * k)
+    X = clustered(3000, 32)
+    ids = [f"s{i}" for i in range(3000)]
+    backend = LanceDBBackend("deep", 32, "cosine", tmp_path, build_index=True, ef=16)
+    try:
+        backend.upsert(ids, X)
+        assert not backend.exact
+        Q = X[::150]
+        want, _ = brute_force(ids, X, Q, 200, "cosine")
+        got, _ = backend.query(Q, 200)
+        assert recall_at_k(got, want) >= 0.95
+    finally:
+        backend.close()

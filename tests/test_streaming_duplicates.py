@@ -1,5 +1,6 @@
-"""Duplicates and unique subsets read page by page from milvus-lite and LanceDB on disk: the
-same answers as the in-memory path on planted data, bounded memory, refused options."""
+"""Duplicates and unique subsets read page by page from milvus-lite and LanceDB on disk (and
+through their approximate indexes, and HNSW on a Milvus server): the same answers as the
+in-memory path on planted data, bounded memory, refused options."""
 
 from __future__ import annotations
 
@@ -43,10 +44,10 @@ def planted(n=400, dim=16, seed=0):
     return X, ids, src
 
 
-def make_backend(kind, tmp_path, metric, dim):
+def make_backend(kind, tmp_path, metric, dim, **opts):
     if kind == "milvus":
-        return MilvusBackend("dups", dim, metric, tmp_path)
-    return LanceDBBackend("dups", dim, metric, tmp_path)
+        return MilvusBackend("dups", dim, metric, tmp_path, **opts)
+    return LanceDBBackend("dups", dim, metric, tmp_path, **opts)
 
 
 def same_result(got, want):
@@ -102,6 +103,55 @@ def test_streamed_duplicates_equal_in_memory_on_planted_pairs_and_triples(tmp_pa
         got_v = stream_duplicates(VectorSource(backend, view, batch=50), thresh, metric)
         same_result(got_v, find_duplicates(X[rows], view, thresh=thresh, metric=metric))
     finally:
+        backend.close()
+
+
+def planted_clusters(n=3000, dim=32, seed=0):
+    """Embedding-like rows (30 clusters); the last 60 are near-copies of earlier rows and
+    5 of those sources have a second, exact copy: the known pairs."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(30, dim)) * 3
+    X = (centres[rng.integers(0, 30, n)] + rng.normal(size=(n, dim))).astype(np.float32)
+    src = rng.choice(n - 65, 60, replace=False)
+    X[n - 65 : n - 5] = X[src] + 0.01 * rng.normal(size=(60, dim))
+    X[n - 5 :] = X[src[:5]]
+    ids = [f"s{i:04d}" for i in range(n)]
+    pairs = {tuple(sorted((ids[s], ids[n - 65 + j]))) for j, s in enumerate(src)}
+    pairs |= {tuple(sorted((ids[s], ids[n - 5 + j]))) for j, s in enumerate(src[:5])}
+    pairs |= {tuple(sorted((ids[n - 65 + j], ids[n - 5 + j]))) for j in range(5)}
+    return X, ids, pairs
+
+
+def streams_through_ann(backend, n: int = 3000) -> None:
+    """Streamed duplicates through ``backend``'s approximate index: the known pairs, and the
+    in-memory result."""
+    X, ids, known = planted_clusters(n)
+    backend.upsert(ids, X)
+    assert not backend.exact  # past its (small) threshold: the approximate index answers
+    got = stream_duplicates(VectorSource(backend, ids, batch=500), 0.002, "cosine")
+    same_result(got, find_duplicates(X, ids, thresh=0.002, metric="cosine"))
+    found = {tuple(p) for p in zip(got.all_pairs["id_a"], got.all_pairs["id_b"], strict=True)}
+    assert found == known
+
+
+@pytest.mark.parametrize("kind", ["milvus", "lancedb"])
+def test_streamed_duplicates_through_an_ann_index_find_the_planted_pairs(tmp_path, kind):
+    backend = make_backend(kind, tmp_path, "cosine", 32, index_threshold=1000)
+    try:
+        streams_through_ann(backend)
+    finally:
+        backend.close()
+
+
+def test_streamed_duplicates_through_hnsw_on_a_milvus_server(milvus_uri, tmp_path):
+    backend = MilvusBackend(
+        "dups_ann", 32, "cosine", tmp_path, uri=milvus_uri, index_threshold=1000, index_type="HNSW"
+    )
+    try:
+        streams_through_ann(backend, n=1500)
+        assert backend.describe()["index_type"] == "HNSW"
+    finally:
+        backend.drop()
         backend.close()
 
 

@@ -12,7 +12,9 @@ reach recall@10 0.97 and took 90 s to build; HNSW over 8-bit scalar-quantised ve
 in 31 s and, with ``ef=128`` and ``refine_factor=2``, had recall@10 1.0. ``refine_factor``
 re-ranks ``refine_factor * k`` candidates on the full vectors, so returned distances are
 exact; the defaults (``ef=128``, ``refine_factor=4``, ``nprobes=4`` of partitions of ~1M rows)
-keep recall >= 0.95 (see tests/test_backend_lancedb.py).
+keep recall >= 0.95 (see tests/test_backend_lancedb.py). The index is asked for
+``k * refine_factor`` rows and refuses an ``ef`` below that, so a query searches with ``ef`` at
+least ``2 * k * refine_factor`` (streamed duplicates ask up to 257 neighbours).
 """
 
 from __future__ import annotations
@@ -303,7 +305,8 @@ class LanceDBBackend(VectorBackend):
                 else:
                     # at least nprobes partitions; more only when a narrow view leaves < k rows
                     search = search.minimum_nprobes(self.nprobes).maximum_nprobes(0)
-                    search = search.ef(self.ef)
+                    # the index is asked k * refine_factor rows, and refuses ef below that
+                    search = search.ef(max(self.ef, 2 * k * max(self.refine_factor, 1)))
                     if self.refine_factor > 0:
                         search = search.refine_factor(self.refine_factor)
                 res = search.to_arrow()
