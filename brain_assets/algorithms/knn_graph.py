@@ -484,7 +484,13 @@ def _scan_added(
         floor = -(kth**2 + 2.0 * rel * (q**2 + a_max**2))
     floor = np.nextafter(floor.astype(np.float32), np.float32(-np.inf))  # round down
     floor[np.isinf(kth)] = np.inf
-    A = _prepare(X_new[n_kept:], metric)
+    # unit rows for cosine from the norms already at hand (no second norm per block)
+    scale = np.where(norms > 0, norms, 1.0).astype(np.float32)[:, None]
+
+    def rows(c0: int, c1: int) -> np.ndarray:
+        return X_new[c0:c1] / scale[c0:c1] if metric == "cosine" else X_new[c0:c1]
+
+    A = rows(n_kept, n_new)
     a_sq = np.square(norms[n_kept:]).astype(np.float32)[:, None]
     best_s = np.full((n_add, m), -np.inf, dtype=np.float32)
     best_i = np.zeros((n_add, m), dtype=np.int64)
@@ -497,7 +503,7 @@ def _scan_added(
     for c0 in track(blocks, desc, unit="blocks"):
         c1 = min(c0 + cols, n_new)
         Sb = S[:, : c1 - c0]
-        np.matmul(A, _prepare(X_new[c0:c1], metric).T, out=Sb)
+        np.matmul(A, rows(c0, c1).T, out=Sb)
         if metric == "euclidean":  # -|a - x|^2, symmetric in both rows
             Sb *= 2.0
             Sb -= a_sq
