@@ -74,6 +74,7 @@ def test_replacing_or_dropping_rows_rewrites_the_copy_and_removes_its_parts(stor
     np.testing.assert_array_equal(_copy_rows(path)["s003"], new[0])
     _add(store, ["u000"], 2)  # the next generation's first part
     assert [f.name for f in copy_files(path)] == ["e.parquet", "1-1.parquet"]
+    assert check_copies(store, "ds") == []  # a stamped base file and its part read as one
     store.update_embeddings("ds", "e", [], np.zeros((0, DIM), np.float32), drop_samples=["t000"])
     assert copy_files(path) == [path]
     assert "t000" not in _copy_rows(path)
