@@ -177,3 +177,22 @@ def test_unreachable_backend_names_it_and_keeps_the_previous_index(
         assert again.sort_by_similarity("s012", k=1).sample_ids == ["s012"]
     finally:
         again.close()
+
+
+def test_text_settings_reach_the_adapters_as_their_types():
+    """An environment variable gives "false" or "100000": the adapter gets False and 100000
+    (bool("false") would be true); a value that is not one names the parameter."""
+    from dagster_brain.similarity.backends.exact import SklearnBackend
+    from dagster_brain.similarity.backends.milvus_backend import MilvusBackend
+    from dagster_brain.similarity.index import _typed_settings
+
+    got = _typed_settings(
+        MilvusBackend, {"exact_search": "false", "index_threshold": "500", "uri": "x", "nlist": 8}
+    )
+    assert got == {"exact_search": False, "index_threshold": 500, "uri": "x", "nlist": 8}
+    got = _typed_settings(
+        SklearnBackend, {"approximate": "true", "approx_threshold": "1000", "min_recall": "0.9"}
+    )
+    assert got == {"approximate": True, "approx_threshold": 1000, "min_recall": 0.9}
+    with pytest.raises(ValueError, match="nprobe='many' is not a valid int"):
+        _typed_settings(MilvusBackend, {"nprobe": "many"})

@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import typing
 import uuid
 import warnings
 from collections import OrderedDict
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pydantic
 
 from dagster_brain.algorithms.knn import check_vectors, pairwise_distances
 from dagster_brain.display import PngBytes
@@ -96,6 +98,7 @@ def open_backend(
         for k, v in settings.items()
         if v is not None and k != "metric" and (accepted is None or k in accepted)
     }
+    settings = _typed_settings(cls, settings)
     root = index_root(store, dataset)
     root.mkdir(parents=True, exist_ok=True)
     key = (config.backend, str(root), config.collection)
@@ -169,6 +172,34 @@ HANDLES = BackendHandles()  # this process's open clients (one client per embedd
 def release_backend(backend: VectorBackend) -> None:
     """Give back a handle from :func:`open_backend`; the last one closes the client."""
     HANDLES.release(backend)
+
+
+_SCALARS = (bool, int, float)
+
+
+def _typed_settings(cls: type[VectorBackend], settings: dict[str, Any]) -> dict[str, Any]:
+    """Text values of an adapter's bool, int or float keywords as those types (an environment
+    variable gives ``"false"`` or ``"100000"``, which Python would take as true or compare as
+    text); an error names the parameter."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation this module cannot resolve: leave the values
+        return settings
+    out = dict(settings)
+    for name, value in settings.items():
+        kinds = [
+            t for t in (typing.get_args(hints.get(name)) or (hints.get(name),)) if t in _SCALARS
+        ]
+        if not isinstance(value, str) or not kinds:
+            continue
+        try:
+            out[name] = pydantic.TypeAdapter(kinds[0]).validate_python(value)
+        except pydantic.ValidationError as err:
+            raise ValueError(
+                f"{cls.__name__}: parameter {name}={value!r} is not a valid {kinds[0].__name__} "
+                f"({err.errors()[0]['msg']})"
+            ) from None
+    return out
 
 
 def _accepted_params(cls: type[VectorBackend]) -> set[str] | None:
