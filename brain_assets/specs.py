@@ -52,9 +52,14 @@ class _Spec(BaseModel):
                 raise ValueError(f"field {name!r}: expected a number, got {value!r}")
         return data
 
+    # fields that say how a run is carried out, not what it computes: left out of the hash
+    unhashed: ClassVar[frozenset[str]] = frozenset()
+
     def spec_hash(self) -> str:
-        """Short hash of every field (part of the asset's code version)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Short hash of every field but ``unhashed`` (part of the asset's code version)."""
+        blob = json.dumps(
+            self.model_dump(mode="json", exclude=set(self.unhashed)), sort_keys=True
+        ).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 
 

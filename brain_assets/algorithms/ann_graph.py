@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -107,26 +107,70 @@ def ann_knn_graph(
 ) -> tuple[KnnGraph, AnnStats]:
     """Approximate kNN graph of the rows of ``X`` (cosine or euclidean), its recall@k measured
     on ``sample`` rows."""
-    import faiss
-
     started = time.perf_counter()
     ids = _unique_ids(ids, "embeddings")
     X = check_vectors(X, ids)
+    if _width(k, len(X)) == 0:
+        _check_params(k, metric)
+        return _empty(ids, metric, k), AnnStats(1, 1, 1.0, 0, 0.0)
+    plan, index = plan_ann(
+        X, k, metric, target_recall=target_recall, sample=sample, seed=seed, nlist=nlist
+    )
+    n = len(X)
+    nbr = np.empty((n, plan.width), dtype=_index_dtype(n))  # -1 (not found) fits too
+    dist = np.empty((n, plan.width), dtype=np.float32)
+    desc = (
+        f"kNN graph (IVF-SQ8, nprobe {plan.nprobe}/{plan.nlist}): {plan.width} {metric} "
+        f"neighbours of {n:,} rows"
+    )
+    with progress(desc, n, "rows") as bar:
+        for start in range(0, n, _CHUNK):
+            rows = slice(start, min(start + _CHUNK, n))
+            nbr[rows], dist[rows] = ann_lists(X, index, plan, rows)
+            bar.update(rows.stop - rows.start)
+    index.reset()  # frees the index's codes before the exact searches in finish_ann
+    return finish_ann(X, ids, nbr, dist, plan, started)
+
+
+@dataclass(frozen=True, eq=False)
+class AnnPlan:
+    """A trained, filled IVF index's search settings and its recall sample: what each part
+    of an approximate graph build needs besides the vectors and the index."""
+
+    k: int
+    width: int  # neighbours per row, min(k, n - 1)
+    metric: Metric
+    nlist: int
+    nprobe: int
+    candidates: int  # per row, re-ranked down to width
+    sample_rows: np.ndarray  # rows whose true lists were computed exactly
+    truth: np.ndarray  # (sample, width) their true neighbours
+    seconds: float  # training, filling and calibration
+
+
+def plan_ann(
+    X: np.ndarray,
+    k: int,
+    metric: Metric = "cosine",
+    *,
+    target_recall: float = TARGET_RECALL,
+    sample: int = RECALL_SAMPLE,
+    seed: int = 0,
+    nlist: int | None = None,
+):
+    """An IVF-SQ8 index holding every row of ``X``, with ``nprobe`` calibrated to
+    ``target_recall`` on ``sample`` rows. Returns (plan, faiss index)."""
+    import faiss
+
+    started = time.perf_counter()
     _check_params(k, metric)
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"approximate knn graph: metric {metric!r} is not cosine or euclidean")
     n, dim = X.shape
     w = _width(k, n)
-    if w == 0:
-        return _empty(ids, metric, k), AnnStats(1, 1, 1.0, 0, 0.0)
     nlist = int(nlist or round(4 * np.sqrt(n)))
     nlist = max(1, min(nlist, n // _TRAIN_PER_LIST))
     rng = np.random.default_rng(seed)
-
-    def prep(rows: np.ndarray | slice) -> np.ndarray:
-        part = X[rows]
-        return normalize_rows(part) if metric == "cosine" else part
-
     if metric == "cosine":
         quantizer, kind = faiss.IndexFlatIP(dim), faiss.METRIC_INNER_PRODUCT
     else:
@@ -140,18 +184,16 @@ def ann_knn_graph(
     train = np.sort(rng.choice(n, size=min(n, _TRAIN_PER_LIST * nlist), replace=False))
     rows = np.sort(rng.choice(n, size=min(n, sample), replace=False))
     truth, _ = _nearest(X, rows, w, metric)  # before the index holds its copy of the vectors
-    Q = prep(rows)
-    index.train(np.ascontiguousarray(prep(train)))
+    index.train(np.ascontiguousarray(_prepared(X, train, metric)))
     for start in range(0, n, _CHUNK):
-        index.add(np.ascontiguousarray(prep(slice(start, start + _CHUNK))))
-
-    c = min(n - 1, w + _margin(w))  # candidates per row, re-ranked down to w
-
-    def lists(r: np.ndarray, q: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
-        return _reranked(X, r, _search(index, q, r, c, p), w, metric)
+        index.add(np.ascontiguousarray(_prepared(X, slice(start, start + _CHUNK), metric)))
+    c = min(n - 1, w + _margin(w))
+    plan = AnnPlan(k, w, metric, nlist, 1, c, rows, truth, 0.0)
+    Q = _prepared(X, rows, metric)
 
     def reaches(p: int) -> bool:
-        return _recall(lists(rows, Q, p)[0], truth) >= target_recall
+        got = _reranked(X, rows, _search(index, Q, rows, c, p), w, metric)[0]
+        return _recall(got, truth) >= target_recall
 
     low, nprobe = 0, 1  # low: largest nprobe known to miss the target
     while nprobe < nlist and not reaches(nprobe):
@@ -159,26 +201,45 @@ def ann_knn_graph(
     while nprobe - low > max(1, nprobe // 8):  # bisect down to within 1/8
         mid = (low + nprobe) // 2
         low, nprobe = (low, mid) if reaches(mid) else (mid, nprobe)
+    seconds = time.perf_counter() - started
+    return replace(plan, nprobe=nprobe, seconds=seconds), index
 
-    nbr = np.empty((n, w), dtype=_index_dtype(n))  # -1 (not found) fits too
-    dist = np.empty((n, w), dtype=np.float32)
-    desc = f"kNN graph (IVF-SQ8, nprobe {nprobe}/{nlist}): {w} {metric} neighbours of {n:,} rows"
-    with progress(desc, n, "rows") as bar:
-        for start in range(0, n, _CHUNK):
-            r = np.arange(start, min(start + _CHUNK, n))
-            nbr[r], dist[r] = lists(r, prep(r), nprobe)
-            bar.update(r.size)
-    index.reset()  # frees the index's codes before the exact searches below
+
+def ann_lists(X: np.ndarray, index, plan: AnnPlan, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+    """The neighbour lists of the rows ``rows`` of ``X`` from a planned index (-1 where the
+    probed lists held too few; :func:`finish_ann` searches those exactly)."""
+    r = np.arange(rows.start, rows.stop)
+    cand = _search(index, _prepared(X, rows, plan.metric), r, plan.candidates, plan.nprobe)
+    return _reranked(X, r, cand, plan.width, plan.metric)
+
+
+def finish_ann(
+    X: np.ndarray,
+    ids: list[str],
+    nbr: np.ndarray,
+    dist: np.ndarray,
+    plan: AnnPlan,
+    started: float,
+) -> tuple[KnnGraph, AnnStats]:
+    """The graph from every row's lists (rows short of neighbours searched exactly), its
+    recall on the plan's sample."""
     short = np.flatnonzero((nbr < 0).any(axis=1))
     if short.size:  # the probed lists held fewer than w other items: search those exactly
-        nbr[short], dist[short] = _nearest(X, short, w, metric)
-    recall = _recall(nbr[rows], truth)
+        nbr[short], dist[short] = _nearest(X, short, plan.width, plan.metric)
+    recall = _recall(nbr[plan.sample_rows], plan.truth)
     graph = KnnGraph(
-        ids=ids, neighbors=nbr, distances=dist, metric=metric, k=k, exact=False,
+        ids=ids, neighbors=nbr, distances=dist, metric=plan.metric, k=plan.k, exact=False,
         recall_at_k=round(recall, 4),
     )  # fmt: skip
-    stats = AnnStats(nlist, nprobe, recall, rows.size, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    stats = AnnStats(plan.nlist, plan.nprobe, recall, plan.sample_rows.size, seconds)
     return graph, stats
+
+
+def _prepared(X: np.ndarray, rows: np.ndarray | slice, metric: Metric) -> np.ndarray:
+    """Rows as the index holds them: unit length for cosine."""
+    part = X[rows]
+    return normalize_rows(part) if metric == "cosine" else part
 
 
 def _search(index, Q: np.ndarray, rows: np.ndarray, w: int, nprobe: int) -> np.ndarray:

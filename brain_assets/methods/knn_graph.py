@@ -20,7 +20,7 @@ import time
 import tracemalloc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,7 @@ from dagster_brain.algorithms.duplicates import FIRST_PASS_K
 from dagster_brain.embeddings import check_model
 from dagster_brain.knn_graphs import (
     GRAPH_TABLE,
+    GraphChange,
     duplicates_graph_k,
     graph_change,
     graph_table,
@@ -53,7 +54,10 @@ from dagster_brain.specs import (
     SimilaritySpec,
     UniquenessSpec,
 )
-from dagster_brain.store import Store, row_hashes
+from dagster_brain.store import EmbeddingSet, Store, row_hashes
+
+if TYPE_CHECKING:
+    from dagster_brain.graph_shards import ShardedBuild
 
 
 class KnnGraphSpec(BrainRunSpec):
@@ -62,32 +66,50 @@ class KnnGraphSpec(BrainRunSpec):
     ``k`` defaults to 16, the first pass of duplicates (uniqueness needs 3 by default); a
     reader asking for more neighbours than the graph has computes its own. ``exact``: None
     (default) builds the exact graph up to ``APPROX_THRESHOLD`` items and an approximate one
-    above; true always exact; false always approximate.
+    above; true always exact; false always approximate. ``shards`` (> 1): the asset builds
+    the graph in that many blocks of rows, one Dagster step each (with the celery executor,
+    spread over the workers; :mod:`dagster_brain.graph_shards`); the graph is the same.
     """
 
     version: ClassVar[str] = "1"
+    # how the build is split, not what it makes: no part of the code version or the config
+    unhashed: ClassVar[frozenset[str]] = frozenset({"shards"})
     kind: Literal["knn_graph"]
     embeddings: str = Field(pattern=NAME)
     model: str | None = None  # if set, the embeddings key must come from this model
     k: int = Field(default=FIRST_PASS_K, ge=1, le=256)
     metric: Literal["cosine", "euclidean"] = "cosine"
     exact: bool | None = None
+    shards: int = Field(default=1, ge=1, le=256)
 
 
-def run_knn_graph(
+@dataclass(frozen=True, eq=False)
+class GraphInputs:
+    """What a graph run reads and decides before it builds: the vectors, their row hashes,
+    exact or approximate, and the stored graph's change when it can be updated in place."""
+
+    emb: EmbeddingSet
+    hashes: np.ndarray
+    exact: bool
+    change: GraphChange | None
+
+
+def graph_config(spec: KnnGraphSpec) -> dict[str, Any]:
+    """The config a graph run records: the spec without how the build was split (``shards``
+    does not change the graph)."""
+    return spec.model_dump(mode="json", exclude=set(spec.unhashed))
+
+
+def graph_inputs(
     spec: KnnGraphSpec,
     store: Store,
     *,
-    run_id: str | None = None,
-    log: Any = _LOG,
     ids: list[str] | None = None,
-    artifacts: list[dict[str, Any]] | None = None,
     threshold: int | None = None,
-) -> RunOutcome:
-    """The kNN graph of an embeddings key (table ``knn``). An exact graph is refreshed
-    incrementally when few items changed since the previous run (the same graph as a
-    rebuild); an approximate one (``spec.exact``, or above ``threshold`` items, default
-    ``APPROX_THRESHOLD``) is rebuilt."""
+) -> GraphInputs:
+    """Read a graph run's vectors and decide how its graph is made: exact up to
+    ``threshold`` items (default ``APPROX_THRESHOLD``) unless ``spec.exact`` says otherwise,
+    updated in place when an exact graph of the same config changed little."""
     emb = store.read_embeddings(spec.dataset, spec.embeddings, ids=ids)
     check_model(spec.brain_key, emb, spec.model)
     if len(emb.ids) < 2:
@@ -106,12 +128,39 @@ def run_knn_graph(
             spec.dataset,
             spec.brain_key,
             kind=spec.kind,
-            config=spec.model_dump(mode="json"),
+            config=graph_config(spec),
             emb=emb,
             hashes=hashes,
             k=spec.k,
             metric=spec.metric,
         )
+    return GraphInputs(emb, hashes, exact, change)
+
+
+def run_knn_graph(
+    spec: KnnGraphSpec,
+    store: Store,
+    *,
+    run_id: str | None = None,
+    log: Any = _LOG,
+    ids: list[str] | None = None,
+    artifacts: list[dict[str, Any]] | None = None,
+    threshold: int | None = None,
+    sharded: ShardedBuild | None = None,
+) -> RunOutcome:
+    """The kNN graph of an embeddings key (table ``knn``). An exact graph is refreshed
+    incrementally when few items changed since the previous run (the same graph as a
+    rebuild); an approximate one (``spec.exact``, or above ``threshold`` items, default
+    ``APPROX_THRESHOLD``) is rebuilt. ``sharded``: the graph was built in parts by
+    :mod:`dagster_brain.graph_shards` (its plan decided exact or approximate); this run
+    checks the parts describe the vectors it reads and commits them."""
+    if sharded is not None:
+        emb = store.read_embeddings(spec.dataset, spec.embeddings)
+        check_model(spec.brain_key, emb, spec.model)
+        inputs = GraphInputs(emb, row_hashes(emb.ids, emb.vectors), sharded.exact, None)
+    else:
+        inputs = graph_inputs(spec, store, ids=ids, threshold=threshold)
+    emb, hashes, exact, change = inputs.emb, inputs.hashes, inputs.exact, inputs.change
     log.info(
         "%s: %s kNN graph of %d items from embeddings %r (k=%d, %s, %s)",
         spec.brain_key,
@@ -132,7 +181,9 @@ def run_knn_graph(
     base = tracemalloc.get_traced_memory()[0]
     ann = None
     try:
-        if change is None:
+        if sharded is not None:
+            graph, ann = sharded.graph(emb, hashes)
+        elif change is None:
             graph, ann = ann_graph.build_graph(
                 emb.vectors, emb.ids, spec.k, spec.metric, exact=exact
             )
@@ -167,7 +218,10 @@ def run_knn_graph(
         "peak_memory_mb": round(peak / 2**20, 1),
         "peak_rss_mb": round(rss / 2**20, 1),
         "incremental": change is not None,
+        "shards": None if sharded is None else sharded.shards,
     }
+    if sharded is not None:  # the build ran in earlier steps: from the plan to this commit
+        stats["build_seconds"] = round(sharded.seconds + seconds, 3)
     if ann is not None:
         log.info(
             "%s: approximate graph, recall@%d %.3f on %d sampled rows (nlist %d, nprobe %d)",
@@ -192,8 +246,11 @@ def run_knn_graph(
         },
         artifacts=artifacts,
         packages=(),
+        config=graph_config(spec),
     )
     store.commit_run(record, results, extra={GRAPH_TABLE: graph_table(graph, emb.ids, hashes)})
+    if sharded is not None:
+        sharded.remove()  # the parts are in the store now
     return RunOutcome(record, results, frame_version(results), stats)
 
 
@@ -212,6 +269,7 @@ def _metadata(outcome: RunOutcome) -> dict[str, Any]:
         "peak_memory_mb": s["peak_memory_mb"],
         "peak_rss": s.get("peak_rss_mb"),
         "incremental": s["incremental"],
+        "shards": s.get("shards") or 1,
     }
 
 
