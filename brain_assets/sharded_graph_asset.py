@@ -85,13 +85,15 @@ def build_sharded_graph_asset(
             )
         yield out
 
+    deps = [*(input_key(spec.dataset, item) for item in method.inputs(spec)), *extra_deps]
+    ins = {f"dep_{i}": dg.AssetIn(key=k, dagster_type=dg.Nothing) for i, k in enumerate(deps)}
     # Dagster reads the config type from the annotation, so set it before decorating
     for fn in (plan, search, commit, same_config):
         fn.__annotations__["config"] = config_cls
     ops = {
         "plan": dg.op(
             name=f"{name}__plan",
-            ins={"after": dg.In(dg.Nothing)},
+            ins={dep: dg.In(dg.Nothing) for dep in ins},  # one per upstream asset
             out=dg.DynamicOut(ShardTask),
             required_resource_keys={"store"},
             tags=tags,
@@ -104,11 +106,8 @@ def build_sharded_graph_asset(
         ),
     }
 
-    deps = [*(input_key(spec.dataset, item) for item in method.inputs(spec)), *extra_deps]
-    ins = {f"dep_{i}": dg.AssetIn(key=k, dagster_type=dg.Nothing) for i, k in enumerate(deps)}
-
     def compose(**upstream):
-        tasks = ops["plan"](after=list(upstream.values()))
+        tasks = ops["plan"](**upstream)
         return ops["commit"](tasks.map(ops["search"]).collect())
 
     compose.__signature__ = _signature(ins)  # graph_asset matches ins to parameters

@@ -39,7 +39,8 @@ from dagster_brain.store import Store
 ROOT = Path(__file__).resolve().parents[1]
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 REDIS = ("127.0.0.1", 6379)
-RUNS = ("uniqueness", "similarity", "duplicates", "mistakenness", "hardness")
+RUNS = ("uniqueness", "similarity", "duplicates", "mistakenness", "hardness", "graph")
+SHARDS = 2  # the graph's blocks of rows: one step each, spread over the workers
 
 
 def keys_yaml(path: Path, extra_runs=()) -> Path:
@@ -56,6 +57,16 @@ def keys_yaml(path: Path, extra_runs=()) -> Path:
         },
         {"brain_key": "mistakenness", "kind": "mistakenness", "pred_field": "predictions"},
         {"brain_key": "hardness", "kind": "hardness", "label_field": "predictions"},
+        # the graph uniqueness reads, approximate (the index is planned once, read by each
+        # shard's step) and built in shards
+        {
+            "brain_key": "graph",
+            "kind": "knn_graph",
+            **pixels,
+            "metric": "euclidean",
+            "exact": False,
+            "shards": SHARDS,
+        },
     ]
     keys = {
         "datasets": [{"name": "digits", "source": {"type": "demo", "name": "digits"}}],
@@ -412,7 +423,10 @@ def test_brain_graph_runs_on_postgres_and_two_celery_workers(cluster, pg_url):
     assert len(materialized) == 2 + len(RUNS) + 1
     assert {"digits__samples", "digits__embeddings__pixels"} <= succeeded
     assert "digits__brain__health_report" in succeeded
-    assert {f"digits__brain__{k}" for k in RUNS} <= succeeded
+    graph = "digits__brain__graph"
+    shards = {f"{graph}.{graph}__search[shard_{i}]" for i in range(SHARDS)}
+    assert {f"{graph}.{graph}__plan", f"{graph}.{graph}__commit", *shards} <= succeeded
+    assert {f"digits__brain__{k}" for k in RUNS if k != "graph"} <= succeeded
     assert _pg_rows(pg_url, "SELECT count(*) FROM event_logs WHERE run_id = %s", (run_id,))[0][
         0
     ] > 3 * len(succeeded)
@@ -434,11 +448,12 @@ def test_brain_graph_runs_on_postgres_and_two_celery_workers(cluster, pg_url):
         assert os.getpgid(pid) == cluster["pgids"][name], (entry.step_key, name, pid)
     for name in names:
         log = (cluster["logs"] / f"{name}.log").read_text(errors="replace")
-        in_log = set(re.findall(r'STEP_SUCCESS - Finished execution of step "(\w+)"', log))
+        in_log = set(re.findall(r'STEP_SUCCESS - Finished execution of step "([^"]+)"', log))
         assert in_log == {k for k, w in worker_of.items() if w == name}, name
 
     # The DuckDB store holds what the single-process run computed.
     got, want = Store(env["BRAIN_DATA_DIR"]), Store(reference)
+    assert got.get_run("digits", "uniqueness").upstream["knn_graph"] == "graph"
     for key in RUNS:
         assert got.get_run("digits", key).info()["run_id"] == run_id
         pd.testing.assert_frame_equal(
