@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import dagster as dg
+import local_cluster
 import pandas as pd
 import pytest
 import yaml
@@ -37,8 +35,6 @@ from dagster_brain.specs import SimilaritySpec
 from dagster_brain.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
-REDIS = ("127.0.0.1", 6379)
 RUNS = ("uniqueness", "similarity", "duplicates", "mistakenness", "hardness", "graph")
 SHARDS = 2  # the graph's blocks of rows: one step each, spread over the workers
 
@@ -210,173 +206,37 @@ def test_step_guard_refuses_embedded_store_under_celery(tmp_path, brain_config):
 # -- the real thing: PostgreSQL + Redis + two Celery workers ---------------------------------
 
 
-def _reachable() -> str | None:
-    """Why the services cannot be used (None: both answer)."""
-    try:
-        import psycopg2
-        import redis
-    except ImportError as err:
-        return f"the distributed extra is not installed ({err})"
-    try:
-        psycopg2.connect(dbname="postgres", connect_timeout=3, **PG).close()
-    except psycopg2.OperationalError as err:
-        return f"PostgreSQL on {PG['host']}:{PG['port']} is not reachable: {err}"
-    try:
-        redis.Redis(*REDIS, socket_connect_timeout=3).ping()
-    except redis.RedisError as err:
-        return f"Redis on {REDIS[0]}:{REDIS[1]} is not reachable: {err}"
-    return None
-
-
 @pytest.fixture(scope="session")
 def pg_url():
     """A fresh PostgreSQL database for this session, dropped at the end."""
-    reason = _reachable()
+    reason = local_cluster.unreachable()
     if reason:
         pytest.skip(reason)
-    import psycopg2
-
-    name = f"brain_test_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(dbname="postgres", **PG)
-    admin.autocommit = True  # CREATE / DROP DATABASE cannot run in a transaction
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with local_cluster.pg_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def redis_db():
     """An empty Redis database claimed for this session (parallel runs claim others)."""
-    reason = _reachable()
+    reason = local_cluster.unreachable()
     if reason:
         pytest.skip(reason)
-    import redis
-
-    token = f"brain_test_{uuid.uuid4().hex}"
-    count = int(redis.Redis(*REDIS).config_get("databases").get("databases", 16))
-    for db in random.sample(range(1, count), count - 1):
-        client = redis.Redis(*REDIS, db=db)
-        if client.dbsize() == 0 and client.set("brain_test_claim", token, nx=True, ex=3600):
-            try:
-                yield db
-            finally:
-                client.flushdb()  # it was empty when claimed: every key in it is ours
-            return
-    pytest.fail(f"no empty Redis database among 1..{count - 1} to claim for the Celery broker")
+    with local_cluster.redis_database() as db:
+        yield db
 
 
 @pytest.fixture
 def cluster(tmp_path, pg_url, redis_db):
     """Two Celery workers started by scripts/distributed.sh, stopped even on failure."""
-    home = tmp_path / "dagster_home"
-    tag = uuid.uuid4().hex[:8]
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "BRAIN_DISTRIBUTED_HOME": str(home),
-        "BRAIN_DAGSTER_STORAGE_DIR": str(home / "storage"),
-        "BRAIN_DATA_DIR": str(tmp_path / "data"),
-        "BRAIN_BRAIN_KEYS_PATH": str(keys_yaml(tmp_path / "keys.yaml")),
-        "BRAIN_CONFIG_PATH": str(tmp_path / "no_brain_config.json"),
-        "BRAIN_PG_URL": pg_url,
-        "BRAIN_CELERY_BROKER": f"redis://{REDIS[0]}:{REDIS[1]}/{redis_db}",
-        "BRAIN_CELERY_BACKEND": f"redis://{REDIS[0]}:{REDIS[1]}/{redis_db}",
-        "BRAIN_CELERY_QUEUE": f"brain_test_{tag}",
-        "BRAIN_WORKER_NAME": f"bt{tag}",
-    }
-    names = [f"bt{tag}_1", f"bt{tag}_2"]
-    logs = home / "logs"
-    # Tables first, so the two workers do not race to create them in the empty database.
-    home.mkdir()
-    (home / "dagster.yaml").write_text((ROOT / "deploy/dagster.distributed.yaml").read_text())
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("BRAIN_PG_URL", "BRAIN_DAGSTER_STORAGE_DIR"):
-            mp.setenv(var, env[var])
-        dg.DagsterInstance.from_config(str(home)).dispose()
-
-    with open(tmp_path / "workers.out", "wb") as out:
-        script = subprocess.Popen(
-            ["bash", "scripts/distributed.sh", "workers", "2", "--pool=solo"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, killed below
-        )
+    keys = keys_yaml(tmp_path / "keys.yaml")
+    home, data = tmp_path / "dagster_home", tmp_path / "data"
+    env = local_cluster.cluster_env(home, data, keys, pg_url, redis_db, uuid.uuid4().hex[:8])
     try:
-        deadline = time.monotonic() + 60
-        while not all(_ready(logs / f"{n}.log") for n in names):
-            if script.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("Celery workers did not start:\n" + _tails(tmp_path, logs))
-            time.sleep(0.5)
-        pgids = {n: int((logs / f"{n}.pgid").read_text()) for n in names}
-        yield {"env": env, "names": names, "logs": logs, "pgids": pgids, "tmp": tmp_path}
-    finally:
-        _stop(script, logs)
-
-
-def _ready(log: Path) -> bool:
-    return log.exists() and " ready." in log.read_text(errors="replace")
-
-
-def _tails(tmp_path: Path, logs: Path) -> str:
-    files = [tmp_path / "workers.out", *sorted(logs.glob("*.log"))]
-    return "\n".join(
-        f"--- {f.name}\n{f.read_text(errors='replace')[-3000:]}" for f in files if f.exists()
-    )
-
-
-def _stop(script: subprocess.Popen, logs: Path) -> None:
-    """SIGTERM the script (its trap stops the workers), then SIGKILL whatever is left."""
-    workers = [int(p.read_text()) for p in logs.glob("*.pgid")]
-    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
-        for pgid in [script.pid, *workers]:
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and (script.poll() is None or any(map(_alive, workers))):
-            time.sleep(0.2)
-    script.wait(timeout=5)
-
-
-def _alive(pgid: int) -> bool:
-    """Whether a process group has a member (the script reaps its workers when they exit)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _pg_rows(pg_url: str, sql: str, params=()) -> list[tuple]:
-    import psycopg2
-
-    db = pg_url.rsplit("/", 1)[1]
-    conn = psycopg2.connect(dbname=db, **PG)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
-
-
-def _events(pg_url: str, run_id: str, event_type: str) -> list:
-    from dagster._core.events.log import EventLogEntry
-
-    rows = _pg_rows(
-        pg_url,
-        "SELECT event FROM event_logs WHERE run_id = %s AND dagster_event_type = %s ORDER BY id",
-        (run_id, event_type),
-    )
-    return [dg.deserialize_value(row[0], EventLogEntry) for row in rows]
+        with local_cluster.workers(env, 2, "--pool=solo") as w:
+            yield {"env": env, "names": w.names, "logs": w.logs, "pgids": w.pgids, "tmp": tmp_path}
+    except local_cluster.ClusterError as err:
+        pytest.fail(str(err))
 
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
@@ -410,15 +270,15 @@ def test_brain_graph_runs_on_postgres_and_two_celery_workers(cluster, pg_url):
         elapsed = time.monotonic() - started
         out.seek(0)
         output = out.read()
-    assert returncode == 0, output[-5000:] + _tails(cluster["tmp"], cluster["logs"])
+    assert returncode == 0, output[-5000:] + local_cluster.tails(cluster["tmp"], cluster["logs"])
 
     # The run and its events are in PostgreSQL.
-    runs = _pg_rows(pg_url, "SELECT run_id, status, pipeline_name FROM runs")
+    runs = local_cluster.pg_rows(pg_url, "SELECT run_id, status, pipeline_name FROM runs")
     assert len(runs) == 1 and runs[0][1:] == ("SUCCESS", "brain_all"), runs
     run_id = runs[0][0]
     assert run_id in output
-    succeeded = {e.step_key for e in _events(pg_url, run_id, "STEP_SUCCESS")}
-    materialized = _events(pg_url, run_id, "ASSET_MATERIALIZATION")
+    succeeded = {e.step_key for e in local_cluster.events(pg_url, run_id, "STEP_SUCCESS")}
+    materialized = local_cluster.events(pg_url, run_id, "ASSET_MATERIALIZATION")
     # samples, embeddings, the brain runs and the dataset's health report
     assert len(materialized) == 2 + len(RUNS) + 1
     assert {"digits__samples", "digits__embeddings__pixels"} <= succeeded
@@ -427,22 +287,18 @@ def test_brain_graph_runs_on_postgres_and_two_celery_workers(cluster, pg_url):
     shards = {f"{graph}.{graph}__search[shard_{i}]" for i in range(SHARDS)}
     assert {f"{graph}.{graph}__plan", f"{graph}.{graph}__commit", *shards} <= succeeded
     assert {f"digits__brain__{k}" for k in RUNS if k != "graph"} <= succeeded
-    assert _pg_rows(pg_url, "SELECT count(*) FROM event_logs WHERE run_id = %s", (run_id,))[0][
-        0
-    ] > 3 * len(succeeded)
+    assert local_cluster.pg_rows(
+        pg_url, "SELECT count(*) FROM event_logs WHERE run_id = %s", (run_id,)
+    )[0][0] > 3 * len(succeeded)
 
     # Every step ran in a Celery worker, and both workers ran steps: the worker's node name
     # (reported by dagster-celery's task), the step's process id (it belongs to the process
     # group the script started for that worker) and that worker's own log agree.
-    worker_of = {}
-    for entry in _events(pg_url, run_id, "ENGINE_EVENT"):
-        meta = entry.dagster_event.engine_event_data.metadata
-        if "Celery worker" in meta:
-            worker_of[entry.step_key] = meta["Celery worker"].value.split("@")[0]
+    worker_of = local_cluster.step_workers(pg_url, run_id)
     assert set(worker_of) == succeeded
     assert set(worker_of.values()) == set(names), worker_of
-    orchestrator = _events(pg_url, run_id, "PIPELINE_START")[0].dagster_event.pid
-    for entry in _events(pg_url, run_id, "STEP_START"):
+    orchestrator = local_cluster.events(pg_url, run_id, "PIPELINE_START")[0].dagster_event.pid
+    for entry in local_cluster.events(pg_url, run_id, "STEP_START"):
         name, pid = worker_of[entry.step_key], entry.dagster_event.pid
         assert pid != orchestrator
         assert os.getpgid(pid) == cluster["pgids"][name], (entry.step_key, name, pid)
