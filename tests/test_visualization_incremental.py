@@ -212,6 +212,23 @@ def test_delete_and_rename_take_the_reducer_along(data):
     assert list((store.data_dir / "models" / "d").iterdir()) == []
 
 
+def test_rename_moves_the_plots_named_after_the_key(data):
+    store, _, _ = data
+    run_visualization(spec(method="pca"), store)
+    plots = store.data_dir / "plots" / "d"
+    drawn = (plots / "viz.png").read_bytes()
+    store.rename_run("d", "viz", "viz2")
+    assert sorted(p.name for p in plots.iterdir()) == ["viz2.html", "viz2.png"]
+    assert (plots / "viz2.png").read_bytes() == drawn
+    listed = {a["path"] for a in store.get_run("d", "viz2").artifacts if a["type"] == "path"}
+    assert {str(plots / "viz2.png"), str(plots / "viz2.html")} <= listed
+    # a new run under the old key draws its own plots; deleting it leaves the renamed run's
+    run_visualization(spec(method="pca"), store)
+    store.delete_run("d", "viz")
+    assert sorted(p.name for p in plots.iterdir()) == ["viz2.html", "viz2.png"]
+    assert (plots / "viz2.png").read_bytes() == drawn
+
+
 def test_tsne_places_new_rows_at_their_nearest_fitted_rows(data):
     from sklearn.neighbors import NearestNeighbors
 

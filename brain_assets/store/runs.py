@@ -172,6 +172,7 @@ class RunTables(EmbeddingTables):
         if self.get_run(dataset, new_key, missing_ok=True) is not None:
             raise StoreError(f"dataset {dataset!r} already has a brain run {new_key!r}")
         extras = record.table_names()
+        moves, artifacts = _renamed_files(record.artifacts, brain_key, new_key)
         with self.transaction() as tx:
             new_table = None
             if record.results_table:
@@ -186,9 +187,9 @@ class RunTables(EmbeddingTables):
                     f"{quote(f'{dataset}__{new_key}__{name}')}"
                 )
             tx.execute(
-                "UPDATE brain_runs SET brain_key = ?, results_table = ? "
+                "UPDATE brain_runs SET brain_key = ?, results_table = ?, artifacts = ? "
                 "WHERE dataset = ? AND brain_key = ?",
-                [new_key, new_table, dataset, brain_key],
+                [new_key, new_table, json.dumps(artifacts, sort_keys=True), dataset, brain_key],
             )
             self._history(tx, record, "renamed", detail=f"to {new_key}")
             # the new key's copy and record are written with the rename (the old ones go after)
@@ -202,6 +203,9 @@ class RunTables(EmbeddingTables):
             old_x = self._parquet_path(dataset, f"results/{brain_key}__{name}")
             if old_x.exists():
                 os.replace(old_x, self._parquet_path(dataset, f"results/{new_key}__{name}"))
+        for src, dst in moves:  # files named after the key (plots): a new run of the old key
+            if src.exists():  # would write over them
+                os.replace(src, dst)
 
     @pins
     def delete_run(self, dataset: str, brain_key: str) -> BrainRunRecord:
@@ -235,3 +239,19 @@ class RunTables(EmbeddingTables):
         df.to_parquet(tmp, index=False)
         os.replace(tmp, out)
         return out
+
+
+def _renamed_files(
+    artifacts: list[dict[str, Any]], brain_key: str, new_key: str
+) -> tuple[list[tuple[Path, Path]], list[dict[str, Any]]]:
+    """The files a run lists that are named after its brain key (``<key>.png``), each with
+    its name under the new key, and the artifact list pointing at the new names."""
+    moves, out = [], []
+    for art in artifacts:
+        path = Path(art["path"]) if art.get("type") == "path" else None
+        if path is not None and path.stem == brain_key and path.suffix:
+            new = path.with_name(f"{new_key}{path.suffix}")
+            moves.append((path, new))
+            art = {**art, "path": str(new)}
+        out.append(art)
+    return moves, out
