@@ -6,6 +6,9 @@
 #                                             Ctrl-C stops them (e.g. `workers 4 --pool=solo`)
 #   bash scripts/distributed.sh run [ARGS]    run the job brain_all through them (ARGS: more
 #                                             `dagster job execute` options, e.g. -c run.yaml)
+#   bash scripts/distributed.sh materialize --select KEYS
+#                                             materialise these assets through them (KEYS:
+#                                             comma-separated, e.g. digits/brain/uniqueness)
 #   bash scripts/distributed.sh ui            the Dagster UI on the distributed instance
 #
 # Settings (environment; defaults for the services on 127.0.0.1):
@@ -83,6 +86,10 @@ case "$cmd" in
   run)
     ensure_database
     exec dagster job execute -m dagster_brain.definitions -a defs -j brain_all "$@"
+    ;;
+  materialize)
+    ensure_database
+    exec dagster asset materialize -m dagster_brain.definitions -a defs "$@"
     ;;
   ui)
     ensure_database
