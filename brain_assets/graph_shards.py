@@ -1,12 +1,13 @@
 """A kNN graph built in parts, so that the steps of one run (Celery workers, pods) share it.
 
-1. :func:`plan_shards` reads the vectors and decides how the graph is made, as a whole run
-   would (exact or approximate; an exact graph that changed little is updated in place by the
-   commit instead, and so is a collection too small to split). For an approximate graph it
-   trains and fills the IVF index and calibrates ``nprobe`` once, and saves both. It returns
-   one :class:`ShardTask` per contiguous block of rows.
-2. :func:`search_shard` (any worker, any order) reads the vectors, checks they are still the
-   planned ones, and saves the neighbour lists of its rows: exact ones, or from the saved index.
+1. :func:`plan_shards` reads the vectors, saves a copy of them beside the plan, and decides
+   how the graph is made, as a whole run would (exact or approximate; an exact graph that
+   changed little is updated in place by the commit instead, and so is a collection too small
+   to split). For an approximate graph it trains and fills the IVF index and calibrates
+   ``nprobe`` once, and saves both. It returns one :class:`ShardTask` per contiguous block of
+   rows.
+2. :func:`search_shard` (any worker, any order) maps the plan's copy of the vectors and saves
+   the neighbour lists of its rows: exact ones, or from the saved index.
 3. The commit is the graph run itself (``run_knn_graph(..., sharded=ShardedBuild(...))``),
    under the brain-key lock: it joins the parts, checks they cover every row of the vectors it
    reads, finishes an approximate graph (rows short of neighbours, recall on the plan's
@@ -34,13 +35,14 @@ import numpy as np
 from dagster_brain.algorithms import ann_graph
 from dagster_brain.algorithms.knn_graph import KnnGraph, _index_dtype, _nearest
 from dagster_brain.runs import _LOG
-from dagster_brain.store import EmbeddingSet, Store, row_hashes
+from dagster_brain.store import EmbeddingSet, Store
 
 SHARDS_DIR = "graph_shards"
 """Under the store's data directory: the parts of graphs being built in shards."""
 
 _PLAN = "plan.pkl"
 _INDEX = "index.faiss"
+_VECTORS = "vectors.npy"
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,12 @@ def plan_shards(
         return [ShardTask(str(here), 0, 0, n, whole=True)]
     here.mkdir(parents=True, exist_ok=True)
     X, width = inputs.emb.vectors, min(spec.k, n - 1)
+
+    def save_vectors(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.save(f, X)
+
+    _atomic(here / _VECTORS, save_vectors)  # the shards map this copy instead of each reading
     ann = None
     if not inputs.exact:
         import faiss
@@ -127,15 +135,15 @@ def plan_shards(
     return [ShardTask(str(here), i, int(bounds[i]), int(bounds[i + 1])) for i in range(shards)]
 
 
-def search_shard(task: ShardTask, spec: Any, store: Store, log: Any = _LOG) -> Path | None:
+def search_shard(task: ShardTask, spec: Any, log: Any = _LOG) -> Path | None:
     """The neighbour lists of one block of rows, saved beside the plan (None for a
-    ``whole`` task). Refuses when the vectors are no longer the planned ones."""
+    ``whole`` task), from the plan's copy of the vectors (memory-mapped: workers on one host
+    share its pages; the commit checks the store still holds those vectors)."""
     if task.whole:
         return None
     plan = _load_plan(task, spec)
-    emb = store.read_embeddings(spec.dataset, spec.embeddings)
-    _check_vectors(plan, emb, row_hashes(emb.ids, emb.vectors), spec, "searching a shard")
-    X, rows = emb.vectors, slice(task.start, task.stop)
+    X = np.load(Path(task.plan_dir) / _VECTORS, mmap_mode="r")  # pages shared on one host
+    rows = slice(task.start, task.stop)
     started = time.perf_counter()
     if plan.ann is None:
         nbr, dist = _nearest(X, np.arange(task.start, task.stop), plan.width, plan.metric)  # type: ignore[arg-type]

@@ -59,9 +59,7 @@ def build_sharded_graph_asset(
 
     def search(context: dg.OpExecutionContext, config, task: ShardTask) -> ShardTask:
         with run_log(context.log), no_credentials_in_errors():
-            search_shard(
-                task, with_overrides(spec, config), context.resources.store.get(), context.log
-            )
+            search_shard(task, with_overrides(spec, config), context.log)
         return task
 
     def commit(context: dg.OpExecutionContext, config, tasks: list[ShardTask]):
@@ -98,9 +96,7 @@ def build_sharded_graph_asset(
             required_resource_keys={"store"},
             tags=tags,
         )(plan),
-        "search": dg.op(name=f"{name}__search", required_resource_keys={"store"}, tags=tags)(
-            search
-        ),
+        "search": dg.op(name=f"{name}__search", tags=tags)(search),
         "commit": dg.op(name=f"{name}__commit", required_resource_keys={"store"}, tags=tags)(
             commit
         ),
