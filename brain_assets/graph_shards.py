@@ -269,6 +269,11 @@ def _check_vectors(
         )
 
 
+def remove_parts(store: Store, dataset: str, brain_key: str) -> None:
+    """Every part left of a brain key's builds in shards (a failed or stopped run's)."""
+    shutil.rmtree(store.data_dir / SHARDS_DIR / dataset / brain_key, ignore_errors=True)
+
+
 def _remove_others(here: Path) -> None:
     """Parts of earlier plans of the same brain key (finished, failed or replaced)."""
     if here.parent.is_dir():

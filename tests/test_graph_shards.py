@@ -14,6 +14,7 @@ from dagster_brain.graph_shards import (
 )
 from dagster_brain.methods import run_brain
 from dagster_brain.methods.knn_graph import KnnGraphSpec
+from dagster_brain.methods.registry import delete_brain_run
 
 
 def clustered(n=900, dim=24, centers=12, seed=4):
@@ -119,6 +120,13 @@ def test_a_missing_part_or_a_replaced_plan_is_named(vectors):
     with pytest.raises(ValueError, match="brain key 'g'.*no plan at .*newer plan"):
         search_shard(tasks[1], spec)
     assert store.get_run("toy", "g", missing_ok=True) is None  # nothing was committed
+    # a failed build's parts go with the run when it is deleted
+    approx = spec.model_copy(update={"exact": False})  # rebuilt, never updated in place
+    sharded_run(approx, store, run_id="r3")
+    plan_shards(approx, store, run_id="r4", shards=3)  # then that run fails
+    assert (store.data_dir / SHARDS_DIR / "toy" / "g" / "r4" / "vectors.npy").exists()
+    delete_brain_run(store, "toy", "g")
+    assert not (store.data_dir / SHARDS_DIR / "toy" / "g").exists()
 
 
 def test_too_few_items_are_built_by_the_commit(store, tmp_path):

@@ -93,4 +93,9 @@ def delete_brain_run(store: Store, dataset: str, brain_key: str) -> BrainRunReco
         from dagster_brain.similarity.compute import delete_index
 
         delete_index(store, record)
-    return store.delete_run(dataset, brain_key)
+    deleted = store.delete_run(dataset, brain_key)
+    if record.kind == "knn_graph":  # what a failed build in shards left behind
+        from dagster_brain.graph_shards import remove_parts
+
+        remove_parts(store, dataset, brain_key)
+    return deleted
