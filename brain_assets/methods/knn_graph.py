@@ -161,6 +161,9 @@ def run_knn_graph(
     else:
         inputs = graph_inputs(spec, store, ids=ids, threshold=threshold)
     emb, hashes, exact, change = inputs.emb, inputs.hashes, inputs.exact, inputs.change
+    how = "built" if sharded is None else f"joined from {sharded.shards} shards"
+    if change is not None:
+        how = f"updated: {len(change.added)} added or changed, {len(change.removed)} removed"
     log.info(
         "%s: %s kNN graph of %d items from embeddings %r (k=%d, %s, %s)",
         spec.brain_key,
@@ -169,9 +172,7 @@ def run_knn_graph(
         spec.embeddings,
         spec.k,
         spec.metric,
-        "built"
-        if change is None
-        else f"updated: {len(change.added)} added or changed, {len(change.removed)} removed",
+        how,
     )
     started = time.perf_counter()
     tracing = not tracemalloc.is_tracing()
