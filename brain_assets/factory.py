@@ -358,6 +358,15 @@ def default_metadata(method: BrainMethod, outcome: RunOutcome) -> dict[str, Any]
     return score_metadata(outcome.results, method.score.column, ids)
 
 
+def run_metadata(method: BrainMethod, db, outcome: RunOutcome) -> dict[str, Any]:
+    """A brain asset's materialisation metadata: the method's own (or row count and score
+    statistics) and the run's lineage."""
+    render = method.asset_metadata or functools.partial(default_metadata, method)
+    rec = outcome.record
+    path = str(db.parquet_path(rec.dataset, f"results/{rec.brain_key}"))
+    return {**render(outcome), **lineage_metadata(rec, path)}
+
+
 def build_brain_asset(
     spec: BrainRunSpec, incremental: bool = False, extra_deps: Sequence[dg.AssetKey] = ()
 ) -> dg.AssetsDefinition:
@@ -375,7 +384,6 @@ def build_brain_asset(
     method = get_method(spec.kind, spec.brain_key)  # type: ignore[attr-defined]
     if method.validate is not None:
         method.validate(spec)  # e.g. an unknown backend: refused at load time
-    render = method.asset_metadata or functools.partial(default_metadata, method)
 
     def _compute(context: dg.AssetExecutionContext, config):
         with run_log(context.log), no_credentials_in_errors():  # progress: run log lines
@@ -403,14 +411,9 @@ def build_brain_asset(
             )
         except BackendUnavailable as err:  # transient: retried, the previous results stay
             raise dg.RetryRequested(max_retries=2, seconds_to_wait=5) from err
-        meta = {
-            **render(outcome),
-            **lineage_metadata(
-                outcome.record, str(db.parquet_path(spec.dataset, f"results/{spec.brain_key}"))
-            ),
-        }
         return dg.MaterializeResult(
-            metadata=meta, data_version=dg.DataVersion(outcome.results_version)
+            metadata=run_metadata(method, db, outcome),
+            data_version=dg.DataVersion(outcome.results_version),
         )
 
     # Dagster reads the config type from the annotation, so set it per kind.

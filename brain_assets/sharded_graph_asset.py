@@ -15,15 +15,14 @@ import dagster as dg
 
 from dagster_brain.factory import (
     brain_key_asset,
-    default_metadata,
     input_key,
     no_credentials_in_errors,
     refresh_condition,
     run_config_class,
+    run_metadata,
     with_overrides,
 )
 from dagster_brain.graph_shards import ShardedBuild, ShardTask, plan_shards, search_shard
-from dagster_brain.metadata import lineage_metadata
 from dagster_brain.methods import get_method, run_brain
 from dagster_brain.progress import run_log
 from dagster_brain.runs import spec_code_version
@@ -37,7 +36,6 @@ def build_sharded_graph_asset(
     config_cls = run_config_class(method)
     key = brain_key_asset(spec.dataset, spec.brain_key)
     name = key.to_python_identifier()
-    render = method.asset_metadata or (lambda outcome: default_metadata(method, outcome))
     tags = {"brain/kind": method.kind}
 
     def same_config(config) -> dict:
@@ -73,12 +71,11 @@ def build_sharded_graph_asset(
                 log=context.log,
                 sharded=None if build.whole else build,
             )
-        path = str(db.parquet_path(spec.dataset, f"results/{spec.brain_key}"))
         with warnings.catch_warnings():  # an Output's data_version is a beta parameter
             warnings.simplefilter("ignore", dg.BetaWarning)
             out = dg.Output(
                 None,
-                metadata={**render(outcome), **lineage_metadata(outcome.record, path)},
+                metadata=run_metadata(method, db, outcome),
                 data_version=dg.DataVersion(outcome.results_version),
             )
         yield out
