@@ -29,6 +29,7 @@ from dagster_brain.resources.store import BrainStoreResource
 from dagster_brain.sensors.inbox import build_inbox_sensor, sensor_interval_s
 from dagster_brain.sensors.liveness import build_liveness_sensor
 from dagster_brain.sensors.schedules import build_schedules
+from dagster_brain.sharded_graph_asset import build_sharded_graph_asset
 from dagster_brain.specs import DEFAULT_SPECS_PATH, BrainKeysFile, BrainRunSpec, load_specs
 
 ALL_JOB = "brain_all"
@@ -38,6 +39,15 @@ def specs_path(settings: BrainSettings | None = None) -> Path:
     """The brain-keys YAML in use: brain config ``brain_keys_path``, else the bundled demo."""
     configured = (settings or get_brain_config()).brain_keys_path
     return Path(configured).expanduser() if configured else DEFAULT_SPECS_PATH
+
+
+def run_asset(
+    spec: BrainRunSpec, incremental: bool, extra_deps: list[dg.AssetKey]
+) -> dg.AssetsDefinition:
+    """The asset of one brain run: one step, or a kNN graph built in ``shards`` steps."""
+    if getattr(spec, "shards", 1) > 1:
+        return build_sharded_graph_asset(spec, incremental, extra_deps)
+    return build_brain_asset(spec, incremental, extra_deps)
 
 
 def build_assets(specs: BrainKeysFile) -> list[dg.AssetsDefinition]:
@@ -55,7 +65,7 @@ def build_assets(specs: BrainKeysFile) -> list[dg.AssetsDefinition]:
     return [
         *(build_samples_asset(d) for d in specs.datasets),
         *(build_embeddings_asset(e, e.dataset in incremental) for e in specs.embeddings),
-        *(build_brain_asset(r, r.dataset in incremental, graph_deps(r)) for r in runs),
+        *(run_asset(r, r.dataset in incremental, graph_deps(r)) for r in runs),
         *(
             build_health_report_asset(
                 d.name, [r.brain_key for r in runs if r.dataset == d.name], d.incremental

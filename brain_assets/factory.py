@@ -377,10 +377,6 @@ def build_brain_asset(
     refresh eagerly. ``extra_deps``: assets it reads besides its method's inputs (the shared
     kNN graph of its vectors), materialised before it.
     """
-    if getattr(spec, "shards", 1) > 1:  # a kNN graph built in parts, one step per part
-        from dagster_brain.sharded_graph_asset import build_sharded_graph_asset
-
-        return build_sharded_graph_asset(spec, incremental, extra_deps)
     method = get_method(spec.kind, spec.brain_key)  # type: ignore[attr-defined]
     if method.validate is not None:
         method.validate(spec)  # e.g. an unknown backend: refused at load time

@@ -1,11 +1,11 @@
 """A kNN graph built in parts, so that the steps of one run (Celery workers, pods) share it.
 
-1. :func:`plan_shards` reads the vectors, saves a copy of them beside the plan, and decides
-   how the graph is made, as a whole run would (exact or approximate; an exact graph that
-   changed little is updated in place by the commit instead, and so is a collection too small
-   to split). For an approximate graph it trains and fills the IVF index and calibrates
-   ``nprobe`` once, and saves both. It returns one :class:`ShardTask` per contiguous block of
-   rows.
+1. :func:`plan_shards` takes what a whole graph run reads and decides (``graph_inputs``: the
+   vectors, exact or approximate, an in-place change), saves a copy of the vectors beside the
+   plan, and leaves to the commit an exact graph that changed little (updated in place) or a
+   collection too small to split. For an approximate graph it trains and fills the IVF index
+   and calibrates ``nprobe`` once, and saves both. It returns one :class:`ShardTask` per
+   contiguous block of rows.
 2. :func:`search_shard` (any worker, any order) maps the plan's copy of the vectors and saves
    the neighbour lists of its rows: exact ones, or from the saved index.
 3. The commit is the graph run itself (``run_knn_graph(..., sharded=ShardedBuild(...))``),
@@ -88,15 +88,13 @@ def plan_dir(store: Store, dataset: str, brain_key: str, run_id: str) -> Path:
 
 
 def plan_shards(
-    spec: Any, store: Store, *, run_id: str, shards: int, log: Any = _LOG
+    spec: Any, store: Store, inputs: Any, *, run_id: str, shards: int, log: Any = _LOG
 ) -> list[ShardTask]:
-    """Decide how the graph of ``spec`` (a ``KnnGraphSpec``) is made and split its rows into
-    ``shards`` blocks; one ``whole`` task when the commit should build it alone (an in-place
-    update of an exact graph, or fewer rows than ``2 * shards``)."""
-    from dagster_brain.methods.knn_graph import graph_inputs
-
+    """Split the graph of ``spec`` (a ``KnnGraphSpec``) into ``shards`` blocks of rows, as
+    ``inputs`` (its ``graph_inputs``: vectors, exact or not, in-place change) decide; one
+    ``whole`` task when the commit should build it alone (an in-place update of an exact graph,
+    or fewer rows than ``2 * shards``)."""
     started = time.time()
-    inputs = graph_inputs(spec, store)
     here = plan_dir(store, spec.dataset, spec.brain_key, run_id)
     _remove_others(here)
     n = len(inputs.emb.ids)

@@ -24,6 +24,7 @@ from dagster_brain.factory import (
 )
 from dagster_brain.graph_shards import ShardedBuild, ShardTask, plan_shards, search_shard
 from dagster_brain.methods import get_method, run_brain
+from dagster_brain.methods.knn_graph import graph_inputs
 from dagster_brain.progress import run_log
 from dagster_brain.runs import spec_code_version
 
@@ -44,10 +45,12 @@ def build_sharded_graph_asset(
         return {f"{name}__{op}": {"config": values} for op in ("plan", "search", "commit")}
 
     def plan(context: dg.OpExecutionContext, config):
+        run_spec, db = with_overrides(spec, config), context.resources.store.get()
         with run_log(context.log), no_credentials_in_errors():
             tasks = plan_shards(
-                with_overrides(spec, config),
-                context.resources.store.get(),
+                run_spec,
+                db,
+                graph_inputs(run_spec, db),
                 run_id=context.run_id,
                 shards=spec.shards,
                 log=context.log,

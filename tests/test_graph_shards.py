@@ -13,7 +13,7 @@ from dagster_brain.graph_shards import (
     search_shard,
 )
 from dagster_brain.methods import run_brain
-from dagster_brain.methods.knn_graph import KnnGraphSpec
+from dagster_brain.methods.knn_graph import KnnGraphSpec, graph_inputs
 from dagster_brain.methods.registry import delete_brain_run
 
 
@@ -32,8 +32,13 @@ def vectors(store, tmp_path):
     return store, X, ids
 
 
+def plan(spec, store, run_id):
+    inputs = graph_inputs(spec, store)
+    return plan_shards(spec, store, inputs, run_id=run_id, shards=spec.shards)
+
+
 def sharded_run(spec, store, run_id="r1"):
-    tasks = plan_shards(spec, store, run_id=run_id, shards=spec.shards)
+    tasks = plan(spec, store, run_id)
     for task in reversed(tasks):  # any order
         search_shard(task, spec)
     build = ShardedBuild(tuple(tasks))
@@ -97,7 +102,7 @@ def test_vectors_changed_after_the_plan_are_refused_and_the_previous_graph_stays
         kind="knn_graph", dataset="toy", brain_key="g", embeddings="e", k=8, shards=2, exact=False
     )
     before, _ = sharded_run(spec, store)
-    tasks = plan_shards(spec, store, run_id="r2", shards=2)
+    tasks = plan(spec, store, "r2")
     search_shard(tasks[0], spec)
     store.write_embeddings("toy", "e", ids, X[::-1].copy())  # same ids, other vectors
     search_shard(tasks[1], spec)  # searches the plan's copy of the vectors
@@ -111,19 +116,19 @@ def test_a_missing_part_or_a_replaced_plan_is_named(vectors):
     spec = KnnGraphSpec(
         kind="knn_graph", dataset="toy", brain_key="g", embeddings="e", k=8, shards=3
     )
-    tasks = plan_shards(spec, store, run_id="r1", shards=3)
+    tasks = plan(spec, store, "r1")
     search_shard(tasks[0], spec)
     search_shard(tasks[2], spec)
     with pytest.raises(ValueError, match=r"part 1 \(rows 300-600\) is missing"):
         run_brain(spec, store, run_id="r1", sharded=ShardedBuild(tuple(tasks)))
-    plan_shards(spec, store, run_id="r2", shards=3)  # a newer plan of the same key
+    plan(spec, store, "r2")  # a newer plan of the same key
     with pytest.raises(ValueError, match="brain key 'g'.*no plan at .*newer plan"):
         search_shard(tasks[1], spec)
     assert store.get_run("toy", "g", missing_ok=True) is None  # nothing was committed
     # a failed build's parts go with the run when it is deleted
     approx = spec.model_copy(update={"exact": False})  # rebuilt, never updated in place
     sharded_run(approx, store, run_id="r3")
-    plan_shards(approx, store, run_id="r4", shards=3)  # then that run fails
+    plan(approx, store, "r4")  # then that run fails
     assert (store.data_dir / SHARDS_DIR / "toy" / "g" / "r4" / "vectors.npy").exists()
     delete_brain_run(store, "toy", "g")
     assert not (store.data_dir / SHARDS_DIR / "toy" / "g").exists()
@@ -144,14 +149,14 @@ def test_the_sharded_asset_runs_one_step_per_shard_and_takes_launch_config(vecto
     import dagster as dg
 
     from dagster_brain.checks import check_results
-    from dagster_brain.factory import build_brain_asset
     from dagster_brain.resources.store import BrainStoreResource
+    from dagster_brain.sharded_graph_asset import build_sharded_graph_asset
 
     store, _, _ = vectors
     spec = KnnGraphSpec(
         kind="knn_graph", dataset="toy", brain_key="g", embeddings="e", k=8, shards=3
     )
-    asset = build_brain_asset(spec)
+    asset = build_sharded_graph_asset(spec)
     assert asset.key == dg.AssetKey(["toy", "brain", "g"])
     resources = {"store": BrainStoreResource(data_dir=str(tmp_path / "data"))}
     result = dg.materialize(
