@@ -194,13 +194,15 @@ def top_k_scores(
     k: int,
     *,
     bias: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
     exclude_self: bool = False,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` largest scores ``Q @ X.T (+ bias)`` per row of ``Q``, largest first.
+    """The ``k`` largest scores ``(Q @ X.T) * scale (+ bias)`` per row of ``Q``, largest first.
 
-    ``Q`` and ``X`` are prepared float32 matrices (normalised for cosine); ``bias`` is added
-    to every column (``-|x|^2 / 2`` turns the score into a euclidean ranking). With
+    ``Q`` and ``X`` are prepared float32 matrices (normalised for cosine, or ``X`` as it is
+    with ``scale`` its inverse row norms); ``scale`` multiplies and ``bias`` is added to every
+    column (``-|x|^2 / 2`` turns the score into a euclidean ranking). With
     ``exclude_self``, query row ``i`` is row ``i`` of ``X`` and never its own neighbour.
     Ties keep the lower column first. Returns ``(scores, indices)`` of shape (n_queries, k).
     """
@@ -225,6 +227,8 @@ def top_k_scores(
             b = stop - start
             Sb, Mb = S[:b], M[:b]
             np.matmul(Q[start:stop], XT, out=Sb)
+            if scale is not None:
+                np.multiply(Sb, scale[None, :], out=Sb)
             if bias is not None:
                 np.add(Sb, bias[None, :], out=Sb)
             if exclude_self:

@@ -36,6 +36,7 @@ from dagster_brain.algorithms.knn import (
     exact_knn,
     normalize_rows,
     select_top_k_rows,
+    top_k_scores,
 )
 from dagster_brain.progress import progress, track
 
@@ -413,13 +414,28 @@ def _nearest(
             for start in range(0, todo.size, step):
                 part = todo[start : start + step]
                 r = rows[part]
-                approx, cand = exact_knn(X, m, queries=X if r.size == n else X[r], metric=metric)
+                approx, cand = _candidates(X, r, m, metric, norms)
                 nb, dd, ok = _finish(X, r, approx, cand, w, metric, norms, self_listed=True)
                 nbr[part[ok]], dist[part[ok]] = nb[ok], dd[ok]
                 proven.append(ok)
                 bar.update(int(ok.sum()))  # rows whose lists are final
             todo, m = todo[~np.concatenate(proven)], min(n, 2 * m)
     return nbr, dist
+
+
+def _candidates(
+    X: np.ndarray, r: np.ndarray, m: int, metric: Metric, norms: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``m`` best rows of ``X`` for rows ``r`` by float32 GEMM: (distances, indices).
+    For cosine on part of the rows, ``X`` is scaled by its inverse norms inside the product
+    instead of copied normalised (a recall sample of 1,000 rows against 1M x 512 would
+    otherwise copy 2 GB); the lists are re-ranked exactly afterwards either way."""
+    if metric != "cosine" or r.size == len(X):
+        return exact_knn(X, m, queries=X if r.size == len(X) else X[r], metric=metric)
+    inv = np.zeros(len(X), dtype=np.float32)
+    np.divide(1.0, norms, out=inv, where=norms > 0, casting="unsafe")
+    s, idx = top_k_scores(normalize_rows(X[r]), X, min(m, len(X)), scale=inv)
+    return np.clip(1.0 - s, 0.0, 2.0).astype(np.float32), idx
 
 
 def _finish(
