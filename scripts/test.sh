@@ -7,4 +7,6 @@ bash scripts/milvus_server.sh install   # the Milvus standalone server the tests
 bash scripts/ui_deps.sh                 # chromium (apt) + playwright (pip) for the browser test
 source scripts/env.sh
 dagster definitions validate -w workspace.yaml
-python -m pytest "$@"
+# two workers, a test file each at a time (module fixtures and the README's block order
+# stay on one worker); the README's blocks are scheduled first (tests/conftest.py)
+python -m pytest -n "${BRAIN_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"

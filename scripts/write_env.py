@@ -14,6 +14,7 @@ only: scripts/setup.sh runs it.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -77,7 +78,11 @@ def write_env(root: str | Path) -> dict[str, str]:
     ]
     body = "".join(f"{_line(k, v)}\n" for k, v in values.items())
     rest = "".join(f"{line}\n" for line in kept)
-    path.write_text(HEADER + body + rest)
+    text = HEADER + body + rest
+    if not path.exists() or path.read_text() != text:  # atomic: a reader never sees half
+        tmp = path.with_name(f".env.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
     Path(values["BRAIN_DAGSTER_STORAGE_DIR"]).mkdir(parents=True, exist_ok=True)
     return values
 
