@@ -15,7 +15,6 @@ from PIL import Image
 
 from dagster_brain.store import Store
 
-
 FIRST = ("test_readme.py",)  # the longest file: started first when workers share the suite
 
 
