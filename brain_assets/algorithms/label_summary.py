@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binom
 
 # A class's share of flagged mistakes is unusual when a binomial tail this small (divided by
 # the number of classes) says the dataset's overall rate would rarely give that many.
@@ -88,6 +87,8 @@ def class_mistakes(
     p = total_f / total_n if total_n else 0.0
     tail = np.ones(len(n))
     if 0 < p < 1:
+        from scipy.stats import binom  # scipy.stats costs 0.7 s to import: only here
+
         tail = binom.sf(f - 1, n, p)  # P(X >= f) at the overall rate
     high = (n > 0) & (rate > p) & (tail < alpha / max(len(n), 1))
     return pd.DataFrame(
