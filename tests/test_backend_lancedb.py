@@ -73,6 +73,8 @@ def test_index_built_at_threshold_keeps_recall_and_sees_new_rows(tmp_path):
         assert backend.exact  # below the threshold: brute force
         backend.upsert(ids[1500:2500], X[1500:2500])
         assert not backend.exact  # 2,500 rows >= 2,000: IVF_HNSW_SQ index in use
+        # the two upserts' fragments were compacted into one when the index was built
+        assert backend.table.stats()["fragment_stats"]["num_fragments"] == 1
         backend.upsert(ids[2500:], X[2500:])  # rows added after the index was built
         Q = X[::30] + 0.05 * np.random.default_rng(1).normal(size=(100, 32)).astype(np.float32)
         want, want_d = brute_force(ids, X, Q, 10, "cosine")

